@@ -1,0 +1,153 @@
+"""A deterministic in-process processor for development and tests.
+
+Like a processor's sandbox, special amounts (in minor units) trigger outcomes; every other
+amount succeeds at once. The mock deduplicates on the idempotency key exactly as a real
+processor does, so a resend never executes a refund twice; `executed` lists the refunds it
+really carried out, for tests to check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import orjson
+
+from adapters.base import (
+    Capabilities,
+    OutcomeUnknownError,
+    ProcessorProtocolError,
+    RefundRequest,
+    RefundResult,
+    TransientProcessorError,
+    WebhookEvent,
+    WebhookVerificationError,
+)
+from gateway.domain.refunds import Outcome
+
+# amount (minor units) -> what the mock does; documented in the README.
+SCENARIOS: dict[int, str] = {
+    4001: "declined: expired_or_canceled_card",
+    4002: "declined: insufficient_funds",
+    5001: "503 on the first call, then succeeds",
+    5002: "503 on every call (retries run out)",
+    5029: "429 with Retry-After on the first call, then succeeds",
+    6001: "executes, then times out: outcome unknown; a lookup finds it succeeded",
+    6002: "times out before executing: outcome unknown; a lookup finds nothing",
+    7001: "pending, succeeds after pending_settle_seconds",
+    7002: "pending, fails after pending_settle_seconds",
+    8001: "answers with a status nobody knows: needs attention",
+    8002: "answers with garbage: protocol error",
+}
+
+DECLINES = {4001: "expired_or_canceled_card", 4002: "insufficient_funds"}
+
+
+@dataclass
+class _MockRefund:
+    id: str
+    amount: int
+    psp_reference: str
+    created: float
+    final: Outcome  # where it ends up
+    pending_until: float = 0.0
+    code: str | None = None
+
+    def result(self, now: float) -> RefundResult:
+        if now < self.pending_until:
+            return RefundResult(Outcome.PENDING, psp_refund_id=self.id, processor_code="pending")
+        if self.final is Outcome.DECLINED:
+            return RefundResult(Outcome.DECLINED, psp_refund_id=self.id, processor_code=self.code,
+                                decline_code=self.code, message=f"refund declined: {self.code}")
+        if self.final is Outcome.NEEDS_ATTENTION:
+            return RefundResult(Outcome.NEEDS_ATTENTION, psp_refund_id=self.id, processor_code="mystery_status",
+                                message="the processor answered with an unknown status 'mystery_status'")
+        return RefundResult(self.final, psp_refund_id=self.id, processor_code=self.final.value)
+
+
+class MockAdapter:
+    kind = "mock"
+    capabilities = Capabilities(partial_refunds=True, multiple_refunds=True, webhooks=True, lookup=True,
+                                idempotency_keys=True)
+
+    def __init__(self, id: str, *, pending_settle_seconds: float = 2.0, latency_seconds: float = 0.0,
+                 webhook_secrets: list[str] | None = None, clock: Callable[[], float] = time.monotonic):
+        self.id = id
+        self._settle = pending_settle_seconds
+        self._latency = latency_seconds
+        self._secrets = [s.encode() for s in webhook_secrets or []]
+        self._clock = clock
+        self._by_key: dict[str, _MockRefund] = {}
+        self._calls: dict[str, int] = {}
+        self._seq = itertools.count(1)
+        self.executed: list[_MockRefund] = []  # every refund really carried out, in order
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        key = request.idempotency_key
+        calls = self._calls[key] = self._calls.get(key, 0) + 1
+        existing = self._by_key.get(key)
+        if existing is not None:  # a resend: answer as the first time, never execute again
+            return existing.result(self._clock())
+        amount = request.amount
+        if amount == 5002 or (amount == 5001 and calls == 1):
+            raise TransientProcessorError("mock: 503 service unavailable", code="503")
+        if amount == 5029 and calls == 1:
+            raise TransientProcessorError("mock: 429 too many requests", code="429", retry_after=0.05)
+        if amount == 6002:
+            raise OutcomeUnknownError("mock: timed out before the refund was executed")
+        if amount == 8002:
+            raise ProcessorProtocolError("mock: answer is not valid JSON", code="unparseable")
+        refund = self._execute(request)
+        if amount == 6001:
+            raise OutcomeUnknownError("mock: refund executed, answer lost")
+        return refund.result(self._clock())
+
+    def _execute(self, request: RefundRequest) -> _MockRefund:
+        now = self._clock()
+        amount = request.amount
+        final, code, pending_until = Outcome.SUCCEEDED, None, 0.0
+        if amount in DECLINES:
+            final, code = Outcome.DECLINED, DECLINES[amount]
+        elif amount in (7001, 7002):
+            pending_until = now + self._settle
+            if amount == 7002:
+                final, code = Outcome.DECLINED, "declined"
+        elif amount == 8001:
+            final = Outcome.NEEDS_ATTENTION
+        refund = _MockRefund(id=f"mre_{next(self._seq):08d}", amount=amount, psp_reference=request.psp_reference,
+                             created=now, final=final, pending_until=pending_until, code=code)
+        self._by_key[request.idempotency_key] = refund
+        self.executed.append(refund)
+        return refund
+
+    async def lookup_refund(self, request: RefundRequest, psp_refund_id: str | None) -> RefundResult | None:
+        refund = self._by_key.get(request.idempotency_key)
+        return refund.result(self._clock()) if refund else None
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
+        """Mock webhooks: JSON body signed as hex HMAC-SHA256 in `Mock-Signature`."""
+        signature = headers.get("Mock-Signature", "")
+        if not self._secrets or not any(
+                hmac.compare_digest(hmac.new(s, body, hashlib.sha256).hexdigest(), signature) for s in self._secrets):
+            raise WebhookVerificationError("bad or missing Mock-Signature")
+        try:
+            payload = orjson.loads(body)
+            refund = payload["refund"]
+            status = Outcome(refund["status"])
+            return [WebhookEvent(event_id=str(payload["id"]), type=str(payload["type"]),
+                                 psp_refund_id=refund.get("id"), refund_id=refund.get("refund_id"),
+                                 result=RefundResult(status, psp_refund_id=refund.get("id"),
+                                                     processor_code=refund["status"]),
+                                 payload=payload)]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise WebhookVerificationError(f"malformed mock webhook: {e}") from None
+
+    async def aclose(self) -> None:
+        return None

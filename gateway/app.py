@@ -1,0 +1,67 @@
+"""The application factory: middlewares, routes, and the pool, adapters and background work
+created in cleanup contexts (nothing connects at import time)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from adapters.registry import build_adapter
+from gateway import keys
+from gateway.auth import Authenticator
+from gateway.db.migrate import migrate
+from gateway.db.pool import create_pool
+from gateway.execution import RefundExecutor
+from gateway.middleware import auth_middleware, error_middleware, idempotency_middleware, request_id_middleware
+from gateway.routes import ops, refunds, transactions
+from gateway.settings import Settings
+from gateway.worker import run_pending_poller
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    assert settings.database_url is not None, "resolve the database (embedded or configured) before create_app"
+    pool = await create_pool(settings.database_url.get_secret_value(), min_size=settings.db_pool_min,
+                             max_size=settings.db_pool_max)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    app[keys.POOL] = pool
+    yield
+    await pool.close()
+
+
+async def _processors(app: web.Application) -> AsyncIterator[None]:
+    adapters = {p.id: build_adapter(p) for p in app[keys.SETTINGS].processors}
+    app[keys.ADAPTERS] = adapters
+    yield
+    for adapter in adapters.values():
+        await adapter.aclose()
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    executor = RefundExecutor(app[keys.POOL], app[keys.ADAPTERS], settings)
+    app[keys.EXECUTOR] = executor
+    poller = asyncio.create_task(run_pending_poller(app[keys.POOL], executor, settings.pending_poll_seconds,
+                                                    settings.lease_seconds))
+    yield
+    poller.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await poller
+    await executor.aclose(settings.shutdown_grace_seconds)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[request_id_middleware, error_middleware, auth_middleware, idempotency_middleware],
+    )
+    app[keys.SETTINGS] = settings
+    app[keys.AUTH] = Authenticator(settings.clients)
+    app.cleanup_ctx.extend([_database, _processors, _background])
+    for module in (ops, transactions, refunds):
+        app.add_routes(module.routes)
+    return app

@@ -1,0 +1,1 @@
+"""Everything that talks SQL: the pool, migrations and the queries (store)."""

@@ -1,0 +1,230 @@
+"""All SQL the service runs, as constants with $n parameters, in functions that take a connection."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Sequence
+
+import asyncpg
+
+Row = asyncpg.Record
+
+# --- transactions -----------------------------------------------------------------------------
+
+INSERT_TRANSACTION = """
+INSERT INTO transactions (id, processor_id, psp_reference, invoice_id, customer_id, amount, currency,
+                          captured_at, settled_at, metadata)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (processor_id, psp_reference) DO NOTHING
+RETURNING *"""
+
+GET_TRANSACTION_BY_REFERENCE = "SELECT * FROM transactions WHERE processor_id = $1 AND psp_reference = $2"
+GET_TRANSACTION = "SELECT * FROM transactions WHERE id = $1"
+LOCK_TRANSACTION = "SELECT * FROM transactions WHERE id = $1 FOR UPDATE"
+TRANSACTIONS_BY_INVOICE = "SELECT * FROM transactions WHERE invoice_id = $1 ORDER BY id"
+TRANSACTIONS_BY_REFERENCE = "SELECT * FROM transactions WHERE psp_reference = $1 ORDER BY id"
+
+MOVE_BALANCE = """
+UPDATE transactions
+SET reserved_amount = reserved_amount + $2, refunded_amount = refunded_amount + $3, updated_at = now()
+WHERE id = $1"""
+
+
+async def insert_transaction(conn, *, id: str, processor_id: str, psp_reference: str, invoice_id: str,
+                             customer_id: str | None, amount: int, currency: str, captured_at: datetime | None,
+                             settled_at: datetime | None, metadata: dict[str, str]) -> Row | None:
+    return await conn.fetchrow(INSERT_TRANSACTION, id, processor_id, psp_reference, invoice_id, customer_id, amount,
+                               currency, captured_at, settled_at, metadata)
+
+
+async def get_transaction_by_reference(conn, processor_id: str, psp_reference: str) -> Row | None:
+    return await conn.fetchrow(GET_TRANSACTION_BY_REFERENCE, processor_id, psp_reference)
+
+
+async def get_transaction(conn, transaction_id: str) -> Row | None:
+    return await conn.fetchrow(GET_TRANSACTION, transaction_id)
+
+
+async def lock_transaction(conn, transaction_id: str) -> Row | None:
+    return await conn.fetchrow(LOCK_TRANSACTION, transaction_id)
+
+
+async def transactions_by_invoice(conn, invoice_id: str) -> list[Row]:
+    return await conn.fetch(TRANSACTIONS_BY_INVOICE, invoice_id)
+
+
+async def transactions_by_reference(conn, psp_reference: str) -> list[Row]:
+    return await conn.fetch(TRANSACTIONS_BY_REFERENCE, psp_reference)
+
+
+async def move_balance(conn, transaction_id: str, reserved: int, refunded: int) -> None:
+    if reserved or refunded:
+        await conn.execute(MOVE_BALANCE, transaction_id, reserved, refunded)
+
+
+# --- refunds ----------------------------------------------------------------------------------
+
+INSERT_REFUND = """
+INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, credit_note_id, amount, currency, reason,
+                     metadata, status, stage, idempotency_key, lease_expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13))
+RETURNING *"""
+
+GET_REFUND = "SELECT * FROM refunds WHERE id = $1"
+REFUND_BY_CREDIT_NOTE = "SELECT * FROM refunds WHERE transaction_id = $1 AND credit_note_id = $2"
+REFUND_BY_INVOICE_CREDIT_NOTE = """
+SELECT * FROM refunds WHERE invoice_id = $1 AND credit_note_id = $2 ORDER BY id LIMIT 1"""
+
+# Compare-and-set: the update only lands if nobody moved the refund since we read it.
+UPDATE_REFUND_STATE = """
+UPDATE refunds
+SET status = $4, stage = $5,
+    psp_refund_id = coalesce($6, psp_refund_id),
+    failure_code = $7, failure_message = $8,
+    attempts = attempts + $9,
+    lease_expires_at = CASE WHEN $5 = 'sending' THEN lease_expires_at END,
+    next_attempt_at = CASE WHEN $5 = 'pending_at_processor'
+                           THEN now() + make_interval(secs => $10) END,
+    updated_at = now()
+WHERE id = $1 AND status = $2 AND stage = $3
+RETURNING *"""
+
+INSERT_EVENT = """
+INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail, request_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"""
+
+INSERT_ATTEMPTS = """
+INSERT INTO refund_attempts (refund_id, call, started_at, latency_ms, outcome, error_class, processor_code, message)
+SELECT $1, * FROM unnest($2::text[], $3::timestamptz[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[])"""
+
+# Refunds pending at their processor whose next check is due; the claim pushes the next check
+# out (a lease), so that concurrent pollers never check the same refund at once.
+CLAIM_DUE_PENDING = """
+WITH due AS (
+    SELECT id FROM refunds
+    WHERE stage = 'pending_at_processor' AND next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE refunds r SET next_attempt_at = now() + make_interval(secs => $2)
+FROM due WHERE r.id = due.id
+RETURNING r.*"""
+
+
+async def insert_refund(conn, *, id: str, transaction_id: str, processor_id: str, invoice_id: str,
+                        credit_note_id: str | None, amount: int, currency: str, reason: str | None,
+                        metadata: dict[str, str], status: str, stage: str, idempotency_key: str,
+                        lease_seconds: float) -> Row:
+    return await conn.fetchrow(INSERT_REFUND, id, transaction_id, processor_id, invoice_id, credit_note_id, amount,
+                               currency, reason, metadata, status, stage, idempotency_key, lease_seconds)
+
+
+async def get_refund(conn, refund_id: str) -> Row | None:
+    return await conn.fetchrow(GET_REFUND, refund_id)
+
+
+async def refund_by_credit_note(conn, transaction_id: str, credit_note_id: str) -> Row | None:
+    return await conn.fetchrow(REFUND_BY_CREDIT_NOTE, transaction_id, credit_note_id)
+
+
+async def refund_by_invoice_credit_note(conn, invoice_id: str, credit_note_id: str) -> Row | None:
+    return await conn.fetchrow(REFUND_BY_INVOICE_CREDIT_NOTE, invoice_id, credit_note_id)
+
+
+async def update_refund_state(conn, refund_id: str, *, from_status: str, from_stage: str, status: str, stage: str,
+                              psp_refund_id: str | None, failure_code: str | None, failure_message: str | None,
+                              attempts: int, recheck_seconds: float) -> Row | None:
+    return await conn.fetchrow(UPDATE_REFUND_STATE, refund_id, from_status, from_stage, status, stage, psp_refund_id,
+                               failure_code, failure_message, attempts, recheck_seconds)
+
+
+async def insert_event(conn, refund_id: str, event: str, *, from_status: str | None, to_status: str,
+                       from_stage: str | None, to_stage: str, detail: dict[str, Any] | None = None,
+                       request_id: str | None = None) -> None:
+    await conn.execute(INSERT_EVENT, refund_id, event, from_status, to_status, from_stage, to_stage, detail or {},
+                       request_id)
+
+
+async def insert_attempts(conn, refund_id: str, attempts: Sequence[Any]) -> None:
+    if attempts:
+        await conn.execute(INSERT_ATTEMPTS, refund_id, [a.call for a in attempts], [a.started_at for a in attempts],
+                           [a.latency_ms for a in attempts], [a.outcome for a in attempts],
+                           [a.error_class for a in attempts], [a.processor_code for a in attempts],
+                           [a.message for a in attempts])
+
+
+async def list_refunds(conn, *, invoice_id: str | None, status: str | None, starting_after: str | None,
+                       limit: int) -> list[Row]:
+    """Newest first; fetches one more than `limit` so the caller can tell whether there is more."""
+    clauses, args = [], []
+    for column, value in (("invoice_id", invoice_id), ("status", status)):
+        if value is not None:
+            args.append(value)
+            clauses.append(f"{column} = ${len(args)}")
+    if starting_after is not None:
+        args.append(starting_after)
+        clauses.append(f"id < ${len(args)}")
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    args.append(limit + 1)
+    return await conn.fetch(f"SELECT * FROM refunds {where} ORDER BY id DESC LIMIT ${len(args)}", *args)
+
+
+async def refund_attempts(conn, refund_id: str) -> list[Row]:
+    return await conn.fetch("SELECT * FROM refund_attempts WHERE refund_id = $1 ORDER BY id", refund_id)
+
+
+async def refund_events(conn, refund_id: str) -> list[Row]:
+    return await conn.fetch("SELECT * FROM refund_events WHERE refund_id = $1 ORDER BY id", refund_id)
+
+
+async def claim_due_pending(conn, limit: int, lease_seconds: float) -> list[Row]:
+    return await conn.fetch(CLAIM_DUE_PENDING, limit, lease_seconds)
+
+
+# --- idempotency keys -------------------------------------------------------------------------
+
+CLAIM_KEY = """
+INSERT INTO idempotency_keys (client_id, key, method, path, request_hash, locked_until)
+VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+ON CONFLICT (client_id, key) DO NOTHING
+RETURNING client_id"""
+
+# A first request that died mid-way leaves its key locked; once the lock expires a retry takes over.
+TAKE_OVER_KEY = """
+UPDATE idempotency_keys SET locked_until = now() + make_interval(secs => $3)
+WHERE client_id = $1 AND key = $2 AND status_code IS NULL AND locked_until < now()
+RETURNING resource_id"""
+
+GET_KEY = "SELECT * FROM idempotency_keys WHERE client_id = $1 AND key = $2"
+STORE_RESPONSE = """
+UPDATE idempotency_keys SET status_code = $3, content_type = $4, response_body = $5
+WHERE client_id = $1 AND key = $2"""
+RELEASE_KEY = "DELETE FROM idempotency_keys WHERE client_id = $1 AND key = $2 AND status_code IS NULL"
+SET_KEY_RESOURCE = "UPDATE idempotency_keys SET resource_id = $3 WHERE client_id = $1 AND key = $2"
+
+
+async def claim_key(conn, client_id: str, key: str, method: str, path: str, request_hash: bytes,
+                    lock_seconds: float) -> bool:
+    return await conn.fetchval(CLAIM_KEY, client_id, key, method, path, request_hash, lock_seconds) is not None
+
+
+async def take_over_key(conn, client_id: str, key: str, lock_seconds: float) -> tuple[bool, str | None]:
+    row = await conn.fetchrow(TAKE_OVER_KEY, client_id, key, lock_seconds)
+    return (row is not None, row["resource_id"] if row else None)
+
+
+async def get_key(conn, client_id: str, key: str) -> Row | None:
+    return await conn.fetchrow(GET_KEY, client_id, key)
+
+
+async def store_response(conn, client_id: str, key: str, status: int, content_type: str, body: bytes) -> None:
+    await conn.execute(STORE_RESPONSE, client_id, key, status, content_type, body)
+
+
+async def release_key(conn, client_id: str, key: str) -> None:
+    await conn.execute(RELEASE_KEY, client_id, key)
+
+
+async def set_key_resource(conn, client_id: str, key: str, resource_id: str) -> None:
+    await conn.execute(SET_KEY_RESOURCE, client_id, key, resource_id)

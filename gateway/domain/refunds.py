@@ -1,0 +1,118 @@
+"""The refund state machine: statuses, stages, allowed transitions and their effect on the balance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    PENDING = "pending"  # accepted, not final
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the processor declined (or a succeeded refund was reversed)
+    REQUIRES_ATTENTION = "requires_attention"  # retries spent or outcome unknown
+    REFUNDED_OFFLINE = "refunded_offline"  # an operator settled it outside the processor
+    CANCELED = "canceled"
+
+
+class Stage(StrEnum):
+    """Where a non-final refund is; each needs a different recovery."""
+
+    NOT_SENT = "not_sent"  # safe to send
+    SENDING = "sending"  # a call is in flight under a lease
+    OUTCOME_UNKNOWN = "outcome_unknown"  # may have reached the processor: look up before resending
+    PENDING_AT_PROCESSOR = "pending_at_processor"  # the processor accepted it, final answer later
+    DONE = "done"  # nothing more to do with the processor
+
+
+class Outcome(StrEnum):
+    """What one processor answer (or lookup) says about a refund."""
+
+    SUCCEEDED = "succeeded"
+    PENDING = "pending"
+    DECLINED = "declined"
+    CANCELED = "canceled"
+    NEEDS_ATTENTION = "needs_attention"  # an answer we cannot map: never treated as success
+
+
+class Bucket(StrEnum):
+    """Where a refund's amount counts on its transaction."""
+
+    RESERVED = "reserved"
+    REFUNDED = "refunded"
+    RELEASED = "released"
+
+
+BUCKET = {
+    Status.PENDING: Bucket.RESERVED,
+    Status.REQUIRES_ATTENTION: Bucket.RESERVED,  # money may have moved: keep it reserved
+    Status.SUCCEEDED: Bucket.REFUNDED,
+    Status.REFUNDED_OFFLINE: Bucket.REFUNDED,
+    Status.FAILED: Bucket.RELEASED,
+    Status.CANCELED: Bucket.RELEASED,
+}
+
+# Allowed status changes. A same-status move (pending -> pending) is a stage change.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset(
+        {Status.PENDING, Status.SUCCEEDED, Status.FAILED, Status.REQUIRES_ATTENTION, Status.CANCELED}
+    ),
+    Status.REQUIRES_ATTENTION: frozenset(
+        {Status.PENDING, Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.REFUNDED_OFFLINE,
+         Status.REQUIRES_ATTENTION}
+    ),
+    # A processor can fail a refund after reporting success (a reversal).
+    Status.SUCCEEDED: frozenset({Status.FAILED}),
+    Status.FAILED: frozenset(),
+    Status.CANCELED: frozenset(),
+    Status.REFUNDED_OFFLINE: frozenset(),
+}
+
+FINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.REFUNDED_OFFLINE})
+
+
+class InvalidTransition(Exception):
+    def __init__(self, current: Status, target: Status):
+        super().__init__(f"a {current} refund cannot become {target}")
+        self.current, self.target = current, target
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceDelta:
+    reserved: int
+    refunded: int
+
+
+def check_transition(current: Status, target: Status) -> None:
+    if target not in TRANSITIONS[current]:
+        raise InvalidTransition(current, target)
+
+
+def balance_delta(current: Status, target: Status, amount: int) -> BalanceDelta:
+    """How a transition moves the refund's amount between its transaction's reserved and refunded totals."""
+    reserved = refunded = 0
+    for bucket, sign in ((BUCKET[current], -1), (BUCKET[target], +1)):
+        if bucket is Bucket.RESERVED:
+            reserved += sign * amount
+        elif bucket is Bucket.REFUNDED:
+            refunded += sign * amount
+    return BalanceDelta(reserved, refunded)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    status: Status
+    stage: Stage
+
+
+OUTCOME_TARGET = {
+    Outcome.SUCCEEDED: Target(Status.SUCCEEDED, Stage.DONE),
+    Outcome.PENDING: Target(Status.PENDING, Stage.PENDING_AT_PROCESSOR),
+    Outcome.DECLINED: Target(Status.FAILED, Stage.DONE),
+    Outcome.CANCELED: Target(Status.CANCELED, Stage.DONE),
+    Outcome.NEEDS_ATTENTION: Target(Status.REQUIRES_ATTENTION, Stage.OUTCOME_UNKNOWN),
+}
+
+
+def target_for(outcome: Outcome) -> Target:
+    return OUTCOME_TARGET[outcome]

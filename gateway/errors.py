@@ -1,0 +1,67 @@
+"""One exception family for the whole service; the error middleware turns it into problem+json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(self, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None,
+                 **extra: Any):
+        super().__init__(detail)
+        self.detail = detail
+        if code:
+            self.code = code
+        self.headers = headers or {}
+        self.extra = extra
+
+    def problem(self) -> dict[str, Any]:
+        return {"type": f"https://errors.psp-gateway.dev/{self.code}", "title": self.title,
+                "status": self.status, "code": self.code, "detail": self.detail, **self.extra}
+
+
+class InvalidRequest(GatewayError):
+    status, code, title = 422, "validation_error", "Invalid request"
+
+
+class MalformedRequest(GatewayError):
+    status, code, title = 400, "malformed_request", "Malformed request"
+
+
+class Unauthorized(GatewayError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+    def __init__(self, detail: str = "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"):
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="psp-gateway"'})
+
+
+class Forbidden(GatewayError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(GatewayError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Conflict(GatewayError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(GatewayError):
+    status, code, title = 413, "payload_too_large", "Payload too large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
+class ServiceUnavailable(GatewayError):
+    status, code, title = 503, "service_unavailable", "Service unavailable"
+
+
+class InternalError(GatewayError):
+    status, code, title = 500, "internal_error", "Internal error"

@@ -1,0 +1,211 @@
+"""Running a refund at its processor: call with no database connection held, then record the
+outcome in a second transaction with a compare-and-set on the refund's state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Mapping
+
+import asyncpg
+import structlog
+
+from adapters.base import (
+    OutcomeUnknownError,
+    ProcessorAdapter,
+    ProcessorError,
+    ProcessorProtocolError,
+    RefundRequest,
+    RefundResult,
+    TransientProcessorError,
+)
+from gateway.db import store
+from gateway.domain.refunds import (
+    FINAL,
+    InvalidTransition,
+    Outcome,
+    Stage,
+    Status,
+    Target,
+    balance_delta,
+    check_transition,
+    target_for,
+)
+from gateway.retry import processor_retrying
+from gateway.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    call: str  # refund | lookup
+    started_at: datetime
+    latency_ms: int
+    outcome: str
+    error_class: str | None = None
+    processor_code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a processor's answer (or the lack of one) takes the refund."""
+
+    target: Target
+    psp_refund_id: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+
+
+def decide(answer: RefundResult | BaseException) -> Decision:
+    if isinstance(answer, RefundResult):
+        failure_code = failure_message = None
+        if answer.outcome is Outcome.DECLINED:
+            failure_code = answer.decline_code or answer.processor_code or "declined"
+            failure_message = answer.message or "the processor declined the refund"
+        elif answer.outcome is Outcome.NEEDS_ATTENTION:
+            failure_code, failure_message = "unrecognised_processor_status", answer.message
+        elif answer.outcome is Outcome.CANCELED:
+            failure_code, failure_message = answer.processor_code or "canceled", answer.message
+        return Decision(target_for(answer.outcome), answer.psp_refund_id, failure_code, failure_message)
+    attention = Status.REQUIRES_ATTENTION
+    if isinstance(answer, TransientProcessorError):
+        stage = Stage.OUTCOME_UNKNOWN if answer.maybe_executed else Stage.NOT_SENT
+        return Decision(Target(attention, stage), failure_code="retries_exhausted", failure_message=str(answer))
+    if isinstance(answer, OutcomeUnknownError):
+        return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="outcome_unknown",
+                        failure_message=str(answer))
+    if isinstance(answer, ProcessorProtocolError):
+        return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="processor_protocol_error",
+                        failure_message=str(answer))
+    return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="internal_error",
+                    failure_message=f"unexpected {type(answer).__name__} while calling the processor")
+
+
+def _attempt(call: str, started_at: datetime, t0: float, answer: RefundResult | BaseException) -> Attempt:
+    latency_ms = int((time.perf_counter() - t0) * 1000)
+    if isinstance(answer, RefundResult):
+        return Attempt(call, started_at, latency_ms, answer.outcome.value, None, answer.processor_code,
+                       answer.message)
+    return Attempt(call, started_at, latency_ms, "error", getattr(answer, "error_class", "internal"),
+                   getattr(answer, "code", None), str(answer)[:500])
+
+
+def refund_request(refund: Mapping, transaction: Mapping) -> RefundRequest:
+    return RefundRequest(
+        refund_id=refund["id"], idempotency_key=refund["idempotency_key"], psp_reference=transaction["psp_reference"],
+        amount=refund["amount"], currency=refund["currency"], invoice_id=refund["invoice_id"],
+        credit_note_id=refund["credit_note_id"], reason=refund["reason"],
+        settled=transaction["settled_at"] is not None, metadata=refund["metadata"])
+
+
+class RefundExecutor:
+    """Sends refunds and records what came back. Work continues after an HTTP answer, in tasks
+    the executor tracks so that shutdown can wait for them."""
+
+    def __init__(self, pool: asyncpg.Pool, adapters: Mapping[str, ProcessorAdapter], settings: Settings):
+        self._pool, self._adapters, self._settings = pool, adapters, settings
+        self._tasks: set[asyncio.Task] = set()
+
+    def start(self, refund: Mapping, transaction: Mapping, request_id: str | None = None) -> asyncio.Task:
+        task = asyncio.create_task(self.send(refund, transaction, request_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def send(self, refund: Mapping, transaction: Mapping, request_id: str | None = None) -> asyncpg.Record:
+        adapter = self._adapters[refund["processor_id"]]
+        request = refund_request(refund, transaction)
+        attempts: list[Attempt] = []
+        s = self._settings
+        retrying = processor_retrying(max_attempts=s.retry_max_attempts, max_seconds=s.retry_max_seconds,
+                                      initial_backoff=s.retry_initial_backoff_seconds,
+                                      max_backoff=s.retry_max_backoff_seconds,
+                                      safe_to_resend=adapter.capabilities.idempotency_keys)
+        answer: RefundResult | BaseException
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
+                    try:
+                        answer = await adapter.refund(request)
+                    except ProcessorError as e:
+                        attempts.append(_attempt("refund", started_at, t0, e))
+                        raise
+                    attempts.append(_attempt("refund", started_at, t0, answer))
+        except ProcessorError as e:
+            answer = e
+        except Exception as e:  # an adapter bug must still leave the refund somewhere visible
+            log.exception("adapter_error", refund_id=refund["id"], processor=refund["processor_id"])
+            attempts.append(Attempt("refund", datetime.now(timezone.utc), 0, "error", "internal", None,
+                                    type(e).__name__))
+            answer = e
+        return await self.record(refund, answer, attempts, event="processor_answer", request_id=request_id,
+                                 refund_calls=len(attempts))
+
+    async def check_pending(self, refund: Mapping) -> asyncpg.Record:
+        """Ask the processor about a refund it reported pending."""
+        adapter = self._adapters[refund["processor_id"]]
+        async with self._pool.acquire() as conn:
+            transaction = await store.get_transaction(conn, refund["transaction_id"])
+        started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
+        try:
+            found = await adapter.lookup_refund(refund_request(refund, transaction), refund["psp_refund_id"])
+        except ProcessorError as e:
+            async with self._pool.acquire() as conn:
+                await store.insert_attempts(conn, refund["id"], [_attempt("lookup", started_at, t0, e)])
+            log.warning("pending_check_failed", refund_id=refund["id"], error_class=e.error_class)
+            return refund  # the claim already scheduled the next check
+        answer = found if found is not None else RefundResult(
+            Outcome.NEEDS_ATTENTION, message="the processor has no record of a refund it reported pending")
+        return await self.record(refund, answer, [_attempt("lookup", started_at, t0, answer)],
+                                 event="pending_checked")
+
+    async def record(self, refund: Mapping, answer: RefundResult | BaseException, attempts: list[Attempt], *,
+                     event: str, request_id: str | None = None, refund_calls: int = 0) -> asyncpg.Record:
+        decision = decide(answer)
+        target = decision.target
+        async with self._pool.acquire() as conn, conn.transaction():
+            await store.insert_attempts(conn, refund["id"], attempts)
+            try:
+                check_transition(Status(refund["status"]), target.status)
+                allowed = True
+            except InvalidTransition:
+                allowed = False
+            updated = None if not allowed else await store.update_refund_state(
+                conn, refund["id"], from_status=refund["status"], from_stage=refund["stage"],
+                status=target.status, stage=target.stage, psp_refund_id=decision.psp_refund_id,
+                failure_code=decision.failure_code, failure_message=decision.failure_message,
+                attempts=refund_calls, recheck_seconds=self._settings.pending_poll_seconds)
+            if updated is None:
+                # Someone else (a webhook, another worker) moved the refund first: theirs stands.
+                latest = await store.get_refund(conn, refund["id"])
+                log.warning("refund_outcome_superseded", refund_id=refund["id"], processor=refund["processor_id"],
+                            answer=target.status, status=latest["status"], stage=latest["stage"])
+                return latest
+            if (target.status, target.stage) == (refund["status"], refund["stage"]):
+                return updated  # still where it was (a pending refund still pending): nothing to record
+            delta = balance_delta(Status(refund["status"]), target.status, refund["amount"])
+            await store.move_balance(conn, refund["transaction_id"], delta.reserved, delta.refunded)
+            await store.insert_event(conn, refund["id"], event, from_status=refund["status"], to_status=target.status,
+                                     from_stage=refund["stage"], to_stage=target.stage, request_id=request_id,
+                                     detail={"failure_code": decision.failure_code,
+                                             "psp_refund_id": decision.psp_refund_id})
+        log_method = log.info if target.status in FINAL or target.status == Status.PENDING else log.warning
+        log_method("refund_state_changed", refund_id=refund["id"], processor=refund["processor_id"],
+                   from_status=refund["status"], status=target.status, stage=target.stage,
+                   failure_code=decision.failure_code, psp_refund_id=updated["psp_refund_id"])
+        return updated
+
+    async def aclose(self, grace_seconds: float) -> None:
+        """Let in-flight refunds finish; what is still running after the grace period keeps its lease."""
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+                log.warning("refunds_left_in_flight", count=len(pending))

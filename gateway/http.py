@@ -1,0 +1,65 @@
+"""Small HTTP helpers shared by the routes: JSON bodies in, JSON and problem+json out."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway import errors
+
+M = TypeVar("M", bound=BaseModel)
+
+# Codes for request-shape errors on one kind of field; anything else is a validation_error.
+_FIELD_CODES = {"invalid_amount", "invalid_currency"}
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def model_response(model: BaseModel, status: int = 200) -> web.Response:
+    return json_response(model.model_dump(mode="json"), status)
+
+
+def problem_response(err: errors.GatewayError) -> web.Response:
+    return web.Response(body=orjson.dumps(err.problem()), status=err.status,
+                        content_type="application/problem+json", headers=err.headers)
+
+
+def validation_error(err: ValidationError) -> errors.GatewayError:
+    details = err.errors(include_url=False, include_input=False, include_context=False)
+    if any(d["type"] == "json_invalid" for d in details):
+        return errors.MalformedRequest("the body is not valid JSON")
+    fields = [{"field": ".".join(str(p) for p in d["loc"]) or "body", "message": d["msg"], "type": d["type"]}
+              for d in details]
+    types = {d["type"] for d in details}
+    code = types.pop() if len(types) == 1 and types <= _FIELD_CODES else "validation_error"
+    summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    return errors.InvalidRequest(summary, code=code, errors=fields)
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    if request.content_type != "application/json":
+        raise errors.UnsupportedMediaType("send the body as application/json")
+    body = await request.read()
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        raise validation_error(e) from None
+
+
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise errors.InvalidRequest(f"{name} must be an integer from {lo} to {hi}",
+                                    errors=[{"field": name, "message": f"must be from {lo} to {hi}"}])
+    return value

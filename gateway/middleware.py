@@ -1,0 +1,135 @@
+"""Request id, errors as problem+json, authentication and Idempotency-Key handling."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import asyncpg
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway import errors, keys
+from gateway.db import store
+from gateway.http import problem_response
+from gateway.ids import new_id
+
+log = structlog.get_logger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_PROTECTED = ("/v1/", "/admin/")
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "malformed_request"}
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else new_id("req")
+    request[keys.REQUEST_ID] = request_id
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        response = await handler(request)
+    response.headers["X-Request-ID"] = request_id
+    return response
+
+
+def _http_error(exc: web.HTTPException) -> errors.GatewayError:
+    err = errors.GatewayError(exc.reason or "error", code=_HTTP_CODES.get(exc.status, "http_error"))
+    err.status, err.title = exc.status, exc.reason
+    if exc.status == 413:
+        err.detail = "the request body is larger than this endpoint accepts"
+    return err
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.GatewayError as e:
+        if e.status >= 500:
+            log.warning("request_failed", code=e.code, status=e.status)
+        return problem_response(e)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return problem_response(_http_error(e))
+    except (asyncpg.PostgresConnectionStatusError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError,
+            ConnectionError, OSError) as e:
+        log.warning("database_unavailable", error=type(e).__name__)
+        return problem_response(errors.ServiceUnavailable(
+            "the database is unavailable; retry later", code="database_unavailable", headers={"Retry-After": "5"}))
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        return problem_response(errors.InternalError("an unexpected error occurred; it has been logged"))
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith(_PROTECTED):
+        request[keys.CLIENT] = request.app[keys.AUTH].authenticate(request)
+        structlog.contextvars.bind_contextvars(client_id=request[keys.CLIENT].id)
+    return await handler(request)
+
+
+def _request_hash(request: web.Request, body: bytes) -> bytes:
+    try:  # the same JSON with keys in another order or other spacing is the same request
+        canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONDecodeError:
+        canonical = body
+    return hashlib.sha256(b"%s %s\n%s" % (request.method.encode(), request.path_qs.encode(), canonical)).digest()
+
+
+def _replayable(response: web.StreamResponse) -> bool:
+    """Stripe's rule: a response is kept for replays once the request started executing, but not
+    when it was rejected before that (malformed, invalid) or failed on our side (5xx)."""
+    return response.status < 400 or (response.status not in (400, 413, 415, 422) and response.status < 500)
+
+
+@web.middleware
+async def idempotency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    key = request.headers.get("Idempotency-Key")
+    if key is None or request.method != "POST" or not request.path.startswith(_PROTECTED):
+        return await handler(request)
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise errors.MalformedRequest("Idempotency-Key must be 1 to 255 printable ASCII characters",
+                                      code="invalid_idempotency_key")
+    client_id = request[keys.CLIENT].id
+    body = await request.read()
+    digest = _request_hash(request, body)
+    pool = request.app[keys.POOL]
+    settings = request.app[keys.SETTINGS]
+    lock_seconds = settings.refund_response_budget_seconds + 30
+    async with pool.acquire() as conn:
+        claimed = await store.claim_key(conn, client_id, key, request.method, request.path, digest, lock_seconds)
+        if not claimed:
+            row = await store.get_key(conn, client_id, key)
+            if bytes(row["request_hash"]) != digest:
+                raise errors.Conflict("this Idempotency-Key was used with a different request",
+                                      code="idempotency_key_reused")
+            if row["status_code"] is not None:
+                log.info("idempotent_replay", key_status=row["status_code"])
+                return web.Response(body=bytes(row["response_body"]), status=row["status_code"],
+                                    content_type=row["content_type"], headers={"Idempotent-Replayed": "true"})
+            claimed, resource = await store.take_over_key(conn, client_id, key, lock_seconds)
+            if not claimed:
+                raise errors.Conflict("a request with this Idempotency-Key is still being processed",
+                                      code="idempotency_key_in_use", headers={"Retry-After": "1"})
+            request[keys.RECOVERED_RESOURCE] = resource
+    request[keys.IDEMPOTENCY] = (client_id, key)
+    try:
+        response = await handler(request)
+    except errors.GatewayError as e:
+        response = problem_response(e)
+    except BaseException:
+        async with pool.acquire() as conn:
+            await store.release_key(conn, client_id, key)
+        raise
+    async with pool.acquire() as conn:
+        if _replayable(response) and isinstance(response, web.Response) and response.body is not None:
+            await store.store_response(conn, client_id, key, response.status, response.content_type,
+                                       bytes(response.body))
+        else:
+            await store.release_key(conn, client_id, key)
+    return response

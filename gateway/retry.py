@@ -1,0 +1,54 @@
+"""The one retry policy for processor calls: transient faults only, exponential backoff with
+jitter, Retry-After honoured, capped by attempts and by total time.
+
+Retries are logged without the call's arguments: they carry amounts and references that
+belong in the refund's own log lines, not in every retry's.
+"""
+
+from __future__ import annotations
+
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity.wait import wait_exponential_jitter
+
+from adapters.base import TransientProcessorError
+
+log = structlog.get_logger(__name__)
+
+
+def _retryable(safe_to_resend: bool):
+    def check(exc: BaseException) -> bool:
+        # A 5xx may mean the processor acted: resend only when it deduplicates on our key.
+        return isinstance(exc, TransientProcessorError) and (safe_to_resend or not exc.maybe_executed)
+    return check
+
+
+class _Wait:
+    def __init__(self, initial: float, maximum: float, total: float):
+        self._backoff = wait_exponential_jitter(initial=initial, max=maximum)
+        self._total = total
+
+    def __call__(self, state: RetryCallState) -> float:
+        delay = self._backoff(state)
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after:
+            delay = max(delay, min(retry_after, self._total))
+        return delay
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning("processor_retry", attempt=state.attempt_number, error_class=getattr(exc, "error_class", None),
+                code=getattr(exc, "code", None), sleep_seconds=round(state.upcoming_sleep, 3))
+
+
+def processor_retrying(*, max_attempts: int, max_seconds: float, initial_backoff: float, max_backoff: float,
+                       safe_to_resend: bool) -> AsyncRetrying:
+    return AsyncRetrying(
+        retry=retry_if_exception(_retryable(safe_to_resend)),
+        stop=stop_after_attempt(max_attempts) | stop_after_delay(max_seconds),
+        wait=_Wait(initial_backoff, max_backoff, max_seconds),
+        before_sleep=_log_retry,
+        reraise=True,
+    )

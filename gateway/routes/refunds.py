@@ -1,0 +1,93 @@
+"""Refund commands from the billing core, and reading refunds back."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from gateway import errors, keys, services
+from gateway.auth import require
+from gateway.db import store
+from gateway.domain.refunds import Status
+from gateway.http import json_response, model_response, parse_body, query_int
+from gateway.models import RefundCreate, RefundOut, RefundTarget
+
+routes = web.RouteTableDef()
+
+
+async def _refund(request: web.Request, cmd: RefundCreate) -> web.Response:
+    app = request.app
+    settings = app[keys.SETTINGS]
+    pool = app[keys.POOL]
+    recovered = request.get(keys.RECOVERED_RESOURCE)
+    if recovered:  # the first request with this key created the refund and then died
+        async with pool.acquire() as conn:
+            row = await store.get_refund(conn, recovered)
+        return model_response(RefundOut.from_row(row), 201)
+    claim = request.get(keys.IDEMPOTENCY)
+    async with pool.acquire() as conn:
+        refund, transaction, created = await services.create_refund(
+            conn, cmd, lease_seconds=settings.lease_seconds, request_id=request[keys.REQUEST_ID],
+            claim=services.IdempotencyClaim(*claim) if claim else None)
+    if not created:
+        return model_response(RefundOut.from_row(refund), 200)
+    # The connection is back in the pool: the processor call runs without one.
+    task = app[keys.EXECUTOR].start(refund, transaction, request[keys.REQUEST_ID])
+    done, _ = await asyncio.wait({task}, timeout=settings.refund_response_budget_seconds)
+    if task in done and task.exception() is None:
+        refund = task.result()
+    return model_response(RefundOut.from_row(refund), 201)
+
+
+@routes.post("/v1/refunds")
+async def create_refund(request: web.Request) -> web.Response:
+    require(request, "refunds:write")
+    return await _refund(request, await parse_body(request, RefundCreate))
+
+
+@routes.post("/v1/invoices/{invoice_id}/refund")
+async def refund_invoice(request: web.Request) -> web.Response:
+    require(request, "refunds:write")
+    target = await parse_body(request, RefundTarget)
+    invoice_id = request.match_info["invoice_id"]
+    currency = target.currency
+    if currency is None:
+        # The seeds' shape carries no currency: the refund takes the payment's.
+        async with request.app[keys.POOL].acquire() as conn:
+            rows = await store.transactions_by_invoice(conn, invoice_id)
+        currencies = {r["currency"] for r in rows}
+        currency = currencies.pop() if len(currencies) == 1 else None
+        if currency is None and rows:
+            raise errors.InvalidRequest("the invoice was paid in several currencies: give currency",
+                                        errors=[{"field": "currency", "message": "required for this invoice"}])
+        if currency is None:
+            raise errors.NotFound(f"invoice {invoice_id!r} has no registered payment", code="transaction_not_found")
+    cmd = RefundCreate.model_validate({**target.model_dump(exclude_none=True), "invoice_id": invoice_id,
+                                       "currency": currency}, strict=False)
+    return await _refund(request, cmd)
+
+
+@routes.get("/v1/refunds/{id}")
+async def get_refund(request: web.Request) -> web.Response:
+    require(request, "refunds:read")
+    async with request.app[keys.POOL].acquire() as conn:
+        row = await store.get_refund(conn, request.match_info["id"])
+    if row is None:
+        raise errors.NotFound(f"no refund {request.match_info['id']!r}", code="refund_not_found")
+    return model_response(RefundOut.from_row(row))
+
+
+@routes.get("/v1/refunds")
+async def list_refunds(request: web.Request) -> web.Response:
+    require(request, "refunds:read")
+    status = request.query.get("status")
+    if status is not None and status not in {s.value for s in Status}:
+        raise errors.InvalidRequest(f"status must be one of {', '.join(Status)}",
+                                    errors=[{"field": "status", "message": "unknown status"}])
+    limit = query_int(request, "limit", 20, 1, 100)
+    async with request.app[keys.POOL].acquire() as conn:
+        rows = await store.list_refunds(conn, invoice_id=request.query.get("invoice_id"), status=status,
+                                        starting_after=request.query.get("starting_after"), limit=limit)
+    return json_response({"data": [RefundOut.from_row(r).model_dump(mode="json") for r in rows[:limit]],
+                          "has_more": len(rows) > limit})

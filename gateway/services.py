@@ -1,0 +1,146 @@
+"""Use cases: register an original payment, create a refund under the transaction's row lock.
+
+Each function owns its database transaction and raises GatewayError subclasses; the HTTP
+layer only parses and serialises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import asyncpg
+import structlog
+
+from gateway import errors
+from gateway.db import store
+from gateway.domain import matching, money
+from gateway.domain.refunds import Stage, Status
+from gateway.ids import new_id
+from gateway.models import RefundCreate, TransactionCreate
+
+log = structlog.get_logger(__name__)
+
+
+async def register_transaction(conn: asyncpg.Connection, body: TransactionCreate) -> tuple[asyncpg.Record, bool]:
+    """Insert the payment, or return the one already registered under the same processor reference.
+
+    Returns (row, created). The same body again is not an error; a different one is a 409.
+    """
+    settled_at = datetime.now(timezone.utc) if body.settled else None
+    row = await store.insert_transaction(
+        conn, id=new_id("tx"), processor_id=body.processor, psp_reference=body.psp_reference,
+        invoice_id=body.invoice_id, customer_id=body.customer_id, amount=body.amount, currency=body.currency,
+        captured_at=body.captured_at, settled_at=settled_at, metadata=body.metadata)
+    if row is not None:
+        log.info("transaction_registered", transaction_id=row["id"], processor=body.processor,
+                 invoice_id=body.invoice_id, amount=body.amount, currency=body.currency)
+        return row, True
+    existing = await store.get_transaction_by_reference(conn, body.processor, body.psp_reference)
+    differs = [field for field, value in (
+        ("invoice_id", body.invoice_id), ("customer_id", body.customer_id), ("amount", body.amount),
+        ("currency", body.currency), ("metadata", body.metadata),
+    ) if existing[field] != value]
+    if body.captured_at is not None and existing["captured_at"] != body.captured_at:
+        differs.append("captured_at")
+    if body.settled != (existing["settled_at"] is not None):
+        differs.append("settled")
+    if differs:
+        raise errors.Conflict(
+            f"transaction {body.psp_reference!r} at {body.processor!r} is already registered with other values",
+            code="transaction_conflict", transaction_id=existing["id"], conflicting_fields=differs)
+    return existing, False
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    client_id: str
+    key: str
+
+
+def _candidate(row: asyncpg.Record) -> matching.Candidate:
+    return matching.Candidate(id=row["id"], invoice_id=row["invoice_id"], psp_reference=row["psp_reference"],
+                              processor_id=row["processor_id"], currency=row["currency"],
+                              refundable=row["amount"] - row["refunded_amount"] - row["reserved_amount"])
+
+
+def _candidates_json(candidates: list[matching.Candidate]) -> list[dict[str, object]]:
+    return [{"transaction_id": c.id, "processor": c.processor_id, "psp_reference": c.psp_reference,
+             "currency": c.currency, "refundable_amount": c.refundable} for c in candidates]
+
+
+async def _find_transaction(conn: asyncpg.Connection, cmd: RefundCreate) -> matching.Candidate:
+    if cmd.transaction_id is not None:
+        row = await store.get_transaction(conn, cmd.transaction_id)
+        rows, by_pointer = ([row] if row else []), True
+    elif cmd.psp_reference is not None:
+        rows, by_pointer = await store.transactions_by_reference(conn, cmd.psp_reference), True
+    else:
+        rows, by_pointer = await store.transactions_by_invoice(conn, cmd.invoice_id), False
+    try:
+        chosen = matching.match([_candidate(r) for r in rows], by_pointer=by_pointer)
+    except matching.NoTransaction:
+        pointer = cmd.transaction_id or cmd.psp_reference
+        detail = (f"no transaction {pointer!r}" if pointer else f"invoice {cmd.invoice_id!r} has no registered payment")
+        raise errors.NotFound(detail, code="transaction_not_found") from None
+    except matching.Ambiguous as e:
+        raise errors.Conflict("several transactions match: name one with transaction_id",
+                              code="ambiguous_transaction", candidates=_candidates_json(e.candidates)) from None
+    except matching.NothingRefundable as e:
+        raise errors.InvalidRequest(f"nothing is left to refund on invoice {cmd.invoice_id!r}",
+                                    code="amount_exceeds_refundable", refundable_amount=0,
+                                    candidates=_candidates_json(e.candidates)) from None
+    if chosen.invoice_id != cmd.invoice_id:
+        raise errors.InvalidRequest(
+            f"transaction {chosen.id!r} belongs to invoice {chosen.invoice_id!r}, not {cmd.invoice_id!r}",
+            code="invoice_mismatch")
+    return chosen
+
+
+async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_seconds: float,
+                        claim: IdempotencyClaim | None = None, request_id: str | None = None,
+                        ) -> tuple[asyncpg.Record, asyncpg.Record, bool]:
+    """Match, check and reserve the balance, and write the refund, in one database transaction.
+
+    The refund is written as already `sending` under a lease, because the caller sends it
+    right after the commit. Returns (refund, transaction, created); a refund that already
+    exists for the same credit note is returned as it is.
+    """
+    async with conn.transaction():
+        if cmd.credit_note_id is not None and cmd.transaction_id is None and cmd.psp_reference is None:
+            # Without a pointer the match depends on balances that this credit note's own first
+            # refund changed: look the credit note up on the whole invoice first.
+            existing = await store.refund_by_invoice_credit_note(conn, cmd.invoice_id, cmd.credit_note_id)
+            if existing is not None:
+                return existing, await store.get_transaction(conn, existing["transaction_id"]), False
+        chosen = await _find_transaction(conn, cmd)
+        tx = await store.lock_transaction(conn, chosen.id)
+        if cmd.credit_note_id is not None:
+            existing = await store.refund_by_credit_note(conn, tx["id"], cmd.credit_note_id)
+            if existing is not None:
+                return existing, tx, False
+        if cmd.currency != tx["currency"]:
+            raise errors.InvalidRequest(f"the transaction is in {tx['currency']}, the refund in {cmd.currency}",
+                                        code="currency_mismatch", transaction_currency=tx["currency"])
+        refundable = tx["amount"] - tx["refunded_amount"] - tx["reserved_amount"]
+        amount = cmd.amount if cmd.amount is not None else refundable
+        if refundable <= 0 or amount > refundable:
+            raise errors.InvalidRequest(
+                f"{money.format_amount(amount, tx['currency'])} exceeds the refundable "
+                f"{money.format_amount(refundable, tx['currency'])}",
+                code="amount_exceeds_refundable", refundable_amount=refundable, transaction_id=tx["id"])
+        refund_id = new_id("rf")
+        refund = await store.insert_refund(
+            conn, id=refund_id, transaction_id=tx["id"], processor_id=tx["processor_id"], invoice_id=cmd.invoice_id,
+            credit_note_id=cmd.credit_note_id, amount=amount, currency=tx["currency"], reason=cmd.reason,
+            metadata=cmd.metadata, status=Status.PENDING, stage=Stage.SENDING, idempotency_key=refund_id,
+            lease_seconds=lease_seconds)
+        await store.move_balance(conn, tx["id"], amount, 0)
+        await store.insert_event(conn, refund_id, "created", from_status=None, to_status=Status.PENDING,
+                                 from_stage=None, to_stage=Stage.SENDING, request_id=request_id,
+                                 detail={"amount": amount, "currency": tx["currency"]})
+        if claim is not None:
+            await store.set_key_resource(conn, claim.client_id, claim.key, refund_id)
+    log.info("refund_created", refund_id=refund_id, transaction_id=tx["id"], processor=tx["processor_id"],
+             amount=amount, currency=tx["currency"], status=Status.PENDING, stage=Stage.SENDING)
+    return refund, tx, True

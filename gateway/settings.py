@@ -1,0 +1,175 @@
+"""Settings, built once at the entry point: GATEWAY_* environment variables over a TOML file.
+
+The TOML file named by GATEWAY_CONFIG declares processor accounts and API clients; any
+string in it may be written as ${ENV_VAR}. Environment variables win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+Scope = Literal["transactions:write", "transactions:read", "refunds:write", "refunds:read", "admin"]
+ALL_SCOPES: tuple[Scope, ...] = ("transactions:write", "transactions:read", "refunds:write", "refunds:read", "admin")
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot start the gateway; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProcessorBase(_Strict):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+
+class StripeProcessor(ProcessorBase):
+    kind: Literal["stripe"]
+    base_url: str = "https://api.stripe.com"
+    api_key: SecretStr
+    webhook_secrets: list[SecretStr] = Field(default_factory=list, max_length=2)
+
+
+class BridgePayProcessor(ProcessorBase):
+    kind: Literal["bridgepay"]
+    base_url: str
+    username: str
+    password: SecretStr
+    merchant_code: str
+    merchant_account_code: str
+
+
+class MockProcessor(ProcessorBase):
+    """The in-process mock processor; `base_url` is accepted for symmetry and unused."""
+
+    kind: Literal["mock"]
+    base_url: str | None = None
+    pending_settle_seconds: float = Field(default=2.0, ge=0)
+    latency_seconds: float = Field(default=0.0, ge=0, le=60)
+    webhook_secrets: list[SecretStr] = Field(default_factory=list)
+
+
+ProcessorConfig = Annotated[StripeProcessor | BridgePayProcessor | MockProcessor, Field(discriminator="kind")]
+
+
+class ClientConfig(_Strict):
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    api_key: SecretStr
+    scopes: list[Scope] = Field(min_length=1)
+
+    @field_validator("api_key")
+    @classmethod
+    def _long_enough(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < 16:
+            raise ValueError("api_key must be at least 16 characters")
+        return v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="forbid", frozen=True)
+
+    config: Path | None = None  # the TOML file; read through GATEWAY_CONFIG
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    database_url: SecretStr | None = None  # unset: an embedded Postgres under data_dir
+    data_dir: Path = Path(".gateway-data")
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=20, ge=1)
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # How long POST /v1/refunds waits for the processor before answering with a pending refund.
+    refund_response_budget_seconds: float = Field(default=5.0, gt=0)
+    retry_max_attempts: int = Field(default=4, ge=1, le=20)
+    retry_max_seconds: float = Field(default=20.0, gt=0)
+    retry_initial_backoff_seconds: float = Field(default=0.2, gt=0)
+    retry_max_backoff_seconds: float = Field(default=5.0, gt=0)
+    # A refund whose call is in flight is leased for this long; an expired lease means the process died.
+    lease_seconds: float = Field(default=120.0, gt=0)
+    pending_poll_seconds: float = Field(default=1.0, gt=0)  # how often refunds pending at a processor are re-checked
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    processors: list[ProcessorConfig] = Field(default_factory=list)
+    clients: list[ClientConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "Settings":
+        for name, items in (("processors", self.processors), ("clients", self.clients)):
+            seen: set[str] = set()
+            for i, item in enumerate(items):
+                if item.id in seen:
+                    raise ValueError(f"{name}.{i}.id: duplicate id {item.id!r}")
+                seen.add(item.id)
+        keys = [c.api_key.get_secret_value() for c in self.clients]
+        if len(keys) != len(set(keys)):
+            raise ValueError("clients: two clients share an api_key")
+        return self
+
+    def processor(self, processor_id: str) -> ProcessorConfig | None:
+        return next((p for p in self.processors if p.id == processor_id), None)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return init_settings, env_settings, _TomlSource(settings_cls)
+
+
+def expand_env(value: Any, where: str = "") -> Any:
+    """Replace ${VAR} in every string of a parsed TOML document; an unset variable is an error."""
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{where or 'config'}: environment variable {name} is not set")
+            return os.environ[name]
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}.{i}") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else k) for k, v in value.items()}
+    return value
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ does the work
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("GATEWAY_CONFIG")
+        if not path:
+            return {}
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"GATEWAY_CONFIG: no such file {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"GATEWAY_CONFIG: {path} is not valid TOML: {e}") from None
+        return expand_env(data)
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "config"
+        lines.append(f"{loc}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings or raise ConfigError naming the failing field."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise ConfigError(f"invalid configuration: {describe_validation_error(e)}") from None
