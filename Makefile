@@ -3,8 +3,6 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-GATEWAY_CONFIG ?= deploy/dev.toml
-export GATEWAY_CONFIG
 
 .PHONY: run test migrate clean
 
@@ -15,10 +13,11 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	GATEWAY_LOG_FORMAT=$${GATEWAY_LOG_FORMAT:-console} $(BIN)/psp-gateway serve
+	GATEWAY_CONFIG=$${GATEWAY_CONFIG:-deploy/dev.toml} GATEWAY_LOG_FORMAT=$${GATEWAY_LOG_FORMAT:-console} \
+		$(BIN)/psp-gateway serve
 
 migrate: $(BIN)/.installed
-	$(BIN)/psp-gateway migrate
+	GATEWAY_CONFIG=$${GATEWAY_CONFIG:-deploy/dev.toml} $(BIN)/psp-gateway migrate
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

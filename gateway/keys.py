@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from adapters.base import ProcessorAdapter
     from gateway.auth import Authenticator
     from gateway.execution import RefundExecutor
-    from gateway.settings import Settings
+    from gateway.settings import ClientConfig, Settings
 
 SETTINGS: web.AppKey["Settings"] = web.AppKey("settings")
 POOL: web.AppKey[asyncpg.Pool] = web.AppKey("pool")
@@ -19,8 +19,9 @@ ADAPTERS: web.AppKey[dict[str, "ProcessorAdapter"]] = web.AppKey("adapters")
 EXECUTOR: web.AppKey["RefundExecutor"] = web.AppKey("executor")
 AUTH: web.AppKey["Authenticator"] = web.AppKey("auth")
 
-# Per-request values (aiohttp requests are plain mappings).
-REQUEST_ID = "request_id"
-CLIENT = "client"
-IDEMPOTENCY = "idempotency"  # the claimed (client, key), when the request carried an Idempotency-Key
-RECOVERED_RESOURCE = "recovered_resource"  # what a first, interrupted request with the same key created
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+CLIENT: web.RequestKey["ClientConfig"] = web.RequestKey("client")
+# The claimed (client id, key), when the request carried an Idempotency-Key.
+IDEMPOTENCY: web.RequestKey[tuple[str, str]] = web.RequestKey("idempotency")
+# What a first, interrupted request with the same Idempotency-Key created.
+RECOVERED_RESOURCE: web.RequestKey[str | None] = web.RequestKey("recovered_resource")

@@ -25,7 +25,7 @@ def _retryable(safe_to_resend: bool):
 
 class _Wait:
     def __init__(self, initial: float, maximum: float, total: float):
-        self._backoff = wait_exponential_jitter(initial=initial, max=maximum)
+        self._backoff = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
         self._total = total
 
     def __call__(self, state: RetryCallState) -> float:
