@@ -1,0 +1,170 @@
+"""Every error is application/problem+json with a stable code, never a 500, never a half-written row."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway import keys
+from tests.conftest import ADMIN_KEY, READER_KEY
+
+
+async def _problem(resp, status: int, code: str) -> dict:
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    body = await resp.json()
+    assert body["code"] == code and body["status"] == status and body["detail"]
+    return body
+
+
+async def _row_counts(api) -> tuple[int, int, int]:
+    async with api.app[keys.POOL].acquire() as conn:
+        return (await conn.fetchval("SELECT count(*) FROM refunds"),
+                await conn.fetchval("SELECT count(*) FROM refund_events"),
+                await conn.fetchval("SELECT coalesce(sum(reserved_amount), 0) FROM transactions"))
+
+
+async def test_missing_or_wrong_api_key_is_unauthorized(api):
+    await _problem(await api.get("/v1/refunds", key=None), 401, "unauthorized")
+    await _problem(await api.get("/v1/refunds", key="sk_not_a_real_key_123456"), 401, "unauthorized")
+    resp = await api.get("/v1/refunds", key=None, headers={"X-API-Key": READER_KEY})
+    assert resp.status == 200
+
+
+async def test_key_without_the_scope_is_forbidden(api):
+    body = await _problem(await api.post("/v1/refunds", {}, key=READER_KEY), 403, "forbidden")
+    assert body["required_scope"] == "refunds:write"
+    await _problem(await api.get("/v1/refunds", key=ADMIN_KEY), 403, "forbidden")
+
+
+async def test_unknown_transaction_is_not_found(api):
+    await _problem(await api.post("/v1/refunds", {"invoice_id": "nope", "currency": "EUR"}), 404,
+                   "transaction_not_found")
+    await _problem(await api.post("/v1/refunds", {"invoice_id": "x", "transaction_id": "tx_nope", "currency": "EUR"}),
+                   404, "transaction_not_found")
+    await _problem(await api.get("/v1/transactions/tx_nope"), 404, "transaction_not_found")
+    await _problem(await api.get("/v1/refunds/rf_nope"), 404, "refund_not_found")
+    await _problem(await api.post("/v1/invoices/nope/refund", {}), 404, "transaction_not_found")
+
+
+async def test_refund_over_the_refundable_balance_is_rejected(api):
+    tx = await api.transaction(amount=1_000)
+    body = await _problem(await api.post("/v1/refunds", {"invoice_id": tx["invoice_id"], "amount": 1_001,
+                                                         "currency": "EUR"}), 422, "amount_exceeds_refundable")
+    assert body["refundable_amount"] == 1_000
+    await api.refund(tx, 1_000)
+    body = await _problem(await api.post("/v1/refunds", {"invoice_id": tx["invoice_id"], "currency": "EUR"}),
+                          422, "amount_exceeds_refundable")
+    assert body["refundable_amount"] == 0
+
+
+async def test_refund_in_another_currency_is_rejected(api):
+    tx = await api.transaction(amount=1_000, currency="EUR")
+    body = await _problem(await api.post("/v1/refunds", {"invoice_id": tx["invoice_id"], "amount": 10,
+                                                         "currency": "USD"}), 422, "currency_mismatch")
+    assert body["transaction_currency"] == "EUR"
+    assert await _row_counts(api) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("amount", [0, -5, 1.5, 10.0, "100", True, 10**16])
+async def test_amount_that_is_not_positive_integer_minor_units_is_invalid(api, amount):
+    tx = await api.transaction(amount=1_000)
+    body = await _problem(await api.post("/v1/refunds", {"invoice_id": tx["invoice_id"], "amount": amount,
+                                                         "currency": "EUR"}), 422, "invalid_amount")
+    assert body["errors"][0]["field"] == "amount"
+    assert await _row_counts(api) == (0, 0, 0)
+
+
+async def test_unknown_currency_is_rejected(api):
+    resp = await api.post("/v1/transactions", {"processor": "mock", "psp_reference": "ch", "invoice_id": "i",
+                                               "amount": 1, "currency": "EURO"})
+    await _problem(resp, 422, "invalid_currency")
+
+
+async def test_invoice_with_several_refundable_payments_needs_a_pointer(api):
+    a = await api.transaction(amount=1_000, invoice_id="INV-2")
+    b = await api.transaction(amount=2_000, invoice_id="INV-2")
+    body = await _problem(await api.post("/v1/refunds", {"invoice_id": "INV-2", "amount": 10, "currency": "EUR"}),
+                          409, "ambiguous_transaction")
+    assert {c["transaction_id"] for c in body["candidates"]} == {a["id"], b["id"]}
+    assert await _row_counts(api) == (0, 0, 0)
+    ok = await api.post("/v1/refunds", {"invoice_id": "INV-2", "transaction_id": b["id"], "amount": 10,
+                                        "currency": "EUR"})
+    assert ok.status == 201
+
+
+async def test_same_processor_reference_at_two_processors_is_ambiguous(api):
+    a = await api.transaction(amount=1_000, psp_reference="ch_dup", invoice_id="INV-3")
+    await api.transaction(amount=1_000, psp_reference="ch_dup", invoice_id="INV-3", processor="mock2")
+    await _problem(await api.post("/v1/refunds", {"invoice_id": "INV-3", "psp_reference": "ch_dup", "amount": 1,
+                                                  "currency": "EUR"}), 409, "ambiguous_transaction")
+    assert a
+
+
+async def test_transaction_of_another_invoice_is_rejected(api):
+    tx = await api.transaction(amount=1_000)
+    await _problem(await api.post("/v1/refunds", {"invoice_id": "other", "transaction_id": tx["id"], "amount": 1,
+                                                  "currency": "EUR"}), 422, "invoice_mismatch")
+
+
+async def test_missing_fields_wrong_types_and_unknown_fields_name_the_fields(api):
+    body = await _problem(await api.post("/v1/refunds", {"amount": 100}), 422, "validation_error")
+    assert {e["field"] for e in body["errors"]} == {"invoice_id", "currency"}
+    body = await _problem(await api.post("/v1/refunds", {"invoice_id": 42, "currency": "EUR", "amout": 5}), 422,
+                          "validation_error")
+    assert {e["field"] for e in body["errors"]} == {"invoice_id", "amout"}
+    body = await _problem(await api.post("/v1/transactions", {"processor": "mock", "psp_reference": "ch",
+                                                              "invoice_id": "i", "amount": 5, "currency": "EUR",
+                                                              "settled": "yes", "metadata": {"k": 1}}),
+                          422, "validation_error")
+    assert {e["field"] for e in body["errors"]} == {"settled", "metadata.k"}
+    await _problem(await api.post("/v1/refunds", [1, 2]), 422, "validation_error")
+
+
+async def test_unknown_processor_account_is_rejected(api):
+    await _problem(await api.post("/v1/transactions", {"processor": "nope", "psp_reference": "ch", "invoice_id": "i",
+                                                       "amount": 5, "currency": "EUR"}), 422, "unknown_processor")
+
+
+async def test_malformed_json_is_a_bad_request(api):
+    resp = await api.post("/v1/refunds", data=b'{"invoice_id": ', headers={"Content-Type": "application/json"})
+    await _problem(resp, 400, "malformed_request")
+    resp = await api.post("/v1/refunds", data=b"\xff\xfe", headers={"Content-Type": "application/json"})
+    await _problem(resp, 400, "malformed_request")
+
+
+async def test_wrong_content_type_is_rejected(api):
+    resp = await api.post("/v1/refunds", data=b"invoice_id=x", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    await _problem(resp, 415, "unsupported_media_type")
+
+
+async def test_oversized_body_is_rejected(api):
+    huge = b'{"invoice_id": "' + b"x" * (api.app[keys.SETTINGS].max_body_bytes + 10) + b'"}'
+    resp = await api.post("/v1/refunds", data=huge, headers={"Content-Type": "application/json"})
+    await _problem(resp, 413, "payload_too_large")
+    resp = await api.post("/v1/refunds", data=huge, headers={"Content-Type": "application/json",
+                                                             "Idempotency-Key": "big"})
+    await _problem(resp, 413, "payload_too_large")
+
+
+async def test_bad_query_parameters_are_rejected(api):
+    await _problem(await api.get("/v1/refunds", params={"status": "done"}), 422, "validation_error")
+    await _problem(await api.get("/v1/refunds", params={"limit": "0"}), 422, "validation_error")
+    await _problem(await api.get("/v1/refunds", params={"limit": "many"}), 422, "validation_error")
+    await _problem(await api.get("/v1/transactions"), 422, "validation_error")
+
+
+async def test_unknown_route_and_method_are_problems_too(api):
+    await _problem(await api.get("/v1/nothing-here"), 404, "not_found")
+    await _problem(await api.http.delete("/v1/refunds", headers={"Authorization": "Bearer x"}), 401, "unauthorized")
+    from tests.conftest import WRITER_KEY
+    await _problem(await api.http.delete("/v1/refunds", headers={"Authorization": f"Bearer {WRITER_KEY}"}), 405,
+                   "method_not_allowed")
+
+
+async def test_request_id_is_accepted_and_returned(api):
+    resp = await api.get("/healthz", key=None, headers={"X-Request-ID": "abc-123"})
+    assert resp.headers["X-Request-ID"] == "abc-123"
+    resp = await api.get("/healthz", key=None, headers={"X-Request-ID": "bad id with spaces"})
+    assert resp.headers["X-Request-ID"].startswith("req_")
+    resp = await api.get("/v1/refunds", key=None)
+    assert resp.headers["X-Request-ID"]
