@@ -1,0 +1,146 @@
+"""The `psp-gateway` command as a real process: config from TOML with ${ENV}, JSON logs without
+secrets, the embedded Postgres when no database URL is set, and a clean stop by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+KEY = "sk_cli_test_key_0123456789"
+CARD = "4242424242424242"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        '[[processors]]\nid = "mock"\nkind = "mock"\n\n'
+        '[[clients]]\nid = "billing"\napi_key = "${CLI_TEST_KEY}"\n'
+        'scopes = ["transactions:write", "transactions:read", "refunds:write", "refunds:read"]\n')
+    return path
+
+
+class Gateway:
+    def __init__(self, tmp_path: Path, **env: str):
+        self.port = _free_port()
+        self.log_path = tmp_path / "gateway.log"
+        full_env = {**os.environ, "GATEWAY_CONFIG": str(_config(tmp_path)), "GATEWAY_PORT": str(self.port),
+                    "CLI_TEST_KEY": KEY, "GATEWAY_LOG_FORMAT": "json", **env}
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=full_env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"not ready in {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def gateway_factory(tmp_path):
+    started: list[Gateway] = []
+
+    def start(**env: str) -> Gateway:
+        gw = Gateway(tmp_path, **env)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+def _refund_session(gw: Gateway) -> dict:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    tx = httpx.post(f"{gw.url}/v1/transactions", headers=headers, json={
+        "processor": "mock", "psp_reference": "ch_cli", "invoice_id": "INV-CLI", "amount": 5_000, "currency": "EUR",
+        "metadata": {"card_number": CARD}})
+    assert tx.status_code == 201, tx.text
+    refund = httpx.post(f"{gw.url}/v1/refunds", headers={**headers, "X-Request-ID": "cli-req-1"}, json={
+        "invoice_id": "INV-CLI", "amount": 1_500, "currency": "EUR"})
+    assert refund.status_code == 201, refund.text
+    return refund.json()
+
+
+def test_serve_with_a_database_url_takes_a_refund_and_logs_no_secrets(gateway_factory, database_url):
+    gw = gateway_factory(GATEWAY_DATABASE_URL=database_url)
+    gw.wait_ready()
+    refund = _refund_session(gw)
+    assert refund["status"] == "succeeded"
+    assert gw.stop() == 0
+    logs = gw.log_path.read_text()
+    assert '"event": "refund_state_changed"' in logs and refund["id"] in logs and "cli-req-1" in logs
+    assert KEY not in logs and CARD not in logs
+
+
+def test_serve_without_a_database_url_runs_an_embedded_postgres_and_stops_it(gateway_factory, tmp_path):
+    data_dir = tmp_path / "data"
+    gw = gateway_factory(GATEWAY_DATA_DIR=str(data_dir))
+    gw.wait_ready(timeout=60)
+    assert _refund_session(gw)["status"] == "succeeded"
+    pid = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
+    assert gw.stop() == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid), "the embedded Postgres outlived the gateway"
+    assert (data_dir / "pg" / "PG_VERSION").exists()  # the data survives for the next start
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def test_migrate_command_applies_migrations(database_url, tmp_path):
+    env = {**os.environ, "GATEWAY_DATABASE_URL": database_url, "GATEWAY_CONFIG": str(_config(tmp_path)),
+           "CLI_TEST_KEY": KEY}
+    out = subprocess.run([sys.executable, "-m", "gateway", "migrate"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "up to date" in out.stdout
+
+
+def test_bad_config_fails_at_start_naming_the_field(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[processors]]\nid = "s"\nkind = "stripe"\nwebhook_secrets = []\n')
+    out = subprocess.run([sys.executable, "-m", "gateway", "serve"], env={**os.environ, "GATEWAY_CONFIG": str(bad)},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "processors.0.stripe.api_key" in out.stderr

@@ -1,0 +1,70 @@
+"""Recording processor answers on real Postgres: compare-and-set, balance moves, events, attempts."""
+
+from __future__ import annotations
+
+from adapters.base import OutcomeUnknownError, RefundResult, TransientProcessorError
+from adapters.mock import MockAdapter
+from gateway import services
+from gateway.db import store
+from gateway.domain.refunds import Outcome
+from gateway.execution import RefundExecutor, decide
+from gateway.models import RefundCreate, TransactionCreate
+from tests.conftest import make_settings
+
+
+async def _refund(pool, amount=1_000):
+    async with pool.acquire() as conn:
+        tx, _ = await services.register_transaction(conn, TransactionCreate(
+            processor="mock", psp_reference="ch_1", invoice_id="inv_1", amount=10_000, currency="EUR"))
+        refund, tx, created = await services.create_refund(
+            conn, RefundCreate(invoice_id="inv_1", amount=amount, currency="EUR"), lease_seconds=60)
+    assert created
+    return refund, tx
+
+
+async def _balance(pool, tx_id):
+    async with pool.acquire() as conn:
+        row = await store.get_transaction(conn, tx_id)
+    return row["reserved_amount"], row["refunded_amount"]
+
+
+async def test_creating_a_refund_reserves_its_amount_under_a_lease(pool):
+    refund, tx = await _refund(pool)
+    assert (refund["status"], refund["stage"]) == ("pending", "sending")
+    assert refund["lease_expires_at"] is not None and refund["idempotency_key"] == refund["id"]
+    assert await _balance(pool, tx["id"]) == (1_000, 0)
+
+
+async def test_second_answer_for_the_same_state_does_not_move_money_twice(pool, database_url):
+    refund, tx = await _refund(pool)
+    executor = RefundExecutor(pool, {"mock": MockAdapter("mock")}, make_settings(database_url))
+    ok = RefundResult(Outcome.SUCCEEDED, psp_refund_id="re_1")
+    first = await executor.record(refund, ok, [], event="processor_answer")
+    late = await executor.record(refund, RefundResult(Outcome.DECLINED, processor_code="x"), [], event="webhook")
+    assert first["status"] == "succeeded" and late["status"] == "succeeded"
+    assert await _balance(pool, tx["id"]) == (0, 1_000)
+    assert first["lease_expires_at"] is None
+
+
+async def test_failed_refund_releases_and_reversal_restores_the_balance(pool, database_url):
+    refund, tx = await _refund(pool)
+    executor = RefundExecutor(pool, {"mock": MockAdapter("mock")}, make_settings(database_url))
+    done = await executor.record(refund, RefundResult(Outcome.SUCCEEDED), [], event="processor_answer")
+    reversed_ = await executor.record(done, RefundResult(Outcome.DECLINED, processor_code="card_closed"), [],
+                                      event="reversal")
+    assert reversed_["status"] == "failed" and reversed_["failure_code"] == "card_closed"
+    assert await _balance(pool, tx["id"]) == (0, 0)
+
+
+async def test_unknown_outcome_keeps_the_money_reserved(pool, database_url):
+    refund, tx = await _refund(pool)
+    executor = RefundExecutor(pool, {"mock": MockAdapter("mock")}, make_settings(database_url))
+    row = await executor.record(refund, OutcomeUnknownError("timeout"), [], event="processor_answer")
+    assert (row["status"], row["stage"]) == ("requires_attention", "outcome_unknown")
+    assert await _balance(pool, tx["id"]) == (1_000, 0)
+
+
+def test_retries_spent_on_a_maybe_executed_fault_is_outcome_unknown():
+    assert decide(TransientProcessorError("503", maybe_executed=True)).target.stage == "outcome_unknown"
+    assert decide(TransientProcessorError("refused")).target.stage == "not_sent"
+    assert decide(RuntimeError("bug")).failure_code == "internal_error"
