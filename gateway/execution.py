@@ -113,8 +113,15 @@ class RefundExecutor:
     def start(self, refund: Mapping, transaction: Mapping, request_id: str | None = None) -> asyncio.Task:
         task = asyncio.create_task(self.send(refund, transaction, request_id))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: self._finished(t, refund["id"]))
         return task
+
+    def _finished(self, task: asyncio.Task, refund_id: str) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Typically the database went away while recording: the refund keeps its lease
+            # (stage `sending`) and is visible as such until it is resolved.
+            log.error("refund_recording_failed", refund_id=refund_id, error=type(task.exception()).__name__)
 
     async def send(self, refund: Mapping, transaction: Mapping, request_id: str | None = None) -> asyncpg.Record:
         adapter = self._adapters[refund["processor_id"]]
@@ -149,6 +156,8 @@ class RefundExecutor:
     async def check_pending(self, refund: Mapping) -> asyncpg.Record:
         """Ask the processor about a refund it reported pending."""
         adapter = self._adapters[refund["processor_id"]]
+        if not adapter.capabilities.lookup:
+            return refund  # only the processor's webhooks can move it
         async with self._pool.acquire() as conn:
             transaction = await store.get_transaction(conn, refund["transaction_id"])
         started_at, t0 = datetime.now(timezone.utc), time.perf_counter()

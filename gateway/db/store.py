@@ -83,8 +83,10 @@ SET status = $4, stage = $5,
     failure_code = $7, failure_message = $8,
     attempts = attempts + $9,
     lease_expires_at = CASE WHEN $5 = 'sending' THEN lease_expires_at END,
-    next_attempt_at = CASE WHEN $5 = 'pending_at_processor'
-                           THEN now() + make_interval(secs => $10) END,
+    -- A refund pending at its processor is re-checked less often as it ages (a tenth of its
+    -- age, at least $10 seconds, at most an hour): card refunds can stay pending for days.
+    next_attempt_at = CASE WHEN $5 = 'pending_at_processor' THEN now() + make_interval(secs =>
+                        least(3600, greatest($10, extract(epoch FROM now() - created_at)::float8 / 10))) END,
     updated_at = now()
 WHERE id = $1 AND status = $2 AND stage = $3
 RETURNING *"""
