@@ -5,16 +5,24 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 
 REDACTED = "[redacted]"
-_SECRET_KEY = re.compile(r"(api[_-]?key|authorization|password|secret|token|signature|card|pan|cvc|cvv)", re.I)
-# Card-number-like digit runs (13-19 digits, spaces or dashes allowed), bearer tokens and key-shaped strings.
+# Field names whose values are secrets: matched on whole words of the name (api_key, webhook_secret,
+# card_number), so that `company` or `expand` stay readable.
+_SECRET_WORDS = frozenset({"password", "passwd", "secret", "secrets", "token", "signature", "authorization",
+                           "card", "pan", "cvc", "cvv", "apikey", "credentials"})
+_SECRET_NAMES = frozenset({"api_key", "x_api_key", "database_url", "dsn"})
+# Card-number-like digit runs (13-19 digits, spaces or dashes allowed), bearer/basic credentials,
+# key-shaped strings, passwords in URLs and `password=...` in free text.
 _PAN = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
-_BEARER = re.compile(r"(?i)\bbearer\s+[^\s,;\"']+")
+_AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;\"']+")
 _KEYLIKE = re.compile(r"\b(?:sk|rk|pk|whsec)_[A-Za-z0-9_]{6,}\b")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+_ASSIGNED_SECRET = re.compile(r"(?i)\b(password|passwd|secret|api[_-]?key|token)(\"?\s*[:=]\s*\"?)[^\s,;\"'&]+")
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -27,23 +35,40 @@ def _luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _is_secret_name(key: str) -> bool:
+    name = key.lower().replace("-", "_")
+    if name in _SECRET_NAMES:
+        return True
+    words = set(name.split("_"))
+    if words & {"id", "code"} and name.endswith(("_id", "_code")):
+        return False  # card_id, failure_code: references, not secrets
+    return bool(words & _SECRET_WORDS)
+
+
 def scrub_text(text: str) -> str:
     def pan(m: re.Match[str]) -> str:
         digits = re.sub(r"\D", "", m.group(0))
         return REDACTED if _luhn_ok(digits) else m.group(0)
-    text = _BEARER.sub("Bearer " + REDACTED, text)
+    text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1).capitalize()} {REDACTED}", text)
     text = _KEYLIKE.sub(REDACTED, text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    text = _ASSIGNED_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     return _PAN.sub(pan, text)
 
 
 def scrub(value: Any, key: str = "") -> Any:
-    if key and _SECRET_KEY.search(key) and not key.endswith(("_id", "_code")):
+    if key and _is_secret_name(key):
         return REDACTED
     if isinstance(value, str):
         return scrub_text(value)
-    if isinstance(value, dict):
-        return {k: scrub(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        digits = str(abs(value))
+        return REDACTED if 13 <= len(digits) <= 19 and _luhn_ok(digits) else value
+    if isinstance(value, Mapping):
+        return {str(k): scrub(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [scrub(v) for v in value]
     return value
 

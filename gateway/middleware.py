@@ -82,8 +82,9 @@ def _request_hash(request: web.Request, body: bytes) -> bytes:
 
 
 def _replayable(response: web.StreamResponse) -> bool:
-    """Stripe's rule: a response is kept for replays once the request started executing, but not
-    when it was rejected before that (malformed, invalid) or failed on our side (5xx)."""
+    """Keep the answers of requests that ran (2xx, and 404/409 verdicts). Rejections that changed
+    nothing (400, 413, 415, 422) and our own failures (5xx) are not kept, so that a corrected
+    or later request may reuse the key, as Stripe does for validation errors."""
     return response.status < 400 or (response.status not in (400, 413, 415, 422) and response.status < 500)
 
 

@@ -58,7 +58,9 @@ class RefundTarget(_Request):
     credit_note_id: Ref | None = None
     transaction_id: Ref | None = None
     psp_reference: Ref | None = None
-    amount: Amount | None = None  # absent: everything still refundable
+    # Absent: everything still refundable. An explicit null is rejected (invalid_amount): only
+    # leaving the field out may mean "refund everything".
+    amount: Amount = None  # type: ignore[assignment]
     currency: Currency | None = None
     reason: Annotated[str, Field(min_length=1, max_length=255)] | None = None
     metadata: Metadata = Field(default_factory=dict)

@@ -8,7 +8,7 @@ belong in the refund's own log lines, not in every retry's.
 from __future__ import annotations
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 from tenacity.wait import wait_exponential_jitter
 
 from adapters.base import TransientProcessorError
@@ -24,17 +24,16 @@ def _retryable(safe_to_resend: bool):
 
 
 class _Wait:
-    def __init__(self, initial: float, maximum: float, total: float):
+    """Exponential backoff with jitter, but never sooner than the processor's Retry-After."""
+
+    def __init__(self, initial: float, maximum: float):
         self._backoff = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
-        self._total = total
 
     def __call__(self, state: RetryCallState) -> float:
         delay = self._backoff(state)
         exc = state.outcome.exception() if state.outcome else None
         retry_after = getattr(exc, "retry_after", None)
-        if retry_after:
-            delay = max(delay, min(retry_after, self._total))
-        return delay
+        return max(delay, retry_after) if retry_after else delay
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -47,8 +46,10 @@ def processor_retrying(*, max_attempts: int, max_seconds: float, initial_backoff
                        safe_to_resend: bool) -> AsyncRetrying:
     return AsyncRetrying(
         retry=retry_if_exception(_retryable(safe_to_resend)),
-        stop=stop_after_attempt(max_attempts) | stop_after_delay(max_seconds),
-        wait=_Wait(initial_backoff, max_backoff, max_seconds),
+        # stop_before_delay: give up rather than start an attempt after the time budget, including
+        # when the processor's Retry-After lies beyond it.
+        stop=stop_after_attempt(max_attempts) | stop_before_delay(max_seconds),
+        wait=_Wait(initial_backoff, max_backoff),
         before_sleep=_log_retry,
         reraise=True,
     )

@@ -17,9 +17,13 @@ class InvalidAmount(ValueError):
     pass
 
 
+# ISO 4217 funds codes: units of account, never what a card was charged in.
+_FUNDS = frozenset({"BOV", "CHE", "CHW", "CLF", "COU", "MXV", "USN", "UYI", "UYW", "XSU", "XUA"})
+
+
 def _exponents() -> dict[str, int]:
-    # Funds codes and metals (XAU, XDR, ...) have no minor unit: not card money.
-    return {c.code: c.exponent for c in Currency if c.exponent is not None}
+    # Metals and special units (XAU, XDR, ...) have no minor unit: not card money either.
+    return {c.code: c.exponent for c in Currency if c.exponent is not None and c.code not in _FUNDS}
 
 
 _EXPONENTS = _exponents()
@@ -50,6 +54,7 @@ def parse_minor_units(value: object) -> int:
 
 def format_amount(amount: int, currency: str) -> str:
     """Human-readable major units for messages: format_amount(1050, 'EUR') == '10.50 EUR'."""
+    currency = normalise_currency(currency)
     exp = exponent(currency)
     sign = "-" if amount < 0 else ""
     whole, frac = divmod(abs(amount), 10**exp)

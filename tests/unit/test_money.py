@@ -175,3 +175,13 @@ def test_formatted_amount_reads_back_as_the_same_minor_units(currency, places, a
     assert number.startswith("-") == (amount < 0)
     sign = -1 if amount < 0 else 1
     assert sign * int(whole + frac) == amount
+
+
+@pytest.mark.parametrize("code", ["BOV", "CLF", "USN", "UYW", "CHE"])
+def test_funds_codes_are_not_card_currencies(code):
+    with pytest.raises(UnknownCurrency):
+        normalise_currency(code)
+
+
+def test_format_amount_normalises_the_currency_code():
+    assert format_amount(1050, "eur") == "10.50 EUR"
