@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol
 
+from pydantic import BaseModel, ConfigDict
+
 from gateway.domain.refunds import Outcome
 
 
@@ -45,14 +47,58 @@ class RefundResult:
     message: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class WebhookEvent:
+class _Snapshot(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class PaymentSnapshot(_Snapshot):
+    """An original payment as a webhook describes it."""
+
+    psp_reference: str  # the id refunds will reference (ch_..., GatewayTransID)
+    other_references: list[str] = []  # other ids of the same payment (a charge's payment intent)
+    invoice_id: str | None = None  # from the payment's metadata, when the billing core put it there
+    customer_id: str | None = None
+    amount: int
+    currency: str
+    metadata: dict[str, str] = {}
+
+
+class RefundSnapshot(_Snapshot):
+    """A refund as a webhook describes it, at the moment the event was created."""
+
+    psp_refund_id: str
+    refund_id: str | None = None  # ours, when the processor echoes our metadata back
+    payment_references: list[str]  # the payment it refunds, under every id the processor gives
+    amount: int
+    currency: str
+    outcome: Outcome
+    processor_code: str | None = None
+    decline_code: str | None = None
+    message: str | None = None
+
+    def result(self) -> RefundResult:
+        return RefundResult(self.outcome, psp_refund_id=self.psp_refund_id, processor_code=self.processor_code,
+                            decline_code=self.decline_code, message=self.message)
+
+
+class WebhookEvent(_Snapshot):
+    """One verified processor event, reduced to what the gateway acts on; stored as JSON."""
+
     event_id: str
     type: str
-    psp_refund_id: str | None
-    refund_id: str | None  # ours, when the processor echoes it back
-    result: RefundResult | None
-    payload: Mapping[str, object]
+    created: int | None = None  # the processor's timestamp (unix seconds)
+    payments: list[PaymentSnapshot] = []
+    refunds: list[RefundSnapshot] = []
+
+    def match_keys(self) -> list[str]:
+        """Every id this event can be matched on: payment references, refund ids (ours and theirs)."""
+        keys = {ref for p in self.payments for ref in (p.psp_reference, *p.other_references)}
+        for r in self.refunds:
+            keys.update(r.payment_references)
+            keys.add(r.psp_refund_id)
+            if r.refund_id:
+                keys.add(r.refund_id)
+        return sorted(keys)
 
 
 class ProcessorError(Exception):
@@ -107,7 +153,7 @@ class ProcessorAdapter(Protocol):
     async def lookup_refund(self, request: RefundRequest, psp_refund_id: str | None) -> RefundResult | None:
         """Find the refund at the processor; None when the processor has no record of it."""
 
-    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """Verify and parse a webhook; raises WebhookVerificationError."""
 
     async def aclose(self) -> None: ...

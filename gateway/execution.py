@@ -12,27 +12,10 @@ from typing import Mapping
 import asyncpg
 import structlog
 
-from adapters.base import (
-    OutcomeUnknownError,
-    ProcessorAdapter,
-    ProcessorError,
-    ProcessorProtocolError,
-    RefundRequest,
-    RefundResult,
-    TransientProcessorError,
-)
+from adapters.base import ProcessorAdapter, ProcessorError, RefundRequest, RefundResult
+from gateway import ledger
 from gateway.db import store
-from gateway.domain.refunds import (
-    FINAL,
-    InvalidTransition,
-    Outcome,
-    Stage,
-    Status,
-    Target,
-    balance_delta,
-    check_transition,
-    target_for,
-)
+from gateway.domain.refunds import Outcome
 from gateway.retry import processor_retrying
 from gateway.settings import Settings
 
@@ -48,41 +31,6 @@ class Attempt:
     error_class: str | None = None
     processor_code: str | None = None
     message: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """Where a processor's answer (or the lack of one) takes the refund."""
-
-    target: Target
-    psp_refund_id: str | None = None
-    failure_code: str | None = None
-    failure_message: str | None = None
-
-
-def decide(answer: RefundResult | BaseException) -> Decision:
-    if isinstance(answer, RefundResult):
-        failure_code = failure_message = None
-        if answer.outcome is Outcome.DECLINED:
-            failure_code = answer.decline_code or answer.processor_code or "declined"
-            failure_message = answer.message or "the processor declined the refund"
-        elif answer.outcome is Outcome.NEEDS_ATTENTION:
-            failure_code, failure_message = "unrecognised_processor_status", answer.message
-        elif answer.outcome is Outcome.CANCELED:
-            failure_code, failure_message = answer.processor_code or "canceled", answer.message
-        return Decision(target_for(answer.outcome), answer.psp_refund_id, failure_code, failure_message)
-    attention = Status.REQUIRES_ATTENTION
-    if isinstance(answer, TransientProcessorError):
-        stage = Stage.OUTCOME_UNKNOWN if answer.maybe_executed else Stage.NOT_SENT
-        return Decision(Target(attention, stage), failure_code="retries_exhausted", failure_message=str(answer))
-    if isinstance(answer, OutcomeUnknownError):
-        return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="outcome_unknown",
-                        failure_message=str(answer))
-    if isinstance(answer, ProcessorProtocolError):
-        return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="processor_protocol_error",
-                        failure_message=str(answer))
-    return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="internal_error",
-                    failure_message=f"unexpected {type(answer).__name__} while calling the processor")
 
 
 def _attempt(call: str, started_at: datetime, t0: float, answer: RefundResult | BaseException) -> Attempt:
@@ -171,43 +119,20 @@ class RefundExecutor:
         answer = found if found is not None else RefundResult(
             Outcome.NEEDS_ATTENTION, message="the processor has no record of a refund it reported pending")
         return await self.record(refund, answer, [_attempt("lookup", started_at, t0, answer)],
-                                 event="pending_checked")
+                                 event="pending_checked", current_truth=True)
 
     async def record(self, refund: Mapping, answer: RefundResult | BaseException, attempts: list[Attempt], *,
-                     event: str, request_id: str | None = None, refund_calls: int = 0) -> asyncpg.Record:
-        decision = decide(answer)
-        target = decision.target
+                     event: str, request_id: str | None = None, refund_calls: int = 0,
+                     current_truth: bool = False) -> asyncpg.Record:
+        """Record a processor's answer, or the lack of one, in one database transaction."""
+        expect = None if isinstance(answer, RefundResult) else (refund["status"], refund["stage"])
         async with self._pool.acquire() as conn, conn.transaction():
             await store.insert_attempts(conn, refund["id"], attempts)
-            try:
-                check_transition(Status(refund["status"]), target.status)
-                allowed = True
-            except InvalidTransition:
-                allowed = False
-            updated = None if not allowed else await store.update_refund_state(
-                conn, refund["id"], from_status=refund["status"], from_stage=refund["stage"],
-                status=target.status, stage=target.stage, psp_refund_id=decision.psp_refund_id,
-                failure_code=decision.failure_code, failure_message=decision.failure_message,
-                attempts=refund_calls, recheck_seconds=self._settings.pending_poll_seconds)
-            if updated is None:
-                # Someone else (a webhook, another worker) moved the refund first: theirs stands.
-                latest = await store.get_refund(conn, refund["id"])
-                log.warning("refund_outcome_superseded", refund_id=refund["id"], processor=refund["processor_id"],
-                            answer=target.status, status=latest["status"], stage=latest["stage"])
-                return latest
-            if (target.status, target.stage) == (refund["status"], refund["stage"]):
-                return updated  # still where it was (a pending refund still pending): nothing to record
-            delta = balance_delta(Status(refund["status"]), target.status, refund["amount"])
-            await store.move_balance(conn, refund["transaction_id"], delta.reserved, delta.refunded)
-            await store.insert_event(conn, refund["id"], event, from_status=refund["status"], to_status=target.status,
-                                     from_stage=refund["stage"], to_stage=target.stage, request_id=request_id,
-                                     detail={"failure_code": decision.failure_code,
-                                             "psp_refund_id": decision.psp_refund_id})
-        log_method = log.info if target.status in FINAL or target.status == Status.PENDING else log.warning
-        log_method("refund_state_changed", refund_id=refund["id"], processor=refund["processor_id"],
-                   from_status=refund["status"], status=target.status, stage=target.stage,
-                   failure_code=decision.failure_code, psp_refund_id=updated["psp_refund_id"])
-        return updated
+            row, _ = await ledger.apply(conn, refund["id"], ledger.decide(answer), event=event, expect=expect,
+                                        current_truth=current_truth,
+                                        recheck_seconds=self._settings.pending_poll_seconds,
+                                        refund_calls=refund_calls, request_id=request_id)
+        return row
 
     async def aclose(self, grace_seconds: float) -> None:
         """Let in-flight refunds finish; what is still running after the grace period keeps its lease."""

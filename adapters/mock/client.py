@@ -24,6 +24,7 @@ from adapters.base import (
     ProcessorProtocolError,
     RefundRequest,
     RefundResult,
+    RefundSnapshot,
     TransientProcessorError,
     WebhookEvent,
     WebhookVerificationError,
@@ -131,8 +132,9 @@ class MockAdapter:
         refund = self._by_key.get(request.idempotency_key)
         return refund.result(self._clock()) if refund else None
 
-    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
-        """Mock webhooks: JSON body signed as hex HMAC-SHA256 in `Mock-Signature`."""
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        """Mock webhooks: `{"id", "type", "refund": {"id", "refund_id", "payment", "amount", "currency",
+        "status"}}`, signed as hex HMAC-SHA256 of the body in `Mock-Signature`."""
         signature = headers.get("Mock-Signature", "")
         if not self._secrets or not any(
                 hmac.compare_digest(hmac.new(s, body, hashlib.sha256).hexdigest(), signature) for s in self._secrets):
@@ -140,12 +142,11 @@ class MockAdapter:
         try:
             payload = orjson.loads(body)
             refund = payload["refund"]
-            status = Outcome(refund["status"])
-            return [WebhookEvent(event_id=str(payload["id"]), type=str(payload["type"]),
-                                 psp_refund_id=refund.get("id"), refund_id=refund.get("refund_id"),
-                                 result=RefundResult(status, psp_refund_id=refund.get("id"),
-                                                     processor_code=refund["status"]),
-                                 payload=payload)]
+            snapshot = RefundSnapshot(
+                psp_refund_id=refund["id"], refund_id=refund.get("refund_id"),
+                payment_references=[refund["payment"]], amount=refund["amount"], currency=refund["currency"],
+                outcome=Outcome(refund["status"]), processor_code=refund["status"])
+            return WebhookEvent(event_id=str(payload["id"]), type=str(payload["type"]), refunds=[snapshot])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise WebhookVerificationError(f"malformed mock webhook: {e}") from None
 

@@ -71,6 +71,16 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval
 RETURNING *"""
 
 GET_REFUND = "SELECT * FROM refunds WHERE id = $1"
+LOCK_REFUND = "SELECT * FROM refunds WHERE id = $1 FOR UPDATE"
+REFUND_BY_PSP_ID = "SELECT * FROM refunds WHERE processor_id = $1 AND psp_refund_id = $2"
+TRANSACTION_BY_ANY_REFERENCE = """
+SELECT * FROM transactions WHERE processor_id = $1 AND psp_reference = ANY($2::text[]) ORDER BY id LIMIT 1"""
+
+INSERT_EXTERNAL_REFUND = """
+INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, amount, currency, status, stage,
+                     idempotency_key, psp_refund_id, failure_code, failure_message, origin)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'external:' || $3 || ':' || $9, $9, $10, $11, 'external')
+RETURNING *"""
 REFUND_BY_CREDIT_NOTE = "SELECT * FROM refunds WHERE transaction_id = $1 AND credit_note_id = $2"
 REFUND_BY_INVOICE_CREDIT_NOTE = """
 SELECT * FROM refunds WHERE invoice_id = $1 AND credit_note_id = $2 ORDER BY id LIMIT 1"""
@@ -124,6 +134,25 @@ async def insert_refund(conn, *, id: str, transaction_id: str, processor_id: str
 
 async def get_refund(conn, refund_id: str) -> Row | None:
     return await conn.fetchrow(GET_REFUND, refund_id)
+
+
+async def lock_refund(conn, refund_id: str) -> Row | None:
+    return await conn.fetchrow(LOCK_REFUND, refund_id)
+
+
+async def refund_by_psp_id(conn, processor_id: str, psp_refund_id: str) -> Row | None:
+    return await conn.fetchrow(REFUND_BY_PSP_ID, processor_id, psp_refund_id)
+
+
+async def transaction_by_any_reference(conn, processor_id: str, references: Sequence[str]) -> Row | None:
+    return await conn.fetchrow(TRANSACTION_BY_ANY_REFERENCE, processor_id, list(references))
+
+
+async def insert_external_refund(conn, *, id: str, transaction_id: str, processor_id: str, invoice_id: str,
+                                 amount: int, currency: str, status: str, stage: str, psp_refund_id: str,
+                                 failure_code: str | None, failure_message: str | None) -> Row:
+    return await conn.fetchrow(INSERT_EXTERNAL_REFUND, id, transaction_id, processor_id, invoice_id, amount,
+                               currency, status, stage, psp_refund_id, failure_code, failure_message)
 
 
 async def refund_by_credit_note(conn, transaction_id: str, credit_note_id: str) -> Row | None:

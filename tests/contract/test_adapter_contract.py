@@ -64,7 +64,8 @@ WEBHOOK_SECRET = "whsec_mock_contract_secret"
 def mock_signed_webhook(secret: str = WEBHOOK_SECRET, status: str = "succeeded"):
     def sign(psp_refund_id: str, refund_id: str) -> tuple[dict[str, str], bytes]:
         body = orjson.dumps({"id": f"evt_{uuid.uuid4().hex[:12]}", "type": "refund.updated",
-                             "refund": {"id": psp_refund_id, "refund_id": refund_id, "status": status}})
+                             "refund": {"id": psp_refund_id, "refund_id": refund_id, "payment": "ch_contract",
+                                        "amount": 1_050, "currency": "EUR", "status": status}})
         return {"Mock-Signature": hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}, body
     return sign
 
@@ -193,10 +194,12 @@ async def test_correctly_signed_webhook_is_parsed_into_events(adapter_case):
     if not adapter_case.adapter.capabilities.webhooks:
         pytest.skip(f"{adapter_case.name} sends no webhooks")
     headers, body = adapter_case.signed_webhook("psp_re_1", "rf_1")
-    events = adapter_case.adapter.parse_webhook(headers, body)
-    assert events and all(isinstance(e, WebhookEvent) for e in events)
-    assert events[0].psp_refund_id == "psp_re_1"
-    assert isinstance(events[0].result, RefundResult)
+    event = adapter_case.adapter.parse_webhook(headers, body)
+    assert isinstance(event, WebhookEvent) and event.event_id
+    [refund] = event.refunds
+    assert (refund.psp_refund_id, refund.refund_id) == ("psp_re_1", "rf_1")
+    assert isinstance(refund.result(), RefundResult)
+    assert {"psp_re_1", "rf_1"} <= set(event.match_keys())
 
 
 async def test_webhook_whose_body_changed_after_signing_is_rejected(adapter_case):
@@ -410,16 +413,18 @@ async def test_concurrent_resends_of_one_key_execute_once(mock):
 
 def test_mock_webhook_signed_with_the_secret_is_parsed(mock):
     headers, body = mock_signed_webhook(status="declined")("mre_00000001", "rf_1")
-    [event] = mock.parse_webhook(headers, body)
-    assert (event.type, event.psp_refund_id, event.refund_id) == ("refund.updated", "mre_00000001", "rf_1")
-    assert event.result == RefundResult(Outcome.DECLINED, psp_refund_id="mre_00000001", processor_code="declined")
-    assert event.payload["refund"]["status"] == "declined"
+    event = mock.parse_webhook(headers, body)
+    [refund] = event.refunds
+    assert (event.type, refund.psp_refund_id, refund.refund_id) == ("refund.updated", "mre_00000001", "rf_1")
+    assert refund.result() == RefundResult(Outcome.DECLINED, psp_refund_id="mre_00000001",
+                                           processor_code="declined")
+    assert (refund.payment_references, refund.amount, refund.currency) == (["ch_contract"], 1_050, "EUR")
 
 
 def test_mock_webhook_signed_with_a_previous_secret_is_accepted_during_rotation():
     mock = MockAdapter("mock", webhook_secrets=["whsec_new_secret", "whsec_old_secret"])
     headers, body = mock_signed_webhook(secret="whsec_old_secret")("mre_1", "rf_1")
-    assert len(mock.parse_webhook(headers, body)) == 1
+    assert mock.parse_webhook(headers, body).refunds[0].refund_id == "rf_1"
 
 
 def test_mock_webhook_signed_with_another_secret_is_rejected(mock):

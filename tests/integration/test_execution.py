@@ -7,7 +7,8 @@ from adapters.mock import MockAdapter
 from gateway import services
 from gateway.db import store
 from gateway.domain.refunds import Outcome
-from gateway.execution import RefundExecutor, decide
+from gateway.execution import RefundExecutor
+from gateway.ledger import decide
 from gateway.models import RefundCreate, TransactionCreate
 from tests.conftest import make_settings
 
@@ -51,7 +52,7 @@ async def test_failed_refund_releases_and_reversal_restores_the_balance(pool, da
     executor = RefundExecutor(pool, {"mock": MockAdapter("mock")}, make_settings(database_url))
     done = await executor.record(refund, RefundResult(Outcome.SUCCEEDED), [], event="processor_answer")
     reversed_ = await executor.record(done, RefundResult(Outcome.DECLINED, processor_code="card_closed"), [],
-                                      event="reversal")
+                                      event="pending_checked", current_truth=True)
     assert reversed_["status"] == "failed" and reversed_["failure_code"] == "card_closed"
     assert await _balance(pool, tx["id"]) == (0, 0)
 

@@ -56,4 +56,4 @@ async def test_schema_refuses_over_refunding_even_without_the_service(pool):
         await conn.execute("INSERT INTO transactions (id, processor_id, psp_reference, invoice_id, amount, currency) "
                            "VALUES ('tx_1', 'mock', 'ch_1', 'inv', 100, 'EUR')")
         with pytest.raises(asyncpg.CheckViolationError):
-            await conn.execute("UPDATE transactions SET reserved_amount = 60, refunded_amount = 41 WHERE id = 'tx_1'")
+            await conn.execute("UPDATE transactions SET refunded_amount = 101 WHERE id = 'tx_1'")

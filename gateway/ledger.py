@@ -1,0 +1,146 @@
+"""Moving a refund to a new state inside the caller's database transaction: the refund row is
+locked, the state machine decides, the update is a compare-and-set, the transaction's balance
+follows and an event row records the change. Processor answers and webhooks both come here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+
+from adapters.base import (
+    OutcomeUnknownError,
+    PaymentSnapshot,
+    ProcessorProtocolError,
+    RefundResult,
+    RefundSnapshot,
+    TransientProcessorError,
+)
+from gateway.db import store
+from gateway.domain.refunds import (
+    FINAL,
+    BUCKET,
+    Bucket,
+    InvalidTransition,
+    Outcome,
+    Stage,
+    Status,
+    Target,
+    balance_delta,
+    check_transition,
+    target_for,
+)
+from gateway.ids import new_id
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a processor's answer (or the lack of one) takes the refund."""
+
+    target: Target
+    psp_refund_id: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+
+
+def decide(answer: RefundResult | BaseException) -> Decision:
+    if isinstance(answer, RefundResult):
+        failure_code = failure_message = None
+        if answer.outcome is Outcome.DECLINED:
+            failure_code = answer.decline_code or answer.processor_code or "declined"
+            failure_message = answer.message or "the processor declined the refund"
+        elif answer.outcome is Outcome.NEEDS_ATTENTION:
+            failure_code, failure_message = "unrecognised_processor_status", answer.message
+        elif answer.outcome is Outcome.CANCELED:
+            failure_code, failure_message = answer.processor_code or "canceled", answer.message
+        return Decision(target_for(answer.outcome), answer.psp_refund_id, failure_code, failure_message)
+    attention = Status.REQUIRES_ATTENTION
+    if isinstance(answer, TransientProcessorError):
+        stage = Stage.OUTCOME_UNKNOWN if answer.maybe_executed else Stage.NOT_SENT
+        return Decision(Target(attention, stage), failure_code="retries_exhausted", failure_message=str(answer))
+    if isinstance(answer, OutcomeUnknownError):
+        return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="outcome_unknown",
+                        failure_message=str(answer))
+    if isinstance(answer, ProcessorProtocolError):
+        return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="processor_protocol_error",
+                        failure_message=str(answer))
+    return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="internal_error",
+                    failure_message=f"unexpected {type(answer).__name__} while calling the processor")
+
+
+async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *, event: str,
+                expect: tuple[str, str] | None = None, current_truth: bool = False, recheck_seconds: float,
+                refund_calls: int = 0, request_id: str | None = None,
+                detail: dict[str, Any] | None = None) -> tuple[asyncpg.Record, bool]:
+    """Apply a decision; returns (the refund as it now is, whether its state changed).
+
+    `expect` is the (status, stage) the decision was made from. A decision drawn from the lack
+    of an answer (a timeout, retries spent) passes it, so that it never overrides what a real
+    answer (a webhook, say) recorded meanwhile. Answers need no such guard: the state machine
+    already refuses what would go backwards (pending after succeeded, succeeded after failed).
+    Only `current_truth` (a webhook or a look-up: the processor's state now, not the answer to
+    an earlier call) may turn a succeeded refund into a failed one, a reversal.
+    """
+    current = await store.lock_refund(conn, refund_id)
+    status, stage = Status(current["status"]), Stage(current["stage"])
+    target = decision.target
+    if expect is not None and (status, stage) != expect:
+        log.info("refund_answer_superseded", refund_id=refund_id, status=status, stage=stage, answer=target.status)
+        return current, False
+    try:
+        check_transition(status, target.status)
+        if status is Status.SUCCEEDED and not current_truth:
+            raise InvalidTransition(status, target.status)
+    except InvalidTransition:
+        log.info("refund_answer_stale", refund_id=refund_id, status=status, answer=target.status, cause=event)
+        return current, False
+    updated = await store.update_refund_state(
+        conn, refund_id, from_status=status, from_stage=stage, status=target.status, stage=target.stage,
+        psp_refund_id=decision.psp_refund_id, failure_code=decision.failure_code,
+        failure_message=decision.failure_message, attempts=refund_calls, recheck_seconds=recheck_seconds)
+    if (target.status, target.stage) == (status, stage):
+        return updated, False  # still where it was (a pending refund still pending)
+    delta = balance_delta(status, target.status, current["amount"])
+    await store.move_balance(conn, current["transaction_id"], delta.reserved, delta.refunded)
+    await store.insert_event(conn, refund_id, event, from_status=status, to_status=target.status, from_stage=stage,
+                             to_stage=target.stage, request_id=request_id,
+                             detail={"failure_code": decision.failure_code, "psp_refund_id": decision.psp_refund_id,
+                                     **(detail or {})})
+    log_method = log.info if target.status in FINAL or target.status == Status.PENDING else log.warning
+    log_method("refund_state_changed", refund_id=refund_id, processor=current["processor_id"], cause=event,
+               from_status=status, status=target.status, stage=target.stage, failure_code=decision.failure_code,
+               psp_refund_id=updated["psp_refund_id"])
+    return updated, True
+
+
+async def record_external(conn: asyncpg.Connection, transaction: asyncpg.Record, snapshot: RefundSnapshot, *,
+                          event: str) -> asyncpg.Record:
+    """Record a refund the processor reports but the gateway never made (e.g. from a dashboard)."""
+    decision = decide(snapshot.result())
+    target = decision.target
+    refund_id = new_id("rf")
+    row = await store.insert_external_refund(
+        conn, id=refund_id, transaction_id=transaction["id"], processor_id=transaction["processor_id"],
+        invoice_id=transaction["invoice_id"], amount=snapshot.amount, currency=transaction["currency"],
+        status=target.status, stage=target.stage, psp_refund_id=snapshot.psp_refund_id,
+        failure_code=decision.failure_code, failure_message=decision.failure_message)
+    bucket = BUCKET[target.status]
+    await store.move_balance(conn, transaction["id"], snapshot.amount if bucket is Bucket.RESERVED else 0,
+                             snapshot.amount if bucket is Bucket.REFUNDED else 0)
+    await store.insert_event(conn, refund_id, event, from_status=None, to_status=target.status, from_stage=None,
+                             to_stage=target.stage, detail={"origin": "external",
+                                                            "psp_refund_id": snapshot.psp_refund_id})
+    log.warning("external_refund_recorded", refund_id=refund_id, transaction_id=transaction["id"],
+                processor=transaction["processor_id"], psp_refund_id=snapshot.psp_refund_id, amount=snapshot.amount,
+                status=target.status)
+    return row
+
+
+def payment_values(processor_id: str, payment: PaymentSnapshot) -> dict[str, Any]:
+    return dict(processor_id=processor_id, psp_reference=payment.psp_reference, invoice_id=payment.invoice_id,
+                customer_id=payment.customer_id, amount=payment.amount, currency=payment.currency.upper(),
+                metadata=payment.metadata)
