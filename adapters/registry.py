@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from adapters.base import ProcessorAdapter
 from adapters.mock import MockAdapter
+from adapters.stripe import StripeAdapter
 from gateway.settings import ConfigError, ProcessorConfig
 
 
-AVAILABLE_KINDS = frozenset({"mock"})
+AVAILABLE_KINDS = frozenset({"mock", "stripe"})
 
 
 def check_supported(config: ProcessorConfig) -> None:
@@ -21,4 +22,6 @@ def build_adapter(config: ProcessorConfig) -> ProcessorAdapter:
         return MockAdapter(config.id, pending_settle_seconds=config.pending_settle_seconds,
                            latency_seconds=config.latency_seconds,
                            webhook_secrets=[s.get_secret_value() for s in config.webhook_secrets])
+    if config.kind == "stripe":
+        return StripeAdapter(config)
     raise AssertionError(config.kind)

@@ -4,21 +4,20 @@ created in cleanup contexts (nothing connects at import time)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import AsyncIterator
 
 from aiohttp import web
 
 from adapters.registry import build_adapter
-from gateway import keys
+from gateway import keys, webhooks
 from gateway.auth import Authenticator
 from gateway.db.migrate import migrate
 from gateway.db.pool import create_pool
 from gateway.execution import RefundExecutor
 from gateway.middleware import auth_middleware, error_middleware, idempotency_middleware, request_id_middleware
-from gateway.routes import ops, refunds, transactions
+from gateway.routes import ops, refunds, transactions, webhooks as webhook_routes
 from gateway.settings import Settings
-from gateway.worker import run_pending_poller
+from gateway.worker import PENDING_BATCH, check_due_pending, run_loop
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -45,12 +44,21 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     executor = RefundExecutor(app[keys.POOL], app[keys.ADAPTERS], settings)
     app[keys.EXECUTOR] = executor
-    poller = asyncio.create_task(run_pending_poller(app[keys.POOL], executor, settings.pending_poll_seconds,
-                                                    settings.lease_seconds))
+    pool = app[keys.POOL]
+
+    async def pending() -> bool:
+        return await check_due_pending(pool, executor, settings.lease_seconds) >= PENDING_BATCH
+
+    async def inbox() -> bool:
+        return await webhooks.process_due(pool, recheck_seconds=settings.pending_poll_seconds) >= webhooks.BATCH
+
+    loops = [asyncio.create_task(run_loop("pending_refunds", pending, settings.pending_poll_seconds)),
+             asyncio.create_task(run_loop("webhook_inbox", inbox, settings.webhook_poll_seconds,
+                                          app[keys.WEBHOOK_WAKE]))]
     yield
-    poller.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await poller
+    for task in loops:
+        task.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
     await executor.aclose(settings.shutdown_grace_seconds)
 
 
@@ -61,7 +69,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[keys.SETTINGS] = settings
     app[keys.AUTH] = Authenticator(settings.clients)
+    app[keys.WEBHOOK_WAKE] = asyncio.Event()
     app.cleanup_ctx.extend([_database, _processors, _background])
-    for module in (ops, transactions, refunds):
+    for module in (ops, transactions, refunds, webhook_routes):
         app.add_routes(module.routes)
     return app

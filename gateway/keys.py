@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -18,6 +19,7 @@ POOL: web.AppKey[asyncpg.Pool] = web.AppKey("pool")
 ADAPTERS: web.AppKey[dict[str, "ProcessorAdapter"]] = web.AppKey("adapters")
 EXECUTOR: web.AppKey["RefundExecutor"] = web.AppKey("executor")
 AUTH: web.AppKey["Authenticator"] = web.AppKey("auth")
+WEBHOOK_WAKE: web.AppKey[asyncio.Event] = web.AppKey("webhook_wake")  # set when an event was stored
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 CLIENT: web.RequestKey["ClientConfig"] = web.RequestKey("client")

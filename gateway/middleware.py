@@ -67,7 +67,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith(_PROTECTED):
+    # Webhooks authenticate by their processor's signature, not by an API key.
+    if request.path.startswith(_PROTECTED) and not request.path.startswith("/v1/webhooks/"):
         request[keys.CLIENT] = request.app[keys.AUTH].authenticate(request)
         structlog.contextvars.bind_contextvars(client_id=request[keys.CLIENT].id)
     return await handler(request)
@@ -91,7 +92,7 @@ def _replayable(response: web.StreamResponse) -> bool:
 @web.middleware
 async def idempotency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     key = request.headers.get("Idempotency-Key")
-    if key is None or request.method != "POST" or not request.path.startswith(_PROTECTED):
+    if key is None or request.method != "POST" or keys.CLIENT not in request:
         return await handler(request)
     if not _IDEMPOTENCY_KEY.match(key):
         raise errors.MalformedRequest("Idempotency-Key must be 1 to 255 printable ASCII characters",

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Sequence
 
 import asyncpg
 import structlog
 
+from adapters.base import PaymentSnapshot
 from gateway import errors
 from gateway.db import store
 from gateway.domain import matching, money
@@ -28,13 +30,11 @@ async def register_transaction(conn: asyncpg.Connection, body: TransactionCreate
     Returns (row, created). The same body again is not an error; a different one is a 409.
     """
     settled_at = datetime.now(timezone.utc) if body.settled else None
-    row = await store.insert_transaction(
-        conn, id=new_id("tx"), processor_id=body.processor, psp_reference=body.psp_reference,
+    row = await _insert_transaction(
+        conn, processor_id=body.processor, psp_reference=body.psp_reference, other_references=(),
         invoice_id=body.invoice_id, customer_id=body.customer_id, amount=body.amount, currency=body.currency,
-        captured_at=body.captured_at, settled_at=settled_at, metadata=body.metadata)
+        captured_at=body.captured_at, settled_at=settled_at, metadata=body.metadata, source="api")
     if row is not None:
-        log.info("transaction_registered", transaction_id=row["id"], processor=body.processor,
-                 invoice_id=body.invoice_id, amount=body.amount, currency=body.currency)
         return row, True
     existing = await store.get_transaction_by_reference(conn, body.processor, body.psp_reference)
     differs = [field for field, value in (
@@ -50,6 +50,28 @@ async def register_transaction(conn: asyncpg.Connection, body: TransactionCreate
             f"transaction {body.psp_reference!r} at {body.processor!r} is already registered with other values",
             code="transaction_conflict", transaction_id=existing["id"], conflicting_fields=differs)
     return existing, False
+
+
+async def register_payment(conn: asyncpg.Connection, processor_id: str, payment: PaymentSnapshot) -> None:
+    """Register a payment a processor's webhook announced, unless it is already known."""
+    await _insert_transaction(
+        conn, processor_id=processor_id, psp_reference=payment.psp_reference,
+        other_references=payment.other_references, invoice_id=payment.invoice_id, customer_id=payment.customer_id,
+        amount=payment.amount, currency=money.normalise_currency(payment.currency), captured_at=None,
+        settled_at=None, metadata=payment.metadata, source="webhook")
+
+
+async def _insert_transaction(conn: asyncpg.Connection, *, processor_id: str, psp_reference: str,
+                              other_references: Sequence[str], source: str, **values) -> asyncpg.Record | None:
+    row = await store.insert_transaction(conn, id=new_id("tx"), processor_id=processor_id,
+                                         psp_reference=psp_reference, **values)
+    if row is not None:
+        # Webhooks that arrived before this payment was known can be applied now.
+        woken = await store.wake_unmatched(conn, processor_id, [psp_reference, *other_references])
+        log.info("transaction_registered", transaction_id=row["id"], processor=processor_id, source=source,
+                 invoice_id=row["invoice_id"], amount=row["amount"], currency=row["currency"],
+                 webhooks_woken=woken)
+    return row
 
 
 @dataclass(frozen=True, slots=True)

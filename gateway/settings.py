@@ -32,6 +32,7 @@ class _Strict(BaseModel):
 class ProcessorBase(_Strict):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    max_connections: int = Field(default=100, ge=1, le=10_000)
 
 
 class StripeProcessor(ProcessorBase):
@@ -88,7 +89,7 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=20, ge=1)
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)  # webhooks carry whole charges
     # How long POST /v1/refunds waits for the processor before answering with a pending refund.
     refund_response_budget_seconds: float = Field(default=5.0, gt=0)
     retry_max_attempts: int = Field(default=4, ge=1, le=20)
@@ -98,6 +99,7 @@ class Settings(BaseSettings):
     # A refund whose call is in flight is leased for this long; an expired lease means the process died.
     lease_seconds: float = Field(default=120.0, gt=0)
     pending_poll_seconds: float = Field(default=1.0, gt=0)  # how often refunds pending at a processor are re-checked
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)  # how often stored webhooks are looked at, at the latest
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
     processors: list[ProcessorConfig] = Field(default_factory=list)

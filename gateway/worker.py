@@ -1,12 +1,15 @@
-"""Background work inside the service: re-checking refunds that are pending at their processor.
+"""Background work inside the service: re-checking refunds pending at their processor, and
+applying stored webhook events.
 
-Due refunds are claimed with FOR UPDATE SKIP LOCKED and a lease on their next check, so any
-number of replicas can poll one database without checking the same refund twice at once.
+Due rows are claimed with FOR UPDATE SKIP LOCKED and a lease on their next attempt, so any
+number of replicas can work one database without doing the same thing twice at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Awaitable, Callable
 
 import asyncpg
 import structlog
@@ -16,26 +19,31 @@ from gateway.execution import RefundExecutor
 
 log = structlog.get_logger(__name__)
 
-BATCH = 20
+PENDING_BATCH = 20
 
 
 async def check_due_pending(pool: asyncpg.Pool, executor: RefundExecutor, lease_seconds: float) -> int:
     async with pool.acquire() as conn:
-        due = await store.claim_due_pending(conn, BATCH, lease_seconds)
+        due = await store.claim_due_pending(conn, PENDING_BATCH, lease_seconds)
     for refund in due:
         await executor.check_pending(refund)
     return len(due)
 
 
-async def run_pending_poller(pool: asyncpg.Pool, executor: RefundExecutor, interval: float,
-                             lease_seconds: float) -> None:
+async def run_loop(name: str, job: Callable[[], Awaitable[bool]], interval: float,
+                   wake: asyncio.Event | None = None) -> None:
+    """Run `job` until cancelled: again at once while it reports more work, else after `interval`
+    or as soon as `wake` is set."""
+    wake = wake or asyncio.Event()
     while True:
         try:
-            checked = await check_due_pending(pool, executor, lease_seconds)
+            more = await job()
         except asyncio.CancelledError:
             raise
         except Exception:  # the database may be away for a moment; try again next round
-            log.exception("pending_poller_error")
-            checked = 0
-        if checked < BATCH:
-            await asyncio.sleep(interval)
+            log.exception("background_job_failed", job=name)
+            more = False
+        if not more:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval)
+            wake.clear()

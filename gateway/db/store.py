@@ -259,3 +259,69 @@ async def release_key(conn, client_id: str, key: str) -> None:
 
 async def set_key_resource(conn, client_id: str, key: str, resource_id: str) -> None:
     await conn.execute(SET_KEY_RESOURCE, client_id, key, resource_id)
+
+
+# --- webhook events ---------------------------------------------------------------------------
+
+INSERT_WEBHOOK_EVENT = """
+INSERT INTO webhook_events (processor_id, event_id, event_type, headers, body, event, match_keys)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (processor_id, event_id) DO NOTHING
+RETURNING id"""
+
+# Events to (re)process, oldest first; the claim pushes the next attempt out (a lease), so that
+# concurrent workers never process one event at once.
+CLAIM_DUE_WEBHOOK_EVENTS = """
+WITH due AS (
+    SELECT id FROM webhook_events
+    WHERE status IN ('received', 'failed') AND next_attempt_at <= now()
+    ORDER BY id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE webhook_events w SET next_attempt_at = now() + make_interval(secs => $2), attempts = w.attempts + 1
+FROM due WHERE w.id = due.id
+RETURNING w.id, w.processor_id, w.event_id, w.event, w.attempts"""
+
+FINISH_WEBHOOK_EVENT = """
+UPDATE webhook_events SET status = $2, last_error = $3, processed_at = now() WHERE id = $1"""
+
+# A failed event is retried with exponential backoff, capped at an hour.
+FAIL_WEBHOOK_EVENT = """
+UPDATE webhook_events
+SET status = 'failed', last_error = $2,
+    next_attempt_at = now() + make_interval(secs => least(3600, 2 ^ least(attempts, 12)))
+WHERE id = $1"""
+
+# Parked events that name a payment or refund that has just appeared: process them again.
+WAKE_UNMATCHED = """
+UPDATE webhook_events SET status = 'received', next_attempt_at = now()
+WHERE status = 'unmatched' AND processor_id = $1 AND match_keys && $2::text[]"""
+
+
+async def insert_webhook_event(conn, *, processor_id: str, event_id: str, event_type: str, headers: dict[str, str],
+                               body: bytes, event: dict[str, Any], match_keys: list[str]) -> int | None:
+    return await conn.fetchval(INSERT_WEBHOOK_EVENT, processor_id, event_id, event_type, headers, body, event,
+                               match_keys)
+
+
+async def claim_due_webhook_events(conn, limit: int, lease_seconds: float) -> list[Row]:
+    return await conn.fetch(CLAIM_DUE_WEBHOOK_EVENTS, limit, lease_seconds)
+
+
+async def finish_webhook_event(conn, event_row_id: int, status: str, note: str | None = None) -> None:
+    await conn.execute(FINISH_WEBHOOK_EVENT, event_row_id, status, note)
+
+
+async def fail_webhook_event(conn, event_row_id: int, error: str) -> None:
+    await conn.execute(FAIL_WEBHOOK_EVENT, event_row_id, error)
+
+
+async def wake_unmatched(conn, processor_id: str, keys: Sequence[str]) -> int:
+    result = await conn.execute(WAKE_UNMATCHED, processor_id, list(keys))
+    return int(result.split()[-1])
+
+
+async def webhook_event(conn, processor_id: str, event_id: str) -> Row | None:
+    return await conn.fetchrow("SELECT * FROM webhook_events WHERE processor_id = $1 AND event_id = $2",
+                               processor_id, event_id)

@@ -1,0 +1,91 @@
+"""The Stripe-like adapter's client: httpx with the account's base URL, secret key, timeouts and
+connection limits. It logs nothing of what it sends: bodies carry references, headers the key."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import httpx
+
+from adapters.base import (
+    Capabilities,
+    ProcessorProtocolError,
+    RefundRequest,
+    RefundResult,
+    TransientProcessorError,
+    WebhookEvent,
+)
+from adapters.stripe import transformers
+from gateway.settings import StripeProcessor
+
+API_VERSION = "2024-06-20"
+LOOKUP_PAGES = 10  # at 100 refunds a page: more than any one charge has
+
+
+class StripeAdapter:
+    kind = "stripe"
+    capabilities = Capabilities(partial_refunds=True, multiple_refunds=True, webhooks=True, lookup=True,
+                                idempotency_keys=True)
+
+    def __init__(self, config: StripeProcessor, *, transport: httpx.AsyncBaseTransport | None = None):
+        self.id = config.id
+        self._secrets = [s.get_secret_value().encode() for s in config.webhook_secrets]
+        self._client = httpx.AsyncClient(
+            base_url=config.base_url,
+            headers={"Authorization": f"Bearer {config.api_key.get_secret_value()}", "Stripe-Version": API_VERSION},
+            timeout=httpx.Timeout(config.timeout_seconds, connect=min(5.0, config.timeout_seconds)),
+            limits=httpx.Limits(max_connections=config.max_connections,
+                                max_keepalive_connections=config.max_connections),
+            transport=transport,
+        )
+
+    async def _send(self, method: str, url: str, **kwargs) -> httpx.Response:
+        try:
+            return await self._client.request(method, url, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
+            raise TransientProcessorError(f"Stripe unreachable: {type(e).__name__}", code="connect") from None
+        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+            # The request may have been carried out. Resending is safe only because Stripe
+            # deduplicates on our Idempotency-Key: it answers the first outcome again.
+            raise TransientProcessorError(f"no answer from Stripe: {type(e).__name__}", code="no_answer",
+                                          maybe_executed=True) from None
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        response = await self._send("POST", "/v1/refunds", data=transformers.refund_form(request),
+                                    headers={"Idempotency-Key": request.idempotency_key})
+        return transformers.refund_answer(response.status_code, response.headers, response.content)
+
+    async def lookup_refund(self, request: RefundRequest, psp_refund_id: str | None) -> RefundResult | None:
+        if psp_refund_id:
+            response = await self._send("GET", f"/v1/refunds/{psp_refund_id}")
+            if response.status_code == 404:
+                return None
+            return transformers.refund_answer(response.status_code, response.headers, response.content)
+        field = "payment_intent" if request.psp_reference.startswith("pi_") else "charge"
+        params = {field: request.psp_reference, "limit": "100"}
+        for _ in range(LOOKUP_PAGES):
+            response = await self._send("GET", "/v1/refunds", params=params)
+            if response.status_code == 404:
+                return None  # Stripe does not know the payment, so it has no refund of ours either
+            if response.status_code != 200:
+                transformers.refund_answer(response.status_code, response.headers, response.content)
+                raise ProcessorProtocolError(f"Stripe answered {response.status_code} to a refund listing")
+            try:
+                page = response.json()
+                refunds = page["data"]
+            except (ValueError, KeyError, TypeError):
+                raise ProcessorProtocolError("Stripe's refund listing is unparseable", code="unparseable") from None
+            for refund in refunds:
+                if (refund.get("metadata") or {}).get("refund_id") == request.refund_id:
+                    return transformers.refund_result(refund)
+            if not page.get("has_more") or not refunds:
+                return None
+            params["starting_after"] = refunds[-1]["id"]
+        raise ProcessorProtocolError("too many refunds on one payment to search", code="lookup_exhausted")
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        transformers.verify_signature(headers.get("Stripe-Signature"), body, self._secrets)
+        return transformers.parse_event(body)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

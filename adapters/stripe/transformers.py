@@ -1,0 +1,194 @@
+"""Stripe's wire shapes and their mapping to ours: refund form, answers and errors, webhook
+signatures and events. Pure functions; facts from Stripe's API reference."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any, Mapping, Sequence
+
+import orjson
+
+from adapters.base import (
+    PaymentSnapshot,
+    ProcessorProtocolError,
+    RefundRequest,
+    RefundResult,
+    RefundSnapshot,
+    TransientProcessorError,
+    WebhookEvent,
+    WebhookVerificationError,
+)
+from gateway.domain.refunds import Outcome
+
+SIGNATURE_TOLERANCE_SECONDS = 300
+STRIPE_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
+
+# Exhaustive: a status that is not here needs a person, never counts as success.
+STATUS = {
+    "pending": Outcome.PENDING,
+    "succeeded": Outcome.SUCCEEDED,
+    "failed": Outcome.DECLINED,
+    "canceled": Outcome.CANCELED,
+    # Only non-card refunds ask the customer for details; nothing the gateway can do, so a person looks.
+    "requires_action": Outcome.NEEDS_ATTENTION,
+}
+
+
+def refund_form(request: RefundRequest) -> dict[str, str]:
+    """The body of POST /v1/refunds. Our ids ride in metadata, which is how a lost answer is found again."""
+    reference_field = "payment_intent" if request.psp_reference.startswith("pi_") else "charge"
+    form = {f"metadata[{k}]": v for k, v in request.metadata.items()}
+    form.update({reference_field: request.psp_reference, "amount": str(request.amount),
+                 "metadata[refund_id]": request.refund_id, "metadata[invoice_id]": request.invoice_id})
+    if request.credit_note_id:
+        form["metadata[credit_note_id]"] = request.credit_note_id
+    if request.reason:
+        form["reason"] = request.reason if request.reason in STRIPE_REASONS else "requested_by_customer"
+    return form
+
+
+def refund_result(refund: Mapping[str, Any]) -> RefundResult:
+    status = refund.get("status")
+    outcome = STATUS.get(status) if isinstance(status, str) else None
+    if outcome is None:
+        return RefundResult(Outcome.NEEDS_ATTENTION, psp_refund_id=refund.get("id"), processor_code=str(status),
+                            message=f"Stripe refund status {status!r} is not one the gateway knows")
+    failure = refund.get("failure_reason")
+    if outcome is Outcome.DECLINED:
+        return RefundResult(outcome, psp_refund_id=refund["id"], processor_code=failure or "failed",
+                            decline_code=failure or "failed", message=f"refund failed: {failure or 'unknown'}")
+    return RefundResult(outcome, psp_refund_id=refund["id"], processor_code=status)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        return max(0.0, float(headers.get("Retry-After", "")))
+    except ValueError:
+        return None
+
+
+def refund_answer(status: int, headers: Mapping[str, str], body: bytes) -> RefundResult:
+    """Map an answer to POST /v1/refunds (or a read of one): declines are values, faults raise."""
+    data = _json(body)
+    if 200 <= status < 300:
+        if not isinstance(data, dict) or data.get("object") != "refund" or not isinstance(data.get("id"), str):
+            raise ProcessorProtocolError(f"Stripe answered {status} without a refund object", code="unparseable")
+        return refund_result(data)
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        error = {}
+    etype, code = error.get("type"), error.get("code") or error.get("decline_code")
+    message = str(error.get("message") or f"HTTP {status}")[:500]
+    should_retry = headers.get("Stripe-Should-Retry")
+    if etype == "idempotency_error" and status != 409:
+        # Same key, other parameters: something is wrong on our side. Never retry with a new key.
+        raise ProcessorProtocolError(f"Stripe idempotency error: {message}", code="idempotency_error")
+    transient = status in (409, 429) or status >= 500
+    if should_retry is not None:
+        transient = should_retry == "true"
+    if transient:
+        raise TransientProcessorError(f"Stripe {status}: {message}", code=str(code or status),
+                                      retry_after=_retry_after(headers), maybe_executed=status >= 500)
+    if status >= 500:  # Stripe-Should-Retry: false on a server error: we cannot know what happened
+        raise ProcessorProtocolError(f"Stripe {status} and not to be retried: {message}", code=str(code or status))
+    if status in (401, 403):
+        raise ProcessorProtocolError(f"Stripe rejected our credentials ({status}): {message}",
+                                     code=str(etype or "authentication_error"))
+    if status == 402 or etype in ("card_error", "invalid_request_error"):
+        decline = str(code or etype or status)
+        return RefundResult(Outcome.DECLINED, processor_code=decline, decline_code=decline, message=message)
+    raise ProcessorProtocolError(f"Stripe answered {status} ({etype}): {message}", code=str(code or status))
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+
+def signature_header(body: bytes, secrets: Sequence[bytes], timestamp: int) -> str:
+    """Build a Stripe-Signature header (for simulators and tests)."""
+    signed = b"%d." % timestamp + body
+    v1 = ",".join(f"v1={hmac.new(s, signed, hashlib.sha256).hexdigest()}" for s in secrets)
+    return f"t={timestamp},{v1}"
+
+
+def verify_signature(header: str | None, body: bytes, secrets: Sequence[bytes], *, now: float | None = None,
+                     tolerance: int = SIGNATURE_TOLERANCE_SECONDS) -> None:
+    """Check Stripe-Signature over the raw body: HMAC-SHA256 of "t.body", any v1, any secret, within tolerance."""
+    if not secrets:
+        raise WebhookVerificationError("no webhook secret is configured for this processor")
+    if not header:
+        raise WebhookVerificationError("missing Stripe-Signature header")
+    timestamp, candidates = None, []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            timestamp = value
+        elif key == "v1":
+            candidates.append(value)
+    if not timestamp or not timestamp.isdigit() or not candidates:
+        raise WebhookVerificationError("malformed Stripe-Signature header")
+    if abs((time.time() if now is None else now) - int(timestamp)) > tolerance:
+        raise WebhookVerificationError("Stripe-Signature timestamp outside the tolerance")
+    signed = timestamp.encode() + b"." + body
+    expected = [hmac.new(s, signed, hashlib.sha256).hexdigest() for s in secrets]
+    # Compare against every candidate and secret, without stopping early.
+    if not any([hmac.compare_digest(e, c) for e in expected for c in candidates]):
+        raise WebhookVerificationError("no Stripe-Signature v1 matches")
+
+
+def _metadata(obj: Mapping[str, Any]) -> dict[str, str]:
+    meta = obj.get("metadata")
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
+def _refs(*values: Any) -> list[str]:
+    return [v for v in values if isinstance(v, str) and v]
+
+
+def _refund_snapshot(refund: Mapping[str, Any], charge: Mapping[str, Any] | None = None) -> RefundSnapshot:
+    result = refund_result(refund)
+    return RefundSnapshot(
+        psp_refund_id=refund["id"], refund_id=_metadata(refund).get("refund_id"),
+        payment_references=_refs(refund.get("charge"), refund.get("payment_intent"),
+                                 *((charge.get("id"), charge.get("payment_intent")) if charge else ())),
+        amount=int(refund["amount"]), currency=str(refund["currency"]).upper(), outcome=result.outcome,
+        processor_code=result.processor_code, decline_code=result.decline_code, message=result.message)
+
+
+def _payment(obj: Mapping[str, Any], *, reference: str, others: list[str], amount: Any) -> PaymentSnapshot:
+    meta = _metadata(obj)
+    customer = obj.get("customer")
+    return PaymentSnapshot(psp_reference=reference, other_references=others, invoice_id=meta.get("invoice_id"),
+                           customer_id=customer if isinstance(customer, str) else None, amount=int(amount),
+                           currency=str(obj["currency"]).upper(), metadata=meta)
+
+
+def parse_event(body: bytes) -> WebhookEvent:
+    """Reduce a verified Stripe event to the payments and refunds it describes."""
+    data = _json(body)
+    try:
+        event_id, event_type, obj = data["id"], data["type"], data["data"]["object"]
+        payments, refunds = [], []
+        if event_type == "charge.succeeded":
+            payments.append(_payment(obj, reference=obj["id"], others=_refs(obj.get("payment_intent")),
+                                     amount=obj["amount"]))
+        elif event_type == "payment_intent.succeeded":
+            payments.append(_payment(obj, reference=obj["id"], others=_refs(obj.get("latest_charge")),
+                                     amount=obj.get("amount_received") or obj["amount"]))
+        elif event_type in ("refund.created", "refund.updated", "refund.failed", "charge.refund.updated"):
+            refunds.append(_refund_snapshot(obj))
+        elif event_type == "charge.refunded":
+            listed = (obj.get("refunds") or {}).get("data") or []
+            refunds.extend(_refund_snapshot(r, obj) for r in listed)
+        created = data.get("created")
+        return WebhookEvent(event_id=str(event_id), type=str(event_type),
+                            created=created if isinstance(created, int) else None, payments=payments, refunds=refunds)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise WebhookVerificationError(f"not a Stripe event: {type(e).__name__}: {e}") from None

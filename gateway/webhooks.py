@@ -1,0 +1,93 @@
+"""Processor webhooks: verify, store once, answer, then apply in the background.
+
+An event that names a payment or refund the gateway does not know yet is parked as
+`unmatched` and woken when that payment is registered; an event that fails to apply is
+retried with backoff. Nothing verified is dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import asyncpg
+import structlog
+
+from adapters.base import ProcessorAdapter, WebhookEvent
+from gateway import ledger, services
+from gateway.db import store
+
+log = structlog.get_logger(__name__)
+
+BATCH = 50
+LEASE_SECONDS = 60.0
+_UNSTORED_HEADERS = frozenset({"authorization", "cookie", "x-api-key"})
+
+
+async def receive(pool: asyncpg.Pool, adapter: ProcessorAdapter, headers: Mapping[str, str],
+                  body: bytes) -> tuple[WebhookEvent, bool]:
+    """Verify and store an event; returns (event, stored) where stored is False for a duplicate.
+
+    Raises WebhookVerificationError, and then nothing is stored.
+    """
+    event = adapter.parse_webhook(headers, body)
+    async with pool.acquire() as conn:
+        row_id = await store.insert_webhook_event(
+            conn, processor_id=adapter.id, event_id=event.event_id, event_type=event.type,
+            headers={k: v for k, v in headers.items() if k.lower() not in _UNSTORED_HEADERS}, body=body,
+            event=event.model_dump(mode="json"), match_keys=event.match_keys())
+    log.info("webhook_received", processor=adapter.id, event_id=event.event_id, event_type=event.type,
+             duplicate=row_id is None)
+    return event, row_id is not None
+
+
+async def apply_event(conn: asyncpg.Connection, processor_id: str, event: WebhookEvent, *,
+                      recheck_seconds: float) -> str:
+    """Apply one event inside the caller's transaction; returns the event's new status."""
+    cause = f"webhook:{event.type}"
+    for payment in event.payments:
+        if payment.invoice_id is None:
+            log.info("webhook_payment_without_invoice", processor=processor_id, psp_reference=payment.psp_reference)
+            continue
+        await services.register_payment(conn, processor_id, payment)
+    unmatched = False
+    for snapshot in event.refunds:
+        refund = await store.refund_by_psp_id(conn, processor_id, snapshot.psp_refund_id)
+        if refund is None and snapshot.refund_id:
+            refund = await store.get_refund(conn, snapshot.refund_id)
+            if refund is not None and refund["processor_id"] != processor_id:
+                refund = None
+        if refund is not None:
+            if refund["amount"] != snapshot.amount:
+                log.warning("webhook_refund_amount_differs", refund_id=refund["id"], ours=refund["amount"],
+                            processor_amount=snapshot.amount)
+            await ledger.apply(conn, refund["id"], ledger.decide(snapshot.result()), event=cause, current_truth=True,
+                               recheck_seconds=recheck_seconds, detail={"event_id": event.event_id})
+            continue
+        transaction = await store.transaction_by_any_reference(conn, processor_id, snapshot.payment_references)
+        if transaction is None:
+            unmatched = True
+            continue
+        await store.lock_transaction(conn, transaction["id"])
+        await ledger.record_external(conn, transaction, snapshot, event=cause)
+    if unmatched:
+        return "unmatched"
+    return "applied" if event.payments or event.refunds else "ignored"
+
+
+async def process_due(pool: asyncpg.Pool, *, recheck_seconds: float) -> int:
+    """Apply every event that is due; returns how many were looked at."""
+    async with pool.acquire() as conn:
+        due = await store.claim_due_webhook_events(conn, BATCH, LEASE_SECONDS)
+    for row in due:
+        event = WebhookEvent.model_validate(row["event"])
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                status = await apply_event(conn, row["processor_id"], event, recheck_seconds=recheck_seconds)
+                await store.finish_webhook_event(conn, row["id"], status)
+            log.info("webhook_processed", processor=row["processor_id"], event_id=row["event_id"], status=status)
+        except Exception as e:
+            log.exception("webhook_failed", processor=row["processor_id"], event_id=row["event_id"],
+                          attempts=row["attempts"])
+            async with pool.acquire() as conn:
+                await store.fail_webhook_event(conn, row["id"], f"{type(e).__name__}: {e}"[:500])
+    return len(due)
