@@ -21,6 +21,9 @@ log = structlog.get_logger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _PROTECTED = ("/v1/", "/admin/")
+# What a lost or restarting database looks like from asyncpg: the client may retry later.
+_DATABASE_AWAY = (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+                  ConnectionError, OSError)
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "malformed_request"}
 
 
@@ -55,8 +58,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if e.status < 400:
             raise
         return problem_response(_http_error(e))
-    except (asyncpg.PostgresConnectionStatusError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError,
-            ConnectionError, OSError) as e:
+    except _DATABASE_AWAY as e:
         log.warning("database_unavailable", error=type(e).__name__)
         return problem_response(errors.ServiceUnavailable(
             "the database is unavailable; retry later", code="database_unavailable", headers={"Retry-After": "5"}))

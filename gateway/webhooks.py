@@ -33,7 +33,7 @@ async def receive(pool: asyncpg.Pool, adapter: ProcessorAdapter, headers: Mappin
     async with pool.acquire() as conn:
         row_id = await store.insert_webhook_event(
             conn, processor_id=adapter.id, event_id=event.event_id, event_type=event.type,
-            headers={k: v for k, v in headers.items() if k.lower() not in _UNSTORED_HEADERS}, body=body,
+            headers={str(k): v for k, v in headers.items() if k.lower() not in _UNSTORED_HEADERS}, body=body,
             event=event.model_dump(mode="json"), match_keys=event.match_keys())
     log.info("webhook_received", processor=adapter.id, event_id=event.event_id, event_type=event.type,
              duplicate=row_id is None)

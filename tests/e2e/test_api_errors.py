@@ -168,3 +168,11 @@ async def test_request_id_is_accepted_and_returned(api):
     assert resp.headers["X-Request-ID"].startswith("req_")
     resp = await api.get("/v1/refunds", key=None)
     assert resp.headers["X-Request-ID"]
+
+
+async def test_unexpected_error_is_a_problem_not_a_traceback(api):
+    """A bug must still answer problem+json (500), logged, never an HTML traceback."""
+    await api.app[keys.POOL].close()  # the pool is closed: asyncpg raises InterfaceError, a bug-class error
+    resp = await api.get("/v1/refunds/rf_x")
+    body = await _problem(resp, 500, "internal_error")
+    assert "Traceback" not in body["detail"]

@@ -1,0 +1,122 @@
+"""The control API under /_sim (JSON in, JSON out, no auth: a loopback development tool) that
+tests and chaos runs use to inspect the account, switch faults and drive refund outcomes."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from aiohttp import web
+
+from adapters.stripe_sim.api import Handler
+from adapters.stripe_sim.errors import StripeError
+from adapters.stripe_sim.simulator import SIM
+from adapters.stripe_sim.world import RefundBehaviour
+
+routes = web.RouteTableDef()
+
+
+@web.middleware
+async def control_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith("/_sim/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except StripeError as e:
+        return web.json_response(e.body(), status=e.status)
+    except (ValueError, TypeError) as e:  # bad JSON, unknown settings, a transition that is not allowed
+        return web.json_response({"error": {"type": "invalid_request_error", "message": str(e)}}, status=400)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    body = await request.json() if request.can_read_body else {}
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    return body
+
+
+@routes.get("/_sim/state")
+async def state(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SIM].state())
+
+
+@routes.post("/_sim/reset")
+async def reset(request: web.Request) -> web.Response:
+    """Body (optional): {"seed": 7}; without one the configured seed is used again."""
+    sim = request.app[SIM]
+    sim.reset((await _body(request)).get("seed", sim.config.seed))
+    return web.json_response(sim.state())
+
+
+@routes.get("/_sim/faults")
+async def get_faults(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SIM].faults.describe())
+
+
+@routes.post("/_sim/faults")
+async def set_faults(request: web.Request) -> web.Response:
+    """Body: {"<kind>": {rule} | null, "webhooks": {...} | null}; see faults.py for the kinds."""
+    faults = request.app[SIM].faults
+    faults.configure(await _body(request))
+    return web.json_response(faults.describe())
+
+
+@routes.delete("/_sim/faults")
+async def clear_faults(request: web.Request) -> web.Response:
+    faults = request.app[SIM].faults
+    faults.clear()
+    return web.json_response(faults.describe())
+
+
+@routes.post("/_sim/refunds/behaviour")
+async def set_refund_behaviour(request: web.Request) -> web.Response:
+    """Body: {"status": "succeeded"|"pending"|"failed", "settle_after_seconds": null|0.5,
+    "settle_to": "succeeded"|"failed", "failure_reason": "expired_or_canceled_card"}."""
+    sim = request.app[SIM]
+    sim.behaviour = RefundBehaviour(**await _body(request))
+    return web.json_response(dataclasses.asdict(sim.behaviour))
+
+
+@routes.post("/_sim/refunds/settle")
+async def settle_refunds(request: web.Request) -> web.Response:
+    """Body: {"outcome": "succeeded"|"failed", "failure_reason": "...", "refund_ids": [...]} (all
+    optional; default: every pending refund succeeds)."""
+    body = await _body(request)
+    outcome = body.get("outcome", "succeeded")
+    if outcome not in ("succeeded", "failed"):
+        raise ValueError("outcome is succeeded or failed")
+    settled = request.app[SIM].settle(outcome, body.get("failure_reason", "expired_or_canceled_card"),
+                                      body.get("refund_ids"))
+    return web.json_response({"settled": settled})
+
+
+@routes.post("/_sim/refunds/{id}/fail")
+async def fail_refund(request: web.Request) -> web.Response:
+    """Body (optional): {"failure_reason": "expired_or_canceled_card"}. Works on succeeded refunds too."""
+    reason = (await _body(request)).get("failure_reason", "expired_or_canceled_card")
+    return web.json_response(request.app[SIM].world.fail(request.match_info["id"], reason))
+
+
+@routes.post("/_sim/webhooks/endpoint")
+async def set_webhook_endpoint(request: web.Request) -> web.Response:
+    """Body: {"url": "http://127.0.0.1:8080/v1/webhooks/stripe" | null, "secrets": ["whsec_..."]}."""
+    body, deliverer = await _body(request), request.app[SIM].deliverer
+    if "url" in body:
+        if body["url"] is not None and not isinstance(body["url"], str):
+            raise ValueError("url is a string or null")
+        deliverer.url = body["url"]
+    if "secrets" in body:
+        if not isinstance(body["secrets"], list) or not all(isinstance(s, str) for s in body["secrets"]):
+            raise ValueError("secrets is a list of strings")
+        deliverer.secrets = body["secrets"]
+    return web.json_response({"url": deliverer.url, "secrets": len(deliverer.secrets)})
+
+
+@routes.post("/_sim/webhooks/flush")
+async def flush_webhooks(request: web.Request) -> web.Response:
+    """Body (optional): {"timeout_seconds": 10}. Answers once every queued delivery finished
+    (`done: true`) or the timeout passed (`done: false`), with the delivery log."""
+    timeout = float((await _body(request)).get("timeout_seconds", 10))
+    deliverer = request.app[SIM].deliverer
+    done = await deliverer.flush(timeout)
+    return web.json_response({"done": done, "deliveries": deliverer.describe()})
