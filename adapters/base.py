@@ -106,24 +106,21 @@ class ProcessorError(Exception):
 
     error_class = "processor_error"
 
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.code, self.retry_after = code, retry_after
+
 
 class TransientProcessorError(ProcessorError):
-    """A fault worth retrying (5xx, 429, connection refused, timeout before sending).
-
-    `maybe_executed` is True when the processor may have acted before failing (a 5xx);
-    retrying is then safe only with an idempotency key the processor honours.
-    """
+    """A fault that left the refund undone (connection refused, 429, 409): safe to retry."""
 
     error_class = "transient"
 
-    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None,
-                 maybe_executed: bool = False):
-        super().__init__(message)
-        self.code, self.retry_after, self.maybe_executed = code, retry_after, maybe_executed
-
 
 class OutcomeUnknownError(ProcessorError):
-    """The request may have reached the processor and no answer came back (timeout after send)."""
+    """The refund may have been carried out and no answer says so: a timeout after sending, a
+    dropped connection, a 5xx. Resending is safe only to a processor that deduplicates on our
+    idempotency key; otherwise look the refund up first."""
 
     error_class = "outcome_unknown"
 
@@ -132,10 +129,6 @@ class ProcessorProtocolError(ProcessorError):
     """An answer we cannot parse or that breaks the protocol: needs a person, never a blind retry."""
 
     error_class = "protocol_error"
-
-    def __init__(self, message: str, *, code: str | None = None):
-        super().__init__(message)
-        self.code = code
 
 
 class WebhookVerificationError(Exception):

@@ -60,8 +60,8 @@ def decide(answer: RefundResult | BaseException) -> Decision:
         return Decision(target_for(answer.outcome), answer.psp_refund_id, failure_code, failure_message)
     attention = Status.REQUIRES_ATTENTION
     if isinstance(answer, TransientProcessorError):
-        stage = Stage.OUTCOME_UNKNOWN if answer.maybe_executed else Stage.NOT_SENT
-        return Decision(Target(attention, stage), failure_code="retries_exhausted", failure_message=str(answer))
+        return Decision(Target(attention, Stage.NOT_SENT), failure_code="retries_exhausted",
+                        failure_message=str(answer))
     if isinstance(answer, OutcomeUnknownError):
         return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="outcome_unknown",
                         failure_message=str(answer))

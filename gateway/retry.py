@@ -1,4 +1,5 @@
-"""The one retry policy for processor calls: transient faults only, exponential backoff with
+"""The one retry policy for processor calls: transient faults, and unknown outcomes when the
+processor deduplicates on our idempotency key; nothing else. Exponential backoff with exponential backoff with
 jitter, Retry-After honoured, capped by attempts and by total time.
 
 Retries are logged without the call's arguments: they carry amounts and references that
@@ -11,15 +12,15 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 from tenacity.wait import wait_exponential_jitter
 
-from adapters.base import TransientProcessorError
+from adapters.base import OutcomeUnknownError, TransientProcessorError
 
 log = structlog.get_logger(__name__)
 
 
 def _retryable(safe_to_resend: bool):
     def check(exc: BaseException) -> bool:
-        # A 5xx may mean the processor acted: resend only when it deduplicates on our key.
-        return isinstance(exc, TransientProcessorError) and (safe_to_resend or not exc.maybe_executed)
+        # An unknown outcome may mean the processor acted: resend only when it deduplicates on our key.
+        return isinstance(exc, TransientProcessorError) or (safe_to_resend and isinstance(exc, OutcomeUnknownError))
     return check
 
 

@@ -99,7 +99,7 @@ def make_settings(database_url: str, **overrides) -> Settings:
     values = dict(
         database_url=SecretStr(database_url),
         processors=[{"id": "mock", "kind": "mock", "pending_settle_seconds": 0.3},
-                    {"id": "mock2", "kind": "mock"}],
+                    {"id": "mock2", "kind": "mock", "idempotency_keys": False}],
         clients=[
             {"id": "billing", "api_key": WRITER_KEY,
              "scopes": ["transactions:write", "transactions:read", "refunds:write", "refunds:read"]},

@@ -38,8 +38,9 @@ SCENARIOS: dict[int, str] = {
     5001: "503 on the first call, then succeeds",
     5002: "503 on every call (retries run out)",
     5029: "429 with Retry-After on the first call, then succeeds",
-    6001: "executes, then times out: outcome unknown; a lookup finds it succeeded",
-    6002: "times out before executing: outcome unknown; a lookup finds nothing",
+    6001: "executes, then the answer is lost (outcome unknown); a resend with the same key or a lookup "
+          "finds it succeeded",
+    6002: "the answer is lost before executing, every time (outcome unknown); a lookup finds nothing",
     7001: "pending, succeeds after pending_settle_seconds",
     7002: "pending, fails after pending_settle_seconds",
     8001: "answers with a status nobody knows: needs attention",
@@ -73,12 +74,15 @@ class _MockRefund:
 
 class MockAdapter:
     kind = "mock"
-    capabilities = Capabilities(partial_refunds=True, multiple_refunds=True, webhooks=True, lookup=True,
-                                idempotency_keys=True)
 
     def __init__(self, id: str, *, pending_settle_seconds: float = 2.0, latency_seconds: float = 0.0,
-                 webhook_secrets: list[str] | None = None, clock: Callable[[], float] = time.monotonic):
+                 webhook_secrets: list[str] | None = None, idempotency_keys: bool = True,
+                 clock: Callable[[], float] = time.monotonic):
+        """`idempotency_keys=False` makes a processor that executes every request it gets, resends
+        included (as BridgePay does): the gateway must then never resend blindly."""
         self.id = id
+        self.capabilities = Capabilities(partial_refunds=True, multiple_refunds=True, webhooks=True, lookup=True,
+                                         idempotency_keys=idempotency_keys)
         self._settle = pending_settle_seconds
         self._latency = latency_seconds
         self._secrets = [s.encode() for s in webhook_secrets or []]
@@ -93,7 +97,7 @@ class MockAdapter:
             await asyncio.sleep(self._latency)
         key = request.idempotency_key
         calls = self._calls[key] = self._calls.get(key, 0) + 1
-        existing = self._by_key.get(key)
+        existing = self._by_key.get(key) if self.capabilities.idempotency_keys else None
         if existing is not None:  # a resend: answer as the first time, never execute again
             return existing.result(self._clock())
         amount = request.amount

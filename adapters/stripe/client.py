@@ -9,6 +9,7 @@ import httpx
 
 from adapters.base import (
     Capabilities,
+    OutcomeUnknownError,
     ProcessorProtocolError,
     RefundRequest,
     RefundResult,
@@ -45,10 +46,9 @@ class StripeAdapter:
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
             raise TransientProcessorError(f"Stripe unreachable: {type(e).__name__}", code="connect") from None
         except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
-            # The request may have been carried out. Resending is safe only because Stripe
-            # deduplicates on our Idempotency-Key: it answers the first outcome again.
-            raise TransientProcessorError(f"no answer from Stripe: {type(e).__name__}", code="no_answer",
-                                          maybe_executed=True) from None
+            # The request may have been carried out; Stripe answers a resend with the same
+            # Idempotency-Key with the first outcome.
+            raise OutcomeUnknownError(f"no answer from Stripe: {type(e).__name__}", code="no_answer") from None
 
     async def refund(self, request: RefundRequest) -> RefundResult:
         response = await self._send("POST", "/v1/refunds", data=transformers.refund_form(request),

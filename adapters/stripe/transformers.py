@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 import orjson
 
 from adapters.base import (
+    OutcomeUnknownError,
     PaymentSnapshot,
     ProcessorProtocolError,
     RefundRequest,
@@ -96,8 +97,8 @@ def refund_answer(status: int, headers: Mapping[str, str], body: bytes) -> Refun
     if should_retry is not None:
         transient = should_retry == "true"
     if transient:
-        raise TransientProcessorError(f"Stripe {status}: {message}", code=str(code or status),
-                                      retry_after=_retry_after(headers), maybe_executed=status >= 500)
+        error = OutcomeUnknownError if status >= 500 else TransientProcessorError  # a 5xx may have acted
+        raise error(f"Stripe {status}: {message}", code=str(code or status), retry_after=_retry_after(headers))
     if status >= 500:  # Stripe-Should-Retry: false on a server error: we cannot know what happened
         raise ProcessorProtocolError(f"Stripe {status} and not to be retried: {message}", code=str(code or status))
     if status in (401, 403):

@@ -111,13 +111,29 @@ async def test_refund_whose_retries_run_out_needs_attention_and_keeps_its_reserv
     assert (await _transaction_body(api, tx))["reserved_amount"] == 5002
 
 
-async def test_timeout_after_sending_is_outcome_unknown_not_failure(api):
+async def test_lost_answer_is_resent_with_the_same_key_to_a_processor_that_deduplicates(api):
     tx = await api.transaction(amount=10_000)
+    refund = await api.refund(tx, 6001)
+    assert (refund["status"], refund["attempts"]) == ("succeeded", 2)
+    assert len(api.mock.executed) == 1
+
+
+async def test_lost_answer_from_a_processor_without_idempotency_is_never_resent(api):
+    tx = await api.transaction(amount=10_000, processor="mock2")
     refund = await api.refund(tx, 6001)
     assert (refund["status"], refund["stage"], refund["failure_code"]) == (
         "requires_attention", "outcome_unknown", "outcome_unknown")
-    assert refund["attempts"] == 1  # never resent blindly
-    assert (await _transaction_body(api, tx))["reserved_amount"] == 6001
+    assert refund["attempts"] == 1
+    assert len(api.app[keys.ADAPTERS]["mock2"].executed) == 1
+    assert (await _transaction_body(api, tx))["reserved_amount"] == 6001  # money may have moved: still reserved
+
+
+async def test_answer_lost_on_every_resend_ends_outcome_unknown_not_failure(api):
+    tx = await api.transaction(amount=10_000)
+    refund = await api.refund(tx, 6002)
+    assert (refund["status"], refund["stage"], refund["failure_code"]) == (
+        "requires_attention", "outcome_unknown", "outcome_unknown")
+    assert refund["attempts"] == api.app[keys.SETTINGS].retry_max_attempts
 
 
 async def test_unrecognised_processor_status_needs_attention_never_success(api):

@@ -65,7 +65,7 @@ async def test_unknown_outcome_keeps_the_money_reserved(pool, database_url):
     assert await _balance(pool, tx["id"]) == (1_000, 0)
 
 
-def test_retries_spent_on_a_maybe_executed_fault_is_outcome_unknown():
-    assert decide(TransientProcessorError("503", maybe_executed=True)).target.stage == "outcome_unknown"
+def test_retries_spent_on_an_unknown_outcome_stay_outcome_unknown_and_on_a_transient_fault_not_sent():
+    assert decide(OutcomeUnknownError("503")).target.stage == "outcome_unknown"
     assert decide(TransientProcessorError("refused")).target.stage == "not_sent"
     assert decide(RuntimeError("bug")).failure_code == "internal_error"
