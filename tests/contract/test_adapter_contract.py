@@ -31,6 +31,12 @@ from adapters.base import (
     WebhookVerificationError,
 )
 from adapters.mock import SCENARIOS, MockAdapter
+from adapters.stripe import StripeAdapter
+from adapters.stripe.transformers import signature_header as stripe_signature_header
+from adapters.stripe_sim import SimConfig
+from adapters.stripe_sim.testing import running_simulator
+from adapters.stripe_sim.world import RefundBehaviour
+from gateway.settings import StripeProcessor
 from gateway.domain.refunds import Outcome
 
 
@@ -89,8 +95,54 @@ async def mock_case() -> AsyncIterator[AdapterCase]:
         await adapter.aclose()
 
 
+STRIPE_KEY, STRIPE_WHSEC = "sk_test_contract_0123", "whsec_stripe_contract_0123"
+
+
+@contextlib.asynccontextmanager
+async def stripe_case() -> AsyncIterator[AdapterCase]:
+    """The Stripe-like adapter against the Stripe-like simulator on a loopback port."""
+    async with running_simulator(SimConfig(api_key=STRIPE_KEY, seed=11)) as sim:
+        world = sim.sim.world
+        adapter = StripeAdapter(StripeProcessor(id="stripe", kind="stripe", base_url=sim.url, api_key=STRIPE_KEY,
+                                                webhook_secrets=[STRIPE_WHSEC], timeout_seconds=0.3))
+
+        def on_new_charge(amount: int, refunds: str = "succeeded") -> RefundRequest:
+            sim.sim.behaviour = RefundBehaviour(status=refunds)  # what the next refunds do at Stripe
+            charge = world.create_charge(10_000, "eur", {}, None)
+            return refund_request(amount, psp_reference=charge["id"])
+
+        def losing_the_answer() -> RefundRequest:
+            sim.sim.faults.configure({"execute_then_drop": {"count": 1, "path": "/v1/refunds", "method": "POST"}})
+            return on_new_charge(1_050)
+
+        def signed_webhook(psp_refund_id: str, refund_id: str) -> tuple[dict[str, str], bytes]:
+            body = orjson.dumps({"id": f"evt_{uuid.uuid4().hex[:12]}", "object": "event", "type": "refund.updated",
+                                 "created": int(time.time()), "data": {"object": {
+                                     "id": psp_refund_id, "object": "refund", "amount": 1_050, "currency": "eur",
+                                     "charge": "ch_contract", "status": "succeeded",
+                                     "metadata": {"refund_id": refund_id}}}})
+            header = stripe_signature_header(body, [STRIPE_WHSEC.encode()], int(time.time()))
+            return {"Stripe-Signature": header}, body
+
+        try:
+            yield AdapterCase(
+                name="stripe",
+                adapter=adapter,
+                succeeding=lambda: on_new_charge(1_050),
+                declining=lambda: on_new_charge(1_050, refunds="failed"),
+                decline_processor_code="expired_or_canceled_card",
+                outcome_unknown=losing_the_answer,
+                unknown_was_executed=True,
+                signed_webhook=signed_webhook,
+                executions=lambda req: world.refund_executions[req.psp_reference],
+            )
+        finally:
+            await adapter.aclose()
+
+
 CASES: dict[str, Callable[[], contextlib.AbstractAsyncContextManager[AdapterCase]]] = {
     "mock": mock_case,
+    "stripe": stripe_case,
 }
 
 
