@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test migrate clean
+.PHONY: run test migrate stripe-sim clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,13 @@ run: $(BIN)/.installed
 
 migrate: $(BIN)/.installed
 	GATEWAY_CONFIG=$${GATEWAY_CONFIG:-deploy/dev.toml} $(BIN)/psp-gateway migrate
+
+# The Stripe-like simulator on 127.0.0.1:12111, sending its webhooks to a gateway on :8080
+# (run the gateway with GATEWAY_CONFIG=deploy/stripe-sim.toml).
+stripe-sim: $(BIN)/.installed
+	$(BIN)/python -m adapters.stripe_sim --port 12111 --api-key sk_test_sim \
+		--webhook-url http://127.0.0.1:$${GATEWAY_PORT:-8080}/v1/webhooks/stripe \
+		--webhook-secret whsec_dev_simulator_0123456789
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

@@ -88,21 +88,27 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     current = await store.lock_refund(conn, refund_id)
     status, stage = Status(current["status"]), Stage(current["stage"])
     target = decision.target
-    if expect is not None and (status, stage) != expect:
-        log.info("refund_answer_superseded", refund_id=refund_id, status=status, stage=stage, answer=target.status)
-        return current, False
+    unchanged = (target.status, target.stage) == (status, stage)
     try:
-        check_transition(status, target.status)
-        if status is Status.SUCCEEDED and not current_truth:
+        if expect is not None and (status, stage) != expect:
             raise InvalidTransition(status, target.status)
+        if not unchanged:
+            check_transition(status, target.status)
+            if status is Status.SUCCEEDED and not current_truth:
+                raise InvalidTransition(status, target.status)
     except InvalidTransition:
-        log.info("refund_answer_stale", refund_id=refund_id, status=status, answer=target.status, cause=event)
+        # Someone else (a webhook that beat our own answer, say) got there first: theirs stands,
+        # but the processor calls we made still count.
+        log.info("refund_answer_superseded", refund_id=refund_id, status=status, stage=stage,
+                 answer=target.status, cause=event)
+        if refund_calls:
+            current = await store.add_attempts(conn, refund_id, refund_calls)
         return current, False
     updated = await store.update_refund_state(
         conn, refund_id, from_status=status, from_stage=stage, status=target.status, stage=target.stage,
         psp_refund_id=decision.psp_refund_id, failure_code=decision.failure_code,
         failure_message=decision.failure_message, attempts=refund_calls, recheck_seconds=recheck_seconds)
-    if (target.status, target.stage) == (status, stage):
+    if unchanged:
         return updated, False  # still where it was (a pending refund still pending)
     delta = balance_delta(status, target.status, current["amount"])
     await store.move_balance(conn, current["transaction_id"], delta.reserved, delta.refunded)

@@ -1,5 +1,5 @@
 """The one retry policy for processor calls: transient faults, and unknown outcomes when the
-processor deduplicates on our idempotency key; nothing else. Exponential backoff with exponential backoff with
+processor deduplicates on our idempotency key; nothing else. Exponential backoff with
 jitter, Retry-After honoured, capped by attempts and by total time.
 
 Retries are logged without the call's arguments: they carry amounts and references that

@@ -70,15 +70,11 @@ class StripeAdapter:
             if response.status_code != 200:
                 transformers.refund_answer(response.status_code, response.headers, response.content)
                 raise ProcessorProtocolError(f"Stripe answered {response.status_code} to a refund listing")
-            try:
-                page = response.json()
-                refunds = page["data"]
-            except (ValueError, KeyError, TypeError):
-                raise ProcessorProtocolError("Stripe's refund listing is unparseable", code="unparseable") from None
+            refunds, has_more = transformers.refund_page(response.content)
             for refund in refunds:
                 if (refund.get("metadata") or {}).get("refund_id") == request.refund_id:
                     return transformers.refund_result(refund)
-            if not page.get("has_more") or not refunds:
+            if not has_more or not refunds:
                 return None
             params["starting_after"] = refunds[-1]["id"]
         raise ProcessorProtocolError("too many refunds on one payment to search", code="lookup_exhausted")

@@ -110,6 +110,15 @@ def refund_answer(status: int, headers: Mapping[str, str], body: bytes) -> Refun
     raise ProcessorProtocolError(f"Stripe answered {status} ({etype}): {message}", code=str(code or status))
 
 
+def refund_page(body: bytes) -> tuple[list[dict[str, Any]], bool]:
+    """A GET /v1/refunds listing: (refunds, has_more)."""
+    page = _json(body)
+    data = page.get("data") if isinstance(page, dict) else None
+    if not isinstance(data, list) or not all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in data):
+        raise ProcessorProtocolError("Stripe's refund listing is unparseable", code="unparseable")
+    return data, page.get("has_more") is True
+
+
 # --- webhooks ------------------------------------------------------------------------------------
 
 def signature_header(body: bytes, secrets: Sequence[bytes], timestamp: int) -> str:
@@ -133,14 +142,15 @@ def verify_signature(header: str | None, body: bytes, secrets: Sequence[bytes], 
             timestamp = value
         elif key == "v1":
             candidates.append(value)
-    if not timestamp or not timestamp.isdigit() or not candidates:
+    if not timestamp or not (timestamp.isascii() and timestamp.isdigit()) or not candidates:
         raise WebhookVerificationError("malformed Stripe-Signature header")
     if abs((time.time() if now is None else now) - int(timestamp)) > tolerance:
         raise WebhookVerificationError("Stripe-Signature timestamp outside the tolerance")
     signed = timestamp.encode() + b"." + body
-    expected = [hmac.new(s, signed, hashlib.sha256).hexdigest() for s in secrets]
+    expected = [hmac.new(s, signed, hashlib.sha256).hexdigest().encode() for s in secrets]
+    given = [c.encode("utf-8", "replace") for c in candidates]
     # Compare against every candidate and secret, without stopping early.
-    if not any([hmac.compare_digest(e, c) for e in expected for c in candidates]):
+    if not any([hmac.compare_digest(e, c) for e in expected for c in given]):
         raise WebhookVerificationError("no Stripe-Signature v1 matches")
 
 

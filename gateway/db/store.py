@@ -140,6 +140,11 @@ async def lock_refund(conn, refund_id: str) -> Row | None:
     return await conn.fetchrow(LOCK_REFUND, refund_id)
 
 
+async def add_attempts(conn, refund_id: str, calls: int) -> Row:
+    return await conn.fetchrow("UPDATE refunds SET attempts = attempts + $2 WHERE id = $1 RETURNING *",
+                               refund_id, calls)
+
+
 async def refund_by_psp_id(conn, processor_id: str, psp_refund_id: str) -> Row | None:
     return await conn.fetchrow(REFUND_BY_PSP_ID, processor_id, psp_refund_id)
 

@@ -69,3 +69,17 @@ def test_retries_spent_on_an_unknown_outcome_stay_outcome_unknown_and_on_a_trans
     assert decide(OutcomeUnknownError("503")).target.stage == "outcome_unknown"
     assert decide(TransientProcessorError("refused")).target.stage == "not_sent"
     assert decide(RuntimeError("bug")).failure_code == "internal_error"
+
+
+async def test_webhook_that_beats_our_answer_stands_and_our_calls_still_count(pool, database_url):
+    from gateway import ledger
+
+    refund, tx = await _refund(pool)
+    async with pool.acquire() as conn, conn.transaction():
+        await ledger.apply(conn, refund["id"], decide(RefundResult(Outcome.SUCCEEDED, psp_refund_id="re_1")),
+                           event="webhook:refund.created", current_truth=True, recheck_seconds=1)
+    executor = RefundExecutor(pool, {"mock": MockAdapter("mock")}, make_settings(database_url))
+    row = await executor.record(refund, RefundResult(Outcome.SUCCEEDED, psp_refund_id="re_1"), [],
+                                event="processor_answer", refund_calls=2)
+    assert (row["status"], row["attempts"]) == ("succeeded", 2)
+    assert await _balance(pool, tx["id"]) == (0, 1_000)
