@@ -22,6 +22,8 @@ class Capabilities:
     webhooks: bool
     lookup: bool  # can find a refund again by our id (resolves an unknown outcome)
     idempotency_keys: bool  # the processor deduplicates on our key: a resend is safe
+    voids_while_unsettled: bool = False  # one void, not refunds, until the payment's batch settles
+    currencies: frozenset[str] | None = None  # the only currencies it refunds in; None: any
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,7 @@ class RefundResult:
     processor_code: str | None = None  # the processor's raw code, kept as sent
     decline_code: str | None = None  # our normalised code for declines
     message: str | None = None
+    details: Mapping[str, str] | None = None  # processor facts worth keeping (void or refund, remaining amount)
 
 
 class _Snapshot(BaseModel):

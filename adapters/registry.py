@@ -21,6 +21,7 @@ def build_adapter(config: ProcessorConfig) -> ProcessorAdapter:
     if config.kind == "mock":
         return MockAdapter(config.id, pending_settle_seconds=config.pending_settle_seconds,
                            latency_seconds=config.latency_seconds, idempotency_keys=config.idempotency_keys,
+                           lookup=config.lookup,
                            webhook_secrets=[s.get_secret_value() for s in config.webhook_secrets])
     if config.kind == "stripe":
         return StripeAdapter(config)

@@ -7,12 +7,12 @@ import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Mapping
+from typing import Awaitable, Mapping
 
 import asyncpg
 import structlog
 
-from adapters.base import ProcessorAdapter, ProcessorError, RefundRequest, RefundResult
+from adapters.base import OutcomeUnknownError, ProcessorAdapter, ProcessorError, RefundRequest, RefundResult
 from gateway import ledger
 from gateway.db import store
 from gateway.domain.refunds import Outcome
@@ -33,8 +33,10 @@ class Attempt:
     message: str | None = None
 
 
-def _attempt(call: str, started_at: datetime, t0: float, answer: RefundResult | BaseException) -> Attempt:
+def _attempt(call: str, started_at: datetime, t0: float, answer: RefundResult | BaseException | str) -> Attempt:
     latency_ms = int((time.perf_counter() - t0) * 1000)
+    if isinstance(answer, str):  # a lookup that found nothing
+        return Attempt(call, started_at, latency_ms, answer)
     if isinstance(answer, RefundResult):
         return Attempt(call, started_at, latency_ms, answer.outcome.value, None, answer.processor_code,
                        answer.message)
@@ -76,21 +78,28 @@ class RefundExecutor:
         request = refund_request(refund, transaction)
         attempts: list[Attempt] = []
         s = self._settings
+        deduplicates = adapter.capabilities.idempotency_keys
         retrying = processor_retrying(max_attempts=s.retry_max_attempts, max_seconds=s.retry_max_seconds,
                                       initial_backoff=s.retry_initial_backoff_seconds,
                                       max_backoff=s.retry_max_backoff_seconds,
-                                      safe_to_resend=adapter.capabilities.idempotency_keys)
+                                      safe_to_resend=deduplicates or adapter.capabilities.lookup)
         answer: RefundResult | BaseException
+        unresolved = False  # an earlier attempt may have been carried out and nobody has said so yet
         try:
             async for attempt in retrying:
                 with attempt:
-                    started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
+                    if unresolved and not deduplicates:
+                        # No idempotency key protects a resend: ask the processor first.
+                        found = await self._call(adapter.lookup_refund(request, None), "lookup", attempts)
+                        unresolved = False
+                        if found is not None:
+                            answer = found
+                            break
                     try:
-                        answer = await adapter.refund(request)
-                    except ProcessorError as e:
-                        attempts.append(_attempt("refund", started_at, t0, e))
+                        answer = await self._call(adapter.refund(request), "refund", attempts)
+                    except OutcomeUnknownError:
+                        unresolved = True
                         raise
-                    attempts.append(_attempt("refund", started_at, t0, answer))
         except ProcessorError as e:
             answer = e
         except Exception as e:  # an adapter bug must still leave the refund somewhere visible
@@ -98,8 +107,23 @@ class RefundExecutor:
             attempts.append(Attempt("refund", datetime.now(timezone.utc), 0, "error", "internal", None,
                                     type(e).__name__))
             answer = e
+        if isinstance(answer, ProcessorError) and unresolved and not isinstance(answer, OutcomeUnknownError):
+            # The last failure came after an unknown outcome nobody resolved: that is what the refund is.
+            answer = OutcomeUnknownError(f"unresolved after: {answer}", code=answer.code)
         return await self.record(refund, answer, attempts, event="processor_answer", request_id=request_id,
-                                 refund_calls=len(attempts))
+                                 refund_calls=sum(1 for a in attempts if a.call == "refund"))
+
+    @staticmethod
+    async def _call(call: Awaitable[RefundResult | None], kind: str, attempts: list[Attempt]) -> RefundResult | None:
+        """Await one processor call, recording it as an attempt row."""
+        started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
+        try:
+            result = await call
+        except ProcessorError as e:
+            attempts.append(_attempt(kind, started_at, t0, e))
+            raise
+        attempts.append(_attempt(kind, started_at, t0, result if result is not None else "not_found"))
+        return result
 
     async def check_pending(self, refund: Mapping) -> asyncpg.Record:
         """Ask the processor about a refund it reported pending."""

@@ -5,7 +5,7 @@ follows and an event row records the change. Processor answers and webhooks both
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import asyncpg
 import structlog
@@ -45,6 +45,7 @@ class Decision:
     psp_refund_id: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
+    details: Mapping[str, str] | None = None
 
 
 def decide(answer: RefundResult | BaseException) -> Decision:
@@ -57,7 +58,8 @@ def decide(answer: RefundResult | BaseException) -> Decision:
             failure_code, failure_message = "unrecognised_processor_status", answer.message
         elif answer.outcome is Outcome.CANCELED:
             failure_code, failure_message = answer.processor_code or "canceled", answer.message
-        return Decision(target_for(answer.outcome), answer.psp_refund_id, failure_code, failure_message)
+        return Decision(target_for(answer.outcome), answer.psp_refund_id, failure_code, failure_message,
+                        answer.details)
     attention = Status.REQUIRES_ATTENTION
     if isinstance(answer, TransientProcessorError):
         return Decision(Target(attention, Stage.NOT_SENT), failure_code="retries_exhausted",
@@ -115,7 +117,7 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     await store.insert_event(conn, refund_id, event, from_status=status, to_status=target.status, from_stage=stage,
                              to_stage=target.stage, request_id=request_id,
                              detail={"failure_code": decision.failure_code, "psp_refund_id": decision.psp_refund_id,
-                                     **(detail or {})})
+                                     **(decision.details or {}), **(detail or {})})
     log_method = log.info if target.status in FINAL or target.status == Status.PENDING else log.warning
     log_method("refund_state_changed", refund_id=refund_id, processor=current["processor_id"], cause=event,
                from_status=status, status=target.status, stage=target.stage, failure_code=decision.failure_code,

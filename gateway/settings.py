@@ -58,7 +58,8 @@ class MockProcessor(ProcessorBase):
     base_url: str | None = None
     pending_settle_seconds: float = Field(default=2.0, ge=0)
     latency_seconds: float = Field(default=0.0, ge=0, le=60)
-    idempotency_keys: bool = True  # false: a processor that executes every resend (the gateway must not resend)
+    idempotency_keys: bool = True  # false: a processor that executes every resend, as BridgePay does
+    lookup: bool = True  # false: a processor that cannot find a refund again (so nothing is ever resent)
     webhook_secrets: list[SecretStr] = Field(default_factory=list)
 
 

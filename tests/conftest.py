@@ -99,7 +99,8 @@ def make_settings(database_url: str, **overrides) -> Settings:
     values = dict(
         database_url=SecretStr(database_url),
         processors=[{"id": "mock", "kind": "mock", "pending_settle_seconds": 0.3},
-                    {"id": "mock2", "kind": "mock", "idempotency_keys": False}],
+                    {"id": "mock2", "kind": "mock", "idempotency_keys": False},
+                    {"id": "mock3", "kind": "mock", "idempotency_keys": False, "lookup": False}],
         clients=[
             {"id": "billing", "api_key": WRITER_KEY,
              "scopes": ["transactions:write", "transactions:read", "refunds:write", "refunds:read"]},

@@ -76,12 +76,13 @@ class MockAdapter:
     kind = "mock"
 
     def __init__(self, id: str, *, pending_settle_seconds: float = 2.0, latency_seconds: float = 0.0,
-                 webhook_secrets: list[str] | None = None, idempotency_keys: bool = True,
+                 webhook_secrets: list[str] | None = None, idempotency_keys: bool = True, lookup: bool = True,
                  clock: Callable[[], float] = time.monotonic):
         """`idempotency_keys=False` makes a processor that executes every request it gets, resends
-        included (as BridgePay does): the gateway must then never resend blindly."""
+        included (as BridgePay does): the gateway must then look a refund up before resending it,
+        and with `lookup=False` as well, never resend it at all."""
         self.id = id
-        self.capabilities = Capabilities(partial_refunds=True, multiple_refunds=True, webhooks=True, lookup=True,
+        self.capabilities = Capabilities(partial_refunds=True, multiple_refunds=True, webhooks=True, lookup=lookup,
                                          idempotency_keys=idempotency_keys)
         self._settle = pending_settle_seconds
         self._latency = latency_seconds

@@ -118,13 +118,34 @@ async def test_lost_answer_is_resent_with_the_same_key_to_a_processor_that_dedup
     assert len(api.mock.executed) == 1
 
 
-async def test_lost_answer_from_a_processor_without_idempotency_is_never_resent(api):
+async def test_lost_answer_from_a_processor_without_idempotency_is_looked_up_not_resent(api):
     tx = await api.transaction(amount=10_000, processor="mock2")
+    refund = await api.refund(tx, 6001)
+    assert (refund["status"], refund["attempts"]) == ("succeeded", 1)
+    assert len(api.app[keys.ADAPTERS]["mock2"].executed) == 1
+    async with api.app[keys.POOL].acquire() as conn:
+        calls = await conn.fetch("SELECT call, outcome FROM refund_attempts WHERE refund_id = $1 ORDER BY id",
+                                 refund["id"])
+    assert [(c["call"], c["outcome"]) for c in calls] == [("refund", "error"), ("lookup", "succeeded")]
+
+
+async def test_lost_answer_the_processor_has_no_record_of_is_resent_after_the_lookup(api):
+    tx = await api.transaction(amount=10_000, processor="mock2")
+    refund = await api.refund(tx, 6002)
+    assert (refund["status"], refund["stage"]) == ("requires_attention", "outcome_unknown")
+    async with api.app[keys.POOL].acquire() as conn:
+        calls = [c["call"] for c in await conn.fetch(
+            "SELECT call FROM refund_attempts WHERE refund_id = $1 ORDER BY id", refund["id"])]
+    assert calls[:4] == ["refund", "lookup", "refund", "lookup"]  # every resend came after a lookup found nothing
+
+
+async def test_lost_answer_from_a_processor_without_idempotency_or_lookup_is_never_resent(api):
+    tx = await api.transaction(amount=10_000, processor="mock3")
     refund = await api.refund(tx, 6001)
     assert (refund["status"], refund["stage"], refund["failure_code"]) == (
         "requires_attention", "outcome_unknown", "outcome_unknown")
     assert refund["attempts"] == 1
-    assert len(api.app[keys.ADAPTERS]["mock2"].executed) == 1
+    assert len(api.app[keys.ADAPTERS]["mock3"].executed) == 1
     assert (await _transaction_body(api, tx))["reserved_amount"] == 6001  # money may have moved: still reserved
 
 
