@@ -1,0 +1,51 @@
+"""Runs the simulator in-process on a free loopback port, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from aiohttp import web
+
+from adapters.bridgepay_sim.app import create_app
+from adapters.bridgepay_sim.config import SimConfig
+from adapters.bridgepay_sim.simulator import SIM, Simulator
+from adapters.bridgepay_sim.wire import PROCESS_PATH, REPORTING_PATH
+
+
+@dataclass
+class RunningSimulator:
+    url: str  # e.g. http://127.0.0.1:38127, the base for both services and /_sim
+    app: web.Application
+
+    @property
+    def sim(self) -> Simulator:
+        """Direct access to the account, faults and counts (same event loop, no HTTP)."""
+        return self.app[SIM]
+
+    @property
+    def process_url(self) -> str:
+        return self.url + PROCESS_PATH
+
+    @property
+    def reporting_url(self) -> str:
+        return self.url + REPORTING_PATH
+
+    def state(self) -> dict[str, Any]:
+        return self.sim.state()
+
+
+@contextlib.asynccontextmanager
+async def running_simulator(config: SimConfig | None = None, *, host: str = "127.0.0.1",
+                            port: int = 0) -> AsyncIterator[RunningSimulator]:
+    app = create_app(config)
+    runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        yield RunningSimulator(url=f"http://{bound_host}:{bound_port}", app=app)
+    finally:
+        await runner.cleanup()
