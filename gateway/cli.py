@@ -11,7 +11,6 @@ from typing import Iterator
 from aiohttp import web
 from pydantic import SecretStr
 
-from adapters.registry import check_supported
 from gateway import embedded
 from gateway.app import create_app
 from gateway.db.migrate import migrate
@@ -67,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
                  if v is not None}
     try:
         settings = load_settings(**overrides)
-        for processor in settings.processors:
-            check_supported(processor)
     except ConfigError as e:
         print(f"psp-gateway: {e}", file=sys.stderr)
         return 2

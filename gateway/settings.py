@@ -45,6 +45,7 @@ class StripeProcessor(ProcessorBase):
 class BridgePayProcessor(ProcessorBase):
     kind: Literal["bridgepay"]
     base_url: str
+    reporting_base_url: str | None = None  # where the Reporting API lives, when not at base_url
     username: str
     password: SecretStr
     merchant_code: str

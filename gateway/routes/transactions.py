@@ -17,10 +17,16 @@ routes = web.RouteTableDef()
 async def create_transaction(request: web.Request) -> web.Response:
     require(request, "transactions:write")
     body = await parse_body(request, TransactionCreate)
-    if request.app[keys.SETTINGS].processor(body.processor) is None:
+    adapter = request.app[keys.ADAPTERS].get(body.processor)
+    if adapter is None:
         raise errors.InvalidRequest(f"no processor account {body.processor!r} is configured",
                                     code="unknown_processor",
                                     errors=[{"field": "processor", "message": "unknown processor account"}])
+    currencies = adapter.capabilities.currencies
+    if currencies is not None and body.currency not in currencies:
+        raise errors.InvalidRequest(f"{body.processor!r} refunds only in {', '.join(sorted(currencies))}",
+                                    code="currency_not_supported",
+                                    errors=[{"field": "currency", "message": "not supported by this processor"}])
     async with request.app[keys.POOL].acquire() as conn:
         row, created = await services.register_transaction(conn, body)
     return model_response(TransactionOut.from_row(row), 201 if created else 200)

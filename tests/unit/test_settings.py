@@ -273,19 +273,6 @@ def test_migrate_with_a_bad_config_exits_2_naming_the_field_without_starting_a_d
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.toml"]
 
 
-def test_migrate_with_an_adapter_not_in_this_version_exits_2_naming_the_processor(
-        config_file, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TEST_BP_PASSWORD", "bp-secret-x")
-    config_file('[[processors]]\nid = "bp-us"\nkind = "bridgepay"\nbase_url = "http://127.0.0.1:1"\n'
-                'username = "u"\npassword = "${TEST_BP_PASSWORD}"\nmerchant_code = "1"\nmerchant_account_code = "2"\n')
-    assert main(["migrate"]) == 2
-    err = capsys.readouterr().err
-    assert "processors.bp-us.kind" in err
-    assert "bp-secret-x" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.toml"]
-
-
 def test_migrate_with_an_unset_environment_reference_exits_2_naming_the_field(
         config_file, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

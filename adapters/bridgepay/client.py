@@ -1,0 +1,96 @@
+"""The BridgePay-like adapter's client: httpx to the account's base URL, with credentials in
+every request body (as BridgeComm wants), timeouts, connection limits and a cap on answer size.
+It logs nothing of what it sends: every body carries the password."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import httpx
+
+from adapters.base import (
+    Capabilities,
+    OutcomeUnknownError,
+    ProcessorProtocolError,
+    RefundRequest,
+    RefundResult,
+    TransientProcessorError,
+    WebhookEvent,
+    WebhookVerificationError,
+)
+from adapters.bridgepay import transformers
+from gateway.domain.refunds import Outcome
+from gateway.settings import BridgePayProcessor
+
+PROCESS_PATH = "/PaymentService/RequestHandler.svc"
+REPORTING_PATH = "/Bridgepay.Reporting.API/ReportingAPI.svc"
+
+
+class BridgePayAdapter:
+    kind = "bridgepay"
+    # No idempotency key and no webhooks: every outcome is in the synchronous answer, and a lost
+    # answer is found again through the Reporting API by our refund id (sent as InvoiceNum).
+    capabilities = Capabilities(partial_refunds=True, multiple_refunds=True, webhooks=False, lookup=True,
+                                idempotency_keys=False, voids_while_unsettled=True, currencies=frozenset({"USD"}))
+
+    def __init__(self, config: BridgePayProcessor, *, transport: httpx.AsyncBaseTransport | None = None):
+        self.id = config.id
+        self._config = config
+        self._reporting_url = (config.reporting_base_url or config.base_url).rstrip("/") + REPORTING_PATH
+        self._client = httpx.AsyncClient(
+            base_url=config.base_url,
+            timeout=httpx.Timeout(config.timeout_seconds, connect=min(5.0, config.timeout_seconds)),
+            limits=httpx.Limits(max_connections=config.max_connections,
+                                max_keepalive_connections=config.max_connections),
+            transport=transport,
+        )
+
+    async def _post(self, url: str, body: bytes, action: str, *, sends_money: bool) -> bytes:
+        headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{action}"'}
+        try:
+            async with self._client.stream("POST", url, content=body, headers=headers) as response:
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > transformers.MAX_ANSWER_BYTES:
+                        raise ProcessorProtocolError("BridgePay answer too large", code="too_large")
+                    chunks.append(chunk)
+                status = response.status_code
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
+            raise TransientProcessorError(f"BridgePay unreachable: {type(e).__name__}", code="connect") from None
+        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+            if not sends_money:
+                raise TransientProcessorError(f"no answer from BridgePay: {type(e).__name__}",
+                                              code="no_answer") from None
+            raise OutcomeUnknownError(f"no answer from BridgePay: {type(e).__name__}", code="no_answer") from None
+        data = b"".join(chunks)
+        if status >= 500 and not data.lstrip().startswith(b"<"):
+            error = OutcomeUnknownError if sends_money else TransientProcessorError
+            raise error(f"BridgePay HTTP {status}", code=str(status))
+        if status not in (200, 500):  # SOAP faults come as 500 with an envelope
+            raise ProcessorProtocolError(f"BridgePay HTTP {status}", code=str(status))
+        return data
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        if request.currency not in self.capabilities.currencies:
+            return RefundResult(Outcome.DECLINED, processor_code="currency", decline_code="currency_not_supported",
+                                message=f"BridgePay refunds only in {', '.join(self.capabilities.currencies)}")
+        c = self._config
+        body = transformers.refund_envelope(request, username=c.username, password=c.password.get_secret_value(),
+                                            merchant_code=c.merchant_code,
+                                            merchant_account_code=c.merchant_account_code)
+        answer = await self._post(PROCESS_PATH, body, transformers.PROCESS_ACTION, sends_money=True)
+        return transformers.refund_answer(transformers.process_result(answer))
+
+    async def lookup_refund(self, request: RefundRequest, psp_refund_id: str | None) -> RefundResult | None:
+        c = self._config
+        body = transformers.lookup_envelope(request.refund_id, username=c.username,
+                                            password=c.password.get_secret_value())
+        answer = await self._post(self._reporting_url, body, transformers.REPORTING_ACTION, sends_money=False)
+        return transformers.lookup_answer(answer, request.refund_id)
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        raise WebhookVerificationError("BridgePay sends no webhooks")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

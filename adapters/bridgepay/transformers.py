@@ -1,0 +1,187 @@
+"""BridgeComm's wire shapes and their mapping to ours: the SOAP envelopes, the request XML of a
+refund (RequestType 012), its answers, and the Reporting API's rows. Pure functions.
+
+Answers are parsed with defusedxml (no DTDs, no entity expansion, no external entities) after
+a size check: a hostile or malformed answer is a protocol error, never a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime, timezone
+from xml.etree.ElementTree import Element, SubElement, tostring
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, fromstring
+
+from adapters.base import (
+    OutcomeUnknownError,
+    ProcessorProtocolError,
+    RefundRequest,
+    RefundResult,
+    TransientProcessorError,
+)
+from gateway.domain.refunds import Outcome
+
+SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+PROCESS_NS = "http://bridgepaynetsecuretx.com/requesthandler"
+PROCESS_ACTION = f"{PROCESS_NS}/IRequestHandler/ProcessRequest"
+REPORTING_NS = "http://tempuri.org/"
+REPORTING_ACTION = f"{REPORTING_NS}IReportingAPI/PublicGetTransactionsByFilter"
+MAX_ANSWER_BYTES = 1024 * 1024
+SOFTWARE_VENDOR = "psp-gateway"
+
+SUCCEEDED_MESSAGES = {"A02", "A03", "A07", "A08"}  # credit, void, partial void, partial refund posted
+PENDING_MESSAGES = {"X02"}
+# Final refusals, with the raw ResponseCode kept and a normalised code beside it.
+DECLINES = {
+    "30032": "declined", "30026": "amount_too_large", "10042": "already_voided", "30027": "refund_limit_reached",
+    "30047": "refund_not_processed", "10033": "invalid_void", "800011": "transaction_not_found",
+    "10055": "invalid_reference",
+}
+DECLINE_MESSAGES = {"D01": "declined", "D18": "amount_too_large", "E08": "refunds_not_allowed"}
+TRANSIENT_CODES = {"20002", "20003"}  # internal error, service unavailable: nothing was done
+TRANSIENT_MESSAGES = {"E02"}  # network unavailable
+# Our request was wrong (bad credentials, format): a person must look, retrying cannot help.
+REQUEST_ERRORS = {"10001", "10022", "10024", "10028", "10029", "99999"}
+
+
+def _text(parent: Element, tag: str) -> str | None:
+    child = parent.find(tag)
+    return child.text.strip() if child is not None and child.text else None
+
+
+def _element(parent: Element, tag: str, text: str) -> None:
+    SubElement(parent, tag).text = text
+
+
+def _envelope(body: Element) -> bytes:
+    envelope = Element(f"{{{SOAP_NS}}}Envelope")
+    SubElement(envelope, f"{{{SOAP_NS}}}Body").append(body)
+    return b'<?xml version="1.0" encoding="utf-8"?>' + tostring(envelope)
+
+
+def refund_envelope(request: RefundRequest, *, username: str, password: str, merchant_code: str,
+                    merchant_account_code: str, now: datetime | None = None) -> bytes:
+    """The SOAP body of a refund: RequestType 012 with our refund id as TransactionID and InvoiceNum."""
+    header = Element("requestHeader")
+    for tag, value in (("ClientIdentifier", "SOAP"), ("TransactionID", request.refund_id), ("RequestType", "012"),
+                       ("RequestDateTime", (now or datetime.now(timezone.utc)).strftime("%Y%m%d%H%M%S")),
+                       ("User", username), ("Password", password)):
+        _element(header, tag, value)
+    message = SubElement(header, "requestMessage")
+    for tag, value in (("SoftwareVendor", SOFTWARE_VENDOR), ("TransactionType", "refund"),
+                       ("ReferenceNumber", request.psp_reference), ("Amount", str(request.amount)),
+                       ("MerchantCode", merchant_code), ("MerchantAccountCode", merchant_account_code),
+                       ("TransactionCode", request.refund_id), ("InvoiceNum", request.refund_id)):
+        _element(message, tag, value)
+    process = Element(f"{{{PROCESS_NS}}}ProcessRequest")
+    _element(process, f"{{{PROCESS_NS}}}requestMsg", base64.b64encode(tostring(header)).decode())
+    return _envelope(process)
+
+
+def lookup_envelope(invoice_number: str, *, username: str, password: str) -> bytes:
+    """The Reporting API's PublicGetTransactionsByFilter, filtered by InvoiceNumber."""
+    call = Element(f"{{{REPORTING_NS}}}PublicGetTransactionsByFilter")
+    _element(call, f"{{{REPORTING_NS}}}UserName", username)
+    _element(call, f"{{{REPORTING_NS}}}Password", password)
+    flt = SubElement(call, f"{{{REPORTING_NS}}}filter")
+    for tag, value in (("InvoiceNumber", invoice_number), ("Skip", "0"), ("Take", "50")):
+        _element(flt, f"{{{REPORTING_NS}}}{tag}", value)
+    return _envelope(call)
+
+
+def parse_xml(data: bytes, what: str) -> Element:
+    if len(data) > MAX_ANSWER_BYTES:
+        raise ProcessorProtocolError(f"BridgePay {what} is larger than {MAX_ANSWER_BYTES} bytes", code="too_large")
+    try:
+        return fromstring(data, forbid_dtd=True)
+    except (ParseError, DefusedXmlException, ValueError) as e:
+        raise ProcessorProtocolError(f"BridgePay {what} is not safe, well-formed XML: {type(e).__name__}",
+                                     code="unparseable") from None
+
+
+def _soap_body(envelope: bytes) -> Element:
+    root = parse_xml(envelope, "answer")
+    body = root.find(f"{{{SOAP_NS}}}Body")
+    if root.tag != f"{{{SOAP_NS}}}Envelope" or body is None or len(body) != 1:
+        raise ProcessorProtocolError("BridgePay answer is not a SOAP envelope with one body", code="unparseable")
+    fault = body.find(f"{{{SOAP_NS}}}Fault")
+    if fault is not None:
+        raise ProcessorProtocolError(f"BridgePay SOAP fault: {_text(fault, 'faultstring') or 'no faultstring'}",
+                                     code="soap_fault")
+    return body[0]
+
+
+def process_result(envelope: bytes) -> Element:
+    """The decoded response XML inside ProcessRequestResponse/ProcessRequestResult."""
+    result = _soap_body(envelope).find(f"{{{PROCESS_NS}}}ProcessRequestResult")
+    if result is None or not result.text:
+        raise ProcessorProtocolError("BridgePay answer has no ProcessRequestResult", code="unparseable")
+    try:
+        inner = base64.b64decode(result.text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ProcessorProtocolError("BridgePay ProcessRequestResult is not base64", code="unparseable") from None
+    return parse_xml(inner, "response message")
+
+
+def refund_answer(response: Element) -> RefundResult:
+    """Map a decoded refund answer; exhaustive: what is not known needs attention."""
+    code = _text(response, "ResponseCode") or ""
+    description = _text(response, "ResponseDescription") or ""
+    message_el = response.find("responseMessage")
+    message = _text(message_el, "GatewayMessage") if message_el is not None else None
+    prefix = (message or "")[:3]
+    text = f"{code} {description}".strip() + (f" ({message})" if message else "")
+    if response.tag not in ("VoidRefund", "ErrorResponse") or not code:
+        raise ProcessorProtocolError(f"BridgePay answered <{response.tag}> without a ResponseCode",
+                                     code="unparseable")
+    if code in TRANSIENT_CODES or prefix in TRANSIENT_MESSAGES:
+        raise TransientProcessorError(f"BridgePay {text}", code=code)
+    if code == "30036" or prefix == "D09":
+        # BridgePay flags what it thinks is a duplicate: the first one may have been carried out.
+        raise OutcomeUnknownError(f"BridgePay flagged a duplicate: {text}", code=code)
+    if code in REQUEST_ERRORS:
+        raise ProcessorProtocolError(f"BridgePay refused the request: {text}", code=code)
+    if code == "00000" and message_el is not None:
+        trans_id = _text(message_el, "GatewayTransID")
+        details = {"bridgepay_type": _text(message_el, "ResponseType") or "",
+                   "remaining_amount": _text(message_el, "RemainingAmount") or "", "gateway_message": message or ""}
+        if prefix in SUCCEEDED_MESSAGES and trans_id:
+            return RefundResult(Outcome.SUCCEEDED, psp_refund_id=trans_id, processor_code=prefix, details=details)
+        if prefix in PENDING_MESSAGES and trans_id:
+            return RefundResult(Outcome.PENDING, psp_refund_id=trans_id, processor_code=prefix, details=details)
+        return RefundResult(Outcome.NEEDS_ATTENTION, psp_refund_id=trans_id, processor_code=prefix or code,
+                            message=f"BridgePay approved with an answer the gateway does not know: {text}",
+                            details=details)
+    decline = DECLINES.get(code) or DECLINE_MESSAGES.get(prefix)
+    if decline:
+        return RefundResult(Outcome.DECLINED, processor_code=code, decline_code=decline, message=text)
+    return RefundResult(Outcome.NEEDS_ATTENTION, processor_code=code,
+                        message=f"BridgePay answered a code the gateway does not know: {text}")
+
+
+def lookup_answer(envelope: bytes, refund_id: str) -> RefundResult | None:
+    """Find our refund (InvoiceNumber = refund id) among the Reporting API's rows."""
+    body = _soap_body(envelope)
+    result = body.find(f"{{{REPORTING_NS}}}PublicGetTransactionsByFilterResult")
+    if result is None:
+        raise ProcessorProtocolError("BridgePay reporting answer has no result", code="unparseable")
+    rows = result.find(f"{{{REPORTING_NS}}}Transactions")
+    found = []
+    for row in (rows if rows is not None else []):
+        def field(tag: str) -> str | None:
+            return _text(row, f"{{{REPORTING_NS}}}{tag}")
+        if (field("InvoiceNumber") == refund_id and field("TransactionType") in ("Refund", "Void")
+                and field("ResponseCode") == "00000"):
+            found.append(RefundResult(
+                Outcome.SUCCEEDED, psp_refund_id=field("TransactionId"), processor_code="reporting",
+                details={"bridgepay_type": (field("TransactionType") or "").lower(),
+                         "remaining_amount": field("RemainingAmount") or ""}))
+    if len(found) > 1:
+        # Our refund id went out twice and both were carried out: a person must sort out the money.
+        return RefundResult(Outcome.NEEDS_ATTENTION, psp_refund_id=found[0].psp_refund_id,
+                            processor_code="duplicate_refund",
+                            message=f"BridgePay carried out {len(found)} refunds for one refund id")
+    return found[0] if found else None

@@ -1,0 +1,148 @@
+"""End to end over loopback: the gateway's HTTP server, the BridgePay-like adapter and the
+BridgePay-like simulator (SOAP, base64 XML, no idempotency key, no webhooks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from adapters.bridgepay_sim import SimConfig
+from adapters.bridgepay_sim.testing import RunningSimulator, running_simulator
+from gateway import keys
+from tests.conftest import Api, make_settings, start_api
+
+BP = dict(username="gw_user", password="gw_pass_0123", merchant_code="1000", merchant_account_code="2000")
+
+
+@dataclass
+class BridgePayWorld:
+    api: Api
+    sim: RunningSimulator
+    control: httpx.AsyncClient
+
+    async def sale(self, amount: int, *, settled: bool, processor: str = "bridgepay") -> dict:
+        resp = await self.control.post("/_sim/sales", json={"amount": amount, "settled": settled})
+        assert resp.status_code == 200, resp.text
+        trans_id = resp.json()["gateway_trans_id"]
+        return await self.api.transaction(amount=amount, currency="USD", psp_reference=trans_id,
+                                          processor=processor, settled=settled)
+
+    async def refund(self, tx: dict, amount: int | None = None, *, expect: int = 201) -> dict:
+        return await self.api.refund(tx, amount, expect=expect)
+
+    async def faults(self, body: dict) -> None:
+        resp = await self.control.post("/_sim/faults", json=body)
+        assert resp.status_code == 200, resp.text
+
+    async def sim_sale(self, trans_id: str) -> dict:
+        state = (await self.control.get("/_sim/state")).json()
+        [sale] = [s for s in state["sales"] if s["gateway_trans_id"] == trans_id]
+        return sale
+
+    async def events(self, refund_id: str) -> list[dict]:
+        async with self.api.app[keys.POOL].acquire() as conn:
+            rows = await conn.fetch("SELECT event, to_status, detail FROM refund_events WHERE refund_id = $1 "
+                                    "ORDER BY id", refund_id)
+        return [dict(r) for r in rows]
+
+
+@pytest.fixture
+async def bridgepay(database_url):
+    async with running_simulator(SimConfig(**BP, seed=5, sandbox_amounts=True)) as sim:
+        settings = make_settings(database_url, processors=[
+            {"id": "bridgepay", "kind": "bridgepay", "base_url": sim.url, **BP, "timeout_seconds": 0.5}],
+            retry_max_attempts=4, retry_max_seconds=6.0)
+        client = await start_api(settings)
+        control = httpx.AsyncClient(base_url=sim.url, timeout=30)
+        try:
+            yield BridgePayWorld(Api(client), sim, control)
+        finally:
+            await control.aclose()
+            await client.close()
+
+
+async def test_refund_of_an_unsettled_sale_is_a_void_and_only_one_is_allowed(bridgepay):
+    tx = await bridgepay.sale(5_000, settled=False)
+    void = await bridgepay.refund(tx, 2_000)
+    assert void["status"] == "succeeded" and void["psp_refund_id"]
+    [created, answered] = await bridgepay.events(void["id"])
+    assert answered["detail"]["bridgepay_type"] == "void"
+    assert answered["detail"]["gateway_message"].startswith("A07")
+    second = await bridgepay.refund(tx, 1_000)
+    assert (second["status"], second["failure_code"]) == ("failed", "already_voided")
+    sale = await bridgepay.sim_sale(tx["psp_reference"])
+    assert sale["refund_executions"] == 1 and sale["voided"] == 2_000
+
+
+async def test_settled_sale_is_refunded_in_parts_down_to_nothing(bridgepay):
+    tx = await bridgepay.sale(9_000, settled=True)
+    first = await bridgepay.refund(tx, 3_000)
+    second = await bridgepay.refund(tx, 2_500)
+    rest = await bridgepay.refund(tx)
+    assert [r["status"] for r in (first, second, rest)] == ["succeeded"] * 3 and rest["amount"] == 3_500
+    remaining = [(await bridgepay.events(r["id"]))[-1]["detail"]["remaining_amount"] for r in (first, second, rest)]
+    assert remaining == ["6000", "3500", "0"]
+    sale = await bridgepay.sim_sale(tx["psp_reference"])
+    assert (sale["refunded"], sale["remaining"], sale["refund_executions"]) == (9_000, 0, 3)
+    body = await (await bridgepay.api.get(f"/v1/transactions/{tx['id']}")).json()
+    assert (body["refunded_amount"], body["refundable_amount"]) == (9_000, 0)
+
+
+async def test_bank_decline_fails_the_refund_with_the_raw_code_kept(bridgepay):
+    tx = await bridgepay.sale(5_000, settled=True)
+    refund = await bridgepay.refund(tx, 300)  # a sandbox amount the bank denies
+    assert (refund["status"], refund["failure_code"]) == ("failed", "declined")
+    assert "30032" in refund["failure_message"] and "D01" in refund["failure_message"]
+    assert (await (await bridgepay.api.get(f"/v1/transactions/{tx['id']}")).json())["reserved_amount"] == 0
+
+
+async def test_timeout_after_the_refund_was_carried_out_is_resolved_by_lookup_with_one_refund(bridgepay):
+    tx = await bridgepay.sale(5_000, settled=True)
+    await bridgepay.faults({"execute_then_timeout": {"count": 1, "hold_seconds": 1.5, "request_type": "012"}})
+    refund = await bridgepay.refund(tx, 1_000)
+    assert (refund["status"], refund["attempts"]) == ("succeeded", 1)
+    sale = await bridgepay.sim_sale(tx["psp_reference"])
+    assert sale["refund_executions"] == 1 and sale["refunded"] == 1_000
+    assert refund["psp_refund_id"] == sale["refunds"][0]["gateway_trans_id"]
+
+
+async def test_dropped_connection_before_execution_is_resent_after_the_lookup_finds_nothing(bridgepay):
+    tx = await bridgepay.sale(5_000, settled=True)
+    await bridgepay.faults({"drop": {"count": 1, "request_type": "012"}})
+    refund = await bridgepay.refund(tx, 1_000)
+    assert (refund["status"], refund["attempts"]) == ("succeeded", 2)
+    async with bridgepay.api.app[keys.POOL].acquire() as conn:
+        calls = [(r["call"], r["outcome"]) for r in await conn.fetch(
+            "SELECT call, outcome FROM refund_attempts WHERE refund_id = $1 ORDER BY id", refund["id"])]
+    assert calls == [("refund", "error"), ("lookup", "not_found"), ("refund", "succeeded")]
+    assert (await bridgepay.sim_sale(tx["psp_reference"]))["refund_executions"] == 1
+
+
+async def test_internal_error_is_transient_and_retried(bridgepay):
+    tx = await bridgepay.sale(5_000, settled=True)
+    await bridgepay.faults({"internal_error": {"count": 1, "request_type": "012"}})
+    refund = await bridgepay.refund(tx, 700)
+    assert (refund["status"], refund["attempts"]) == ("succeeded", 2)
+    assert (await bridgepay.sim_sale(tx["psp_reference"]))["refund_executions"] == 1
+
+
+@pytest.mark.parametrize("fault", [{"garbage": {"count": 1, "request_type": "012"}},
+                                   {"hostile": {"count": 1, "request_type": "012", "payload": "billion_laughs"}},
+                                   {"hostile": {"count": 1, "request_type": "012",
+                                                "payload": "billion_laughs_result"}},
+                                   {"hostile": {"count": 1, "request_type": "012", "payload": "huge"}}])
+async def test_hostile_or_garbage_answer_is_a_protocol_error_that_needs_attention(bridgepay, fault):
+    tx = await bridgepay.sale(5_000, settled=True)
+    await bridgepay.faults(fault)
+    refund = await bridgepay.refund(tx, 800)
+    assert (refund["status"], refund["stage"], refund["failure_code"]) == (
+        "requires_attention", "outcome_unknown", "processor_protocol_error")
+    assert refund["attempts"] == 1  # never resent blindly
+
+
+async def test_bridgepay_accepts_only_dollars(bridgepay):
+    resp = await bridgepay.api.post("/v1/transactions", {"processor": "bridgepay", "psp_reference": "123",
+                                                         "invoice_id": "INV-EUR", "amount": 100, "currency": "EUR"})
+    assert resp.status == 422 and (await resp.json())["code"] == "currency_not_supported"
