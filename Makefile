@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test migrate stripe-sim clean
+.PHONY: run test migrate stripe-sim bridgepay-sim clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ stripe-sim: $(BIN)/.installed
 	$(BIN)/python -m adapters.stripe_sim --port 12111 --api-key sk_test_sim \
 		--webhook-url http://127.0.0.1:$${GATEWAY_PORT:-8080}/v1/webhooks/stripe \
 		--webhook-secret whsec_dev_simulator_0123456789
+
+# The BridgePay-like simulator on 127.0.0.1:12112 (run the gateway with
+# GATEWAY_CONFIG=deploy/bridgepay-sim.toml).
+bridgepay-sim: $(BIN)/.installed
+	$(BIN)/python -m adapters.bridgepay_sim --port 12112 --username sim_user --password sim_password \
+		--merchant-code 1000 --merchant-account-code 2000
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
