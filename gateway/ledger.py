@@ -12,7 +12,6 @@ import structlog
 
 from adapters.base import (
     OutcomeUnknownError,
-    PaymentSnapshot,
     ProcessorProtocolError,
     RefundResult,
     RefundSnapshot,
@@ -33,6 +32,7 @@ from gateway.domain.refunds import (
     target_for,
 )
 from gateway.ids import new_id
+from gateway.models import RefundOut
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +46,8 @@ class Decision:
     failure_code: str | None = None
     failure_message: str | None = None
     details: Mapping[str, str] | None = None
+    retry_in: float | None = None  # for a refund left waiting: when its processor call is due again
+    lease_seconds: float = 0.0  # for a refund moved to `sending`: how long the caller holds it
 
 
 def decide(answer: RefundResult | BaseException) -> Decision:
@@ -109,9 +111,11 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     updated = await store.update_refund_state(
         conn, refund_id, from_status=status, from_stage=stage, status=target.status, stage=target.stage,
         psp_refund_id=decision.psp_refund_id, failure_code=decision.failure_code,
-        failure_message=decision.failure_message, attempts=refund_calls, recheck_seconds=recheck_seconds)
+        failure_message=decision.failure_message, attempts=refund_calls, recheck_seconds=recheck_seconds,
+        version_step=0 if unchanged else 1, retry_in=decision.retry_in, lease_seconds=decision.lease_seconds)
     if unchanged:
         return updated, False  # still where it was (a pending refund still pending)
+    await publish(conn, updated, previous_status=status)
     delta = balance_delta(status, target.status, current["amount"])
     await store.move_balance(conn, current["transaction_id"], delta.reserved, delta.refunded)
     await store.insert_event(conn, refund_id, event, from_status=status, to_status=target.status, from_stage=stage,
@@ -136,6 +140,7 @@ async def record_external(conn: asyncpg.Connection, transaction: asyncpg.Record,
         invoice_id=transaction["invoice_id"], amount=snapshot.amount, currency=transaction["currency"],
         status=target.status, stage=target.stage, psp_refund_id=snapshot.psp_refund_id,
         failure_code=decision.failure_code, failure_message=decision.failure_message)
+    await publish(conn, row, previous_status=None)
     bucket = BUCKET[target.status]
     await store.move_balance(conn, transaction["id"], snapshot.amount if bucket is Bucket.RESERVED else 0,
                              snapshot.amount if bucket is Bucket.REFUNDED else 0)
@@ -148,7 +153,10 @@ async def record_external(conn: asyncpg.Connection, transaction: asyncpg.Record,
     return row
 
 
-def payment_values(processor_id: str, payment: PaymentSnapshot) -> dict[str, Any]:
-    return dict(processor_id=processor_id, psp_reference=payment.psp_reference, invoice_id=payment.invoice_id,
-                customer_id=payment.customer_id, amount=payment.amount, currency=payment.currency.upper(),
-                metadata=payment.metadata)
+async def publish(conn: asyncpg.Connection, refund: asyncpg.Record, *, previous_status: str | None) -> None:
+    """Write the callback for a refund's new state into the outbox, in the caller's transaction."""
+    event_type = "refund.created" if previous_status is None else (
+        f"refund.{refund['status']}" if refund["status"] != previous_status else "refund.updated")
+    payload = {"type": event_type, "refund_id": refund["id"], "version": refund["version"],
+               "previous_status": previous_status, "data": RefundOut.from_row(refund).model_dump(mode="json")}
+    await store.insert_outbox(conn, refund["id"], refund["version"], event_type, payload)

@@ -14,7 +14,7 @@ import asyncpg
 import structlog
 
 from adapters.base import PaymentSnapshot
-from gateway import errors
+from gateway import errors, ledger
 from gateway.db import store
 from gateway.domain import matching, money
 from gateway.domain.refunds import Stage, Status
@@ -158,6 +158,7 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
             metadata=cmd.metadata, status=Status.PENDING, stage=Stage.SENDING, idempotency_key=refund_id,
             lease_seconds=lease_seconds)
         await store.move_balance(conn, tx["id"], amount, 0)
+        await ledger.publish(conn, refund, previous_status=None)
         await store.insert_event(conn, refund_id, "created", from_status=None, to_status=Status.PENDING,
                                  from_stage=None, to_stage=Stage.SENDING, request_id=request_id,
                                  detail={"amount": amount, "currency": tx["currency"]})

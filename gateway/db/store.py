@@ -92,14 +92,36 @@ SET status = $4, stage = $5,
     psp_refund_id = coalesce($6, psp_refund_id),
     failure_code = $7, failure_message = $8,
     attempts = attempts + $9,
-    lease_expires_at = CASE WHEN $5 = 'sending' THEN lease_expires_at END,
+    version = version + $11,
+    lease_expires_at = CASE WHEN $5 = 'sending' THEN now() + make_interval(secs => $13) END,
     -- A refund pending at its processor is re-checked less often as it ages (a tenth of its
     -- age, at least $10 seconds, at most an hour): card refunds can stay pending for days.
-    next_attempt_at = CASE WHEN $5 = 'pending_at_processor' THEN now() + make_interval(secs =>
-                        least(3600, greatest($10, extract(epoch FROM now() - created_at)::float8 / 10))) END,
+    -- A refund waiting for a retry is due after its backoff ($12).
+    next_attempt_at = CASE
+        WHEN $5 = 'pending_at_processor' THEN now() + make_interval(secs =>
+            least(3600, greatest($10, extract(epoch FROM now() - created_at)::float8 / 10)))
+        WHEN $12::float8 IS NOT NULL THEN now() + make_interval(secs => $12::float8)
+    END,
     updated_at = now()
 WHERE id = $1 AND status = $2 AND stage = $3
 RETURNING *"""
+
+# Refunds whose processor call must be made again or resolved: a retry that is due, an unknown
+# outcome that is due, or a call whose lease expired (the process died in the middle of it).
+# The claim leases them, so that any number of workers can share the work.
+CLAIM_RECOVERY = """
+WITH due AS (
+    SELECT id, stage FROM refunds
+    WHERE status = 'pending' AND (
+        (stage IN ('not_sent', 'outcome_unknown') AND next_attempt_at <= now())
+        OR (stage = 'sending' AND lease_expires_at < now()))
+    ORDER BY coalesce(next_attempt_at, lease_expires_at)
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE refunds r SET stage = 'sending', lease_expires_at = now() + make_interval(secs => $2), updated_at = now()
+FROM due WHERE r.id = due.id
+RETURNING r.*, due.stage AS prior_stage"""
 
 INSERT_EVENT = """
 INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail, request_id)
@@ -170,9 +192,15 @@ async def refund_by_invoice_credit_note(conn, invoice_id: str, credit_note_id: s
 
 async def update_refund_state(conn, refund_id: str, *, from_status: str, from_stage: str, status: str, stage: str,
                               psp_refund_id: str | None, failure_code: str | None, failure_message: str | None,
-                              attempts: int, recheck_seconds: float) -> Row | None:
+                              attempts: int, recheck_seconds: float, version_step: int,
+                              retry_in: float | None = None, lease_seconds: float = 0.0) -> Row | None:
     return await conn.fetchrow(UPDATE_REFUND_STATE, refund_id, from_status, from_stage, status, stage, psp_refund_id,
-                               failure_code, failure_message, attempts, recheck_seconds)
+                               failure_code, failure_message, attempts, recheck_seconds, version_step, retry_in,
+                               lease_seconds)
+
+
+async def claim_recovery(conn, limit: int, lease_seconds: float) -> list[Row]:
+    return await conn.fetch(CLAIM_RECOVERY, limit, lease_seconds)
 
 
 async def insert_event(conn, refund_id: str, event: str, *, from_status: str | None, to_status: str,
@@ -330,3 +358,79 @@ async def wake_unmatched(conn, processor_id: str, keys: Sequence[str]) -> int:
 async def webhook_event(conn, processor_id: str, event_id: str) -> Row | None:
     return await conn.fetchrow("SELECT * FROM webhook_events WHERE processor_id = $1 AND event_id = $2",
                                processor_id, event_id)
+
+
+# --- outbox (callbacks to the billing core) ----------------------------------------------------
+
+INSERT_OUTBOX = """
+INSERT INTO outbox_events (refund_id, version, type, payload) VALUES ($1, $2, $3, $4)
+ON CONFLICT (refund_id, version) DO NOTHING"""
+
+# The earliest undelivered event of each refund that is due: never a later version before an
+# earlier one is delivered. The claim leases it by pushing its next attempt out.
+CLAIM_OUTBOX = """
+WITH due AS (
+    SELECT e.id FROM outbox_events e
+    WHERE e.delivered_at IS NULL AND e.next_attempt_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM outbox_events p
+                      WHERE p.refund_id = e.refund_id AND p.version < e.version AND p.delivered_at IS NULL)
+    ORDER BY e.id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox_events o SET next_attempt_at = now() + make_interval(secs => $2), attempts = o.attempts + 1
+FROM due WHERE o.id = due.id
+RETURNING o.*"""
+
+MARK_DELIVERED = "UPDATE outbox_events SET delivered_at = now(), last_error = NULL WHERE id = $1"
+MARK_UNDELIVERED = """
+UPDATE outbox_events SET last_error = $2,
+    next_attempt_at = now() + make_interval(secs => least($3, $4 * 2 ^ least(attempts - 1, 16)))
+WHERE id = $1"""
+INSERT_DELIVERY = """
+INSERT INTO callback_deliveries (outbox_id, url, status_code, error, latency_ms) VALUES ($1, $2, $3, $4, $5)"""
+EVENTS_AFTER = "SELECT * FROM outbox_events WHERE id > $1 ORDER BY id LIMIT $2"
+
+
+async def insert_outbox(conn, refund_id: str, version: int, type: str, payload: dict[str, Any]) -> None:
+    await conn.execute(INSERT_OUTBOX, refund_id, version, type, payload)
+
+
+async def claim_outbox(conn, limit: int, lease_seconds: float) -> list[Row]:
+    return await conn.fetch(CLAIM_OUTBOX, limit, lease_seconds)
+
+
+async def mark_delivered(conn, outbox_id: int) -> None:
+    await conn.execute(MARK_DELIVERED, outbox_id)
+
+
+async def mark_undelivered(conn, outbox_id: int, error: str, *, initial: float, maximum: float) -> None:
+    await conn.execute(MARK_UNDELIVERED, outbox_id, error, maximum, initial)
+
+
+async def insert_delivery(conn, outbox_id: int, url: str, status_code: int | None, error: str | None,
+                          latency_ms: int) -> None:
+    await conn.execute(INSERT_DELIVERY, outbox_id, url, status_code, error, latency_ms)
+
+
+async def events_after(conn, after: int, limit: int) -> list[Row]:
+    return await conn.fetch(EVENTS_AFTER, after, limit + 1)
+
+
+# --- operators --------------------------------------------------------------------------------
+
+INSERT_AUDIT = """
+INSERT INTO admin_audit (actor, action, target, reason, request, result, request_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"""
+
+INSERT_REJECTION = """
+INSERT INTO webhook_rejections (processor_id, reason, headers, body, body_bytes) VALUES ($1, $2, $3, $4, $5)"""
+
+
+async def insert_audit(conn, *, actor: str, action: str, target: str | None, reason: str | None,
+                       request: dict[str, Any], result: dict[str, Any], request_id: str | None) -> int:
+    return await conn.fetchval(INSERT_AUDIT, actor, action, target, reason, request, result, request_id)
+
+
+async def insert_rejection(conn, processor_id: str, reason: str, headers: dict[str, str], body: bytes) -> None:
+    await conn.execute(INSERT_REJECTION, processor_id, reason, headers, body[:64 * 1024], len(body))
