@@ -17,7 +17,7 @@ from gateway.execution import RefundExecutor
 from gateway.middleware import auth_middleware, error_middleware, idempotency_middleware, request_id_middleware
 from gateway.routes import ops, refunds, transactions, webhooks as webhook_routes
 from gateway.settings import Settings
-from gateway.worker import PENDING_BATCH, check_due_pending, run_loop
+from gateway.worker import PENDING_BATCH, RECOVERY_BATCH, check_due_pending, recover_due, run_loop
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -52,7 +52,11 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     async def inbox() -> bool:
         return await webhooks.process_due(pool, recheck_seconds=settings.pending_poll_seconds) >= webhooks.BATCH
 
+    async def janitor() -> bool:
+        return await recover_due(pool, executor, settings.lease_seconds) >= RECOVERY_BATCH
+
     loops = [asyncio.create_task(run_loop("pending_refunds", pending, settings.pending_poll_seconds)),
+             asyncio.create_task(run_loop("janitor", janitor, settings.janitor_poll_seconds)),
              asyncio.create_task(run_loop("webhook_inbox", inbox, settings.webhook_poll_seconds,
                                           app[keys.WEBHOOK_WAKE]))]
     yield

@@ -4,6 +4,7 @@ outcome in a second transaction with a compare-and-set on the refund's state."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -12,10 +13,17 @@ from typing import Awaitable, Mapping
 import asyncpg
 import structlog
 
-from adapters.base import OutcomeUnknownError, ProcessorAdapter, ProcessorError, RefundRequest, RefundResult
+from adapters.base import (
+    OutcomeUnknownError,
+    ProcessorAdapter,
+    ProcessorError,
+    RefundRequest,
+    RefundResult,
+    TransientProcessorError,
+)
 from gateway import ledger
 from gateway.db import store
-from gateway.domain.refunds import Outcome
+from gateway.domain.refunds import Outcome, Status, Target
 from gateway.retry import processor_retrying
 from gateway.settings import Settings
 
@@ -42,6 +50,17 @@ def _attempt(call: str, started_at: datetime, t0: float, answer: RefundResult | 
                        answer.message)
     return Attempt(call, started_at, latency_ms, "error", getattr(answer, "error_class", "internal"),
                    getattr(answer, "code", None), str(answer)[:500])
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """What one run did: the refund as it now is, whether the processor was asked first, what it
+    knew, and whether the refund was (re)sent."""
+
+    refund: asyncpg.Record
+    looked_up: bool
+    found: str | None
+    resent: bool
 
 
 def refund_request(refund: Mapping, transaction: Mapping) -> RefundRequest:
@@ -73,27 +92,45 @@ class RefundExecutor:
             # (stage `sending`) and is visible as such until it is resolved.
             log.error("refund_recording_failed", refund_id=refund_id, error=type(task.exception()).__name__)
 
-    async def send(self, refund: Mapping, transaction: Mapping, request_id: str | None = None) -> asyncpg.Record:
+    async def send(self, refund: Mapping, transaction: Mapping, request_id: str | None = None, *,
+                   resolve_first: bool = False) -> asyncpg.Record:
+        """Carry a refund that is `sending` (leased to us) to its next state.
+
+        `resolve_first`: an earlier call may have been carried out (a lease that expired, an
+        unknown outcome): ask the processor before any resend.
+        """
+        return (await self.run(refund, transaction, request_id, resolve_first=resolve_first)).refund
+
+    async def run(self, refund: Mapping, transaction: Mapping, request_id: str | None = None, *,
+                  resolve_first: bool = False, event: str = "processor_answer") -> "RunReport":
         adapter = self._adapters[refund["processor_id"]]
         request = refund_request(refund, transaction)
         attempts: list[Attempt] = []
         s = self._settings
-        deduplicates = adapter.capabilities.idempotency_keys
+        deduplicates, can_look_up = adapter.capabilities.idempotency_keys, adapter.capabilities.lookup
         retrying = processor_retrying(max_attempts=s.retry_max_attempts, max_seconds=s.retry_max_seconds,
                                       initial_backoff=s.retry_initial_backoff_seconds,
                                       max_backoff=s.retry_max_backoff_seconds,
-                                      safe_to_resend=deduplicates or adapter.capabilities.lookup)
-        answer: RefundResult | BaseException
-        unresolved = False  # an earlier attempt may have been carried out and nobody has said so yet
+                                      safe_to_resend=deduplicates or can_look_up)
+        answer: RefundResult | BaseException | None = None
+        # An earlier call may have been carried out and nobody has said so yet.
+        unresolved = resolve_first
+        looked_up: RefundResult | None | str = "not asked"
+        if unresolved and not can_look_up and not deduplicates:
+            answer = OutcomeUnknownError("an earlier call may have been carried out, and this processor can "
+                                         "neither look refunds up nor deduplicate a resend", code="unresolvable")
         try:
             async for attempt in retrying:
+                if answer is not None:
+                    break
                 with attempt:
-                    if unresolved and not deduplicates:
-                        # No idempotency key protects a resend: ask the processor first.
-                        found = await self._call(adapter.lookup_refund(request, None), "lookup", attempts)
+                    if unresolved and can_look_up:
+                        # Ask before any resend: the first call may have been carried out.
+                        looked_up = await self._call(adapter.lookup_refund(request, refund["psp_refund_id"]),
+                                                     "lookup", attempts)
                         unresolved = False
-                        if found is not None:
-                            answer = found
+                        if looked_up is not None:
+                            answer = looked_up
                             break
                     try:
                         answer = await self._call(adapter.refund(request), "refund", attempts)
@@ -110,8 +147,30 @@ class RefundExecutor:
         if isinstance(answer, ProcessorError) and unresolved and not isinstance(answer, OutcomeUnknownError):
             # The last failure came after an unknown outcome nobody resolved: that is what the refund is.
             answer = OutcomeUnknownError(f"unresolved after: {answer}", code=answer.code)
-        return await self.record(refund, answer, attempts, event="processor_answer", request_id=request_id,
-                                 refund_calls=sum(1 for a in attempts if a.call == "refund"))
+        calls = sum(1 for a in attempts if a.call == "refund")
+        decision = self._decision(answer, refund["attempts"] + calls, adapter)
+        row = await self.record(refund, answer, attempts, event=event, request_id=request_id, refund_calls=calls,
+                                decision=decision, current_truth=answer is looked_up)
+        return RunReport(row, looked_up=looked_up != "not asked",
+                         found=looked_up.outcome.value if isinstance(looked_up, RefundResult) else None,
+                         resent=calls > 0)
+
+    def _decision(self, answer: RefundResult | BaseException, total_calls: int,
+                  adapter: ProcessorAdapter) -> ledger.Decision:
+        """Where the answer takes the refund; a fault that may still clear becomes a durable retry
+        (a due time on the row, not a sleeping coroutine) until the retry budget is spent."""
+        decision = ledger.decide(answer)
+        s = self._settings
+        retryable = isinstance(answer, TransientProcessorError) or (
+            isinstance(answer, OutcomeUnknownError) and answer.code != "unresolvable"
+            and (adapter.capabilities.lookup or adapter.capabilities.idempotency_keys))
+        if not retryable or total_calls >= s.durable_retry_max_attempts:
+            return decision
+        rounds = max(0, total_calls - s.retry_max_attempts)
+        delay = min(s.durable_retry_max_seconds, s.durable_retry_initial_seconds * 2 ** min(rounds, 16))
+        delay *= random.uniform(0.8, 1.2)  # jitter: a processor's outage must not end in a stampede
+        return ledger.Decision(Target(Status.PENDING, decision.target.stage), failure_code=None,
+                               failure_message=f"will retry: {decision.failure_message}", retry_in=delay)
 
     @staticmethod
     async def _call(call: Awaitable[RefundResult | None], kind: str, attempts: list[Attempt]) -> RefundResult | None:
@@ -147,12 +206,13 @@ class RefundExecutor:
 
     async def record(self, refund: Mapping, answer: RefundResult | BaseException, attempts: list[Attempt], *,
                      event: str, request_id: str | None = None, refund_calls: int = 0,
-                     current_truth: bool = False) -> asyncpg.Record:
+                     current_truth: bool = False, decision: ledger.Decision | None = None) -> asyncpg.Record:
         """Record a processor's answer, or the lack of one, in one database transaction."""
         expect = None if isinstance(answer, RefundResult) else (refund["status"], refund["stage"])
         async with self._pool.acquire() as conn, conn.transaction():
             await store.insert_attempts(conn, refund["id"], attempts)
-            row, _ = await ledger.apply(conn, refund["id"], ledger.decide(answer), event=event, expect=expect,
+            row, _ = await ledger.apply(conn, refund["id"], decision or ledger.decide(answer), event=event,
+                                        expect=expect,
                                         current_truth=current_truth,
                                         recheck_seconds=self._settings.pending_poll_seconds,
                                         refund_calls=refund_calls, request_id=request_id)

@@ -95,14 +95,21 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)  # webhooks carry whole charges
     # How long POST /v1/refunds waits for the processor before answering with a pending refund.
     refund_response_budget_seconds: float = Field(default=5.0, gt=0)
-    retry_max_attempts: int = Field(default=4, ge=1, le=20)
-    retry_max_seconds: float = Field(default=20.0, gt=0)
+    # Retries inside one run (a request, or one round of background work): quick, bounded.
+    retry_max_attempts: int = Field(default=3, ge=1, le=20)
+    retry_max_seconds: float = Field(default=4.0, gt=0)
     retry_initial_backoff_seconds: float = Field(default=0.2, gt=0)
-    retry_max_backoff_seconds: float = Field(default=5.0, gt=0)
+    retry_max_backoff_seconds: float = Field(default=2.0, gt=0)
+    # Retries that outlive a run: a due time on the refund, picked up by any replica's worker.
+    # After this many processor calls in all, the refund needs attention.
+    durable_retry_max_attempts: int = Field(default=12, ge=1, le=1000)
+    durable_retry_initial_seconds: float = Field(default=5.0, gt=0)
+    durable_retry_max_seconds: float = Field(default=900.0, gt=0)
     # A refund whose call is in flight is leased for this long; an expired lease means the process died.
     lease_seconds: float = Field(default=120.0, gt=0)
     pending_poll_seconds: float = Field(default=1.0, gt=0)  # how often refunds pending at a processor are re-checked
     webhook_poll_seconds: float = Field(default=1.0, gt=0)  # how often stored webhooks are looked at, at the latest
+    janitor_poll_seconds: float = Field(default=1.0, gt=0)  # how often due retries and expired leases are looked for
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
     processors: list[ProcessorConfig] = Field(default_factory=list)

@@ -1,5 +1,5 @@
-"""Background work inside the service: re-checking refunds pending at their processor, and
-applying stored webhook events.
+"""Background work (inside `serve`, or alone as `worker`): the janitor that retries and resolves
+refunds, re-checks of refunds pending at their processor, and applying stored webhook events.
 
 Due rows are claimed with FOR UPDATE SKIP LOCKED and a lease on their next attempt, so any
 number of replicas can work one database without doing the same thing twice at once.
@@ -27,6 +27,34 @@ async def check_due_pending(pool: asyncpg.Pool, executor: RefundExecutor, lease_
         due = await store.claim_due_pending(conn, PENDING_BATCH, lease_seconds)
     for refund in due:
         await executor.check_pending(refund)
+    return len(due)
+
+
+RECOVERY_BATCH = 20
+
+
+async def recover_due(pool: asyncpg.Pool, executor: RefundExecutor, lease_seconds: float) -> int:
+    """The janitor: take refunds whose retry is due, whose outcome is unknown, or whose lease
+    expired (the process died mid-call), and carry each to its next state. Where a call may
+    have been carried out, the processor is asked first; resent (same key) only without a record."""
+    async with pool.acquire() as conn, conn.transaction():
+        due = await store.claim_recovery(conn, RECOVERY_BATCH, lease_seconds)
+        for refund in due:
+            await store.insert_event(conn, refund["id"], "recovery_claimed", from_status=refund["status"],
+                                     to_status=refund["status"], from_stage=refund["prior_stage"],
+                                     to_stage=refund["stage"])
+        transactions = {r["transaction_id"]: await store.get_transaction(conn, r["transaction_id"]) for r in due}
+
+    async def recover(refund: asyncpg.Record) -> None:
+        log.info("refund_recovering", refund_id=refund["id"], processor=refund["processor_id"],
+                 prior_stage=refund["prior_stage"], attempts=refund["attempts"])
+        await executor.send(refund, transactions[refund["transaction_id"]],
+                            resolve_first=refund["prior_stage"] != "not_sent")
+
+    results = await asyncio.gather(*(recover(r) for r in due), return_exceptions=True)
+    for refund, result in zip(due, results):
+        if isinstance(result, BaseException):
+            log.error("refund_recovery_failed", refund_id=refund["id"], error=type(result).__name__)
     return len(due)
 
 

@@ -109,6 +109,8 @@ def make_settings(database_url: str, **overrides) -> Settings:
         ],
         retry_initial_backoff_seconds=0.01, retry_max_backoff_seconds=0.05, retry_max_seconds=2.0,
         pending_poll_seconds=0.1, refund_response_budget_seconds=2.0, shutdown_grace_seconds=2.0,
+        durable_retry_max_attempts=8, durable_retry_initial_seconds=0.05, durable_retry_max_seconds=0.2,
+        janitor_poll_seconds=0.05, webhook_poll_seconds=0.1,
         db_pool_max=60,
     )
     values.update(overrides)

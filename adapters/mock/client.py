@@ -92,10 +92,18 @@ class MockAdapter:
         self._calls: dict[str, int] = {}
         self._seq = itertools.count(1)
         self.executed: list[_MockRefund] = []  # every refund really carried out, in order
+        self._failures: dict[int, int] = {}
+
+    def fail_next(self, *, amount: int, times: int) -> None:
+        """Answer the next `times` refunds of `amount` with a 503 (for tests of retries that outlast a request)."""
+        self._failures[amount] = times
 
     async def refund(self, request: RefundRequest) -> RefundResult:
         if self._latency:
             await asyncio.sleep(self._latency)
+        if self._failures.get(request.amount):
+            self._failures[request.amount] -= 1
+            raise TransientProcessorError("mock: 503 service unavailable (injected)", code="503")
         key = request.idempotency_key
         calls = self._calls[key] = self._calls.get(key, 0) + 1
         existing = self._by_key.get(key) if self.capabilities.idempotency_keys else None
