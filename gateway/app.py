@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
+import httpx
 from aiohttp import web
 
 from adapters.registry import build_adapter
-from gateway import keys, webhooks
+from gateway import callbacks, keys, webhooks
 from gateway.auth import Authenticator
 from gateway.db.migrate import migrate
 from gateway.db.pool import create_pool
 from gateway.execution import RefundExecutor
 from gateway.middleware import auth_middleware, error_middleware, idempotency_middleware, request_id_middleware
-from gateway.routes import ops, refunds, transactions, webhooks as webhook_routes
+from gateway.routes import admin, events, ops, refunds, transactions, webhooks as webhook_routes
 from gateway.settings import Settings
 from gateway.worker import PENDING_BATCH, RECOVERY_BATCH, check_due_pending, recover_due, run_loop
 
@@ -59,11 +60,24 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
              asyncio.create_task(run_loop("janitor", janitor, settings.janitor_poll_seconds)),
              asyncio.create_task(run_loop("webhook_inbox", inbox, settings.webhook_poll_seconds,
                                           app[keys.WEBHOOK_WAKE]))]
+    http = None
+    if settings.callback_url:
+        http = httpx.AsyncClient(timeout=settings.callback_timeout_seconds)
+        secrets = [s.get_secret_value().encode() for s in settings.callback_secrets]
+
+        async def outbox() -> bool:
+            return await callbacks.dispatch_due(
+                pool, http, settings.callback_url, secrets, initial_backoff=settings.callback_initial_backoff_seconds,
+                max_backoff=settings.callback_max_backoff_seconds) >= callbacks.BATCH
+
+        loops.append(asyncio.create_task(run_loop("callbacks", outbox, settings.callback_poll_seconds)))
     yield
     for task in loops:
         task.cancel()
     await asyncio.gather(*loops, return_exceptions=True)
     await executor.aclose(settings.shutdown_grace_seconds)
+    if http is not None:
+        await http.aclose()
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -75,6 +89,6 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.AUTH] = Authenticator(settings.clients)
     app[keys.WEBHOOK_WAKE] = asyncio.Event()
     app.cleanup_ctx.extend([_database, _processors, _background])
-    for module in (ops, transactions, refunds, webhook_routes):
+    for module in (ops, transactions, refunds, events, webhook_routes, admin):
         app.add_routes(module.routes)
     return app

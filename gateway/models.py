@@ -4,7 +4,7 @@ a misspelt `amount` must never turn into "refund everything"."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
@@ -131,3 +131,43 @@ class RefundOut(BaseModel):
 class ListOut(BaseModel):
     data: list[Any]
     has_more: bool
+
+
+# --- operator requests ----------------------------------------------------------------------------
+
+Reason = Annotated[str, Field(min_length=3, max_length=1000)]
+
+
+class ReplayRequest(_Request):
+    reason: Reason
+
+
+class RefundFilter(_Request):
+    ids: list[Ref] | None = Field(default=None, max_length=500)
+    stuck: bool = False
+    status: Literal["pending", "requires_attention"] | None = None
+    processor: Ref | None = None
+    failure_code: Ref | None = None
+
+
+class BulkReplayRequest(_Request):
+    reason: Reason
+    filter: RefundFilter
+    dry_run: bool = False
+    limit: int = Field(default=100, ge=1, le=500)
+
+
+class ResolveRequest(_Request):
+    resolution: Literal["refunded_offline", "failed", "canceled"]
+    reason: Reason
+    external_reference: Ref | None = None
+
+
+class ReprocessRequest(_Request):
+    reason: Reason
+
+
+class BulkReprocessRequest(_Request):
+    reason: Reason
+    status: Literal["unmatched", "failed"]
+    processor: Ref | None = None

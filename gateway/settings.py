@@ -112,6 +112,17 @@ class Settings(BaseSettings):
     janitor_poll_seconds: float = Field(default=1.0, gt=0)  # how often due retries and expired leases are looked for
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
+    # Callbacks to the billing core: where to POST refund events, and the secrets that sign them
+    # (the first signs; list two during a rotation and both sign). Unset: events are only polled.
+    callback_url: str | None = None
+    callback_secrets: list[SecretStr] = Field(default_factory=list, max_length=2)
+    callback_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    callback_initial_backoff_seconds: float = Field(default=1.0, gt=0)
+    callback_max_backoff_seconds: float = Field(default=3600.0, gt=0)
+    callback_poll_seconds: float = Field(default=1.0, gt=0)
+    # A pending refund that has not moved for this long counts as stuck.
+    stuck_after_seconds: float = Field(default=900.0, gt=0)
+
     processors: list[ProcessorConfig] = Field(default_factory=list)
     clients: list[ClientConfig] = Field(default_factory=list)
 
@@ -123,6 +134,8 @@ class Settings(BaseSettings):
                 if item.id in seen:
                     raise ValueError(f"{name}.{i}.id: duplicate id {item.id!r}")
                 seen.add(item.id)
+        if self.callback_url and not self.callback_secrets:
+            raise ValueError("callback_secrets: required when callback_url is set (callbacks are always signed)")
         keys = [c.api_key.get_secret_value() for c in self.clients]
         if len(keys) != len(set(keys)):
             raise ValueError("clients: two clients share an api_key")

@@ -23,6 +23,10 @@ LEASE_SECONDS = 60.0
 _UNSTORED_HEADERS = frozenset({"authorization", "cookie", "x-api-key"})
 
 
+def storable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {str(k): v for k, v in headers.items() if k.lower() not in _UNSTORED_HEADERS}
+
+
 async def receive(pool: asyncpg.Pool, adapter: ProcessorAdapter, headers: Mapping[str, str],
                   body: bytes) -> tuple[WebhookEvent, bool]:
     """Verify and store an event; returns (event, stored) where stored is False for a duplicate.
@@ -33,7 +37,7 @@ async def receive(pool: asyncpg.Pool, adapter: ProcessorAdapter, headers: Mappin
     async with pool.acquire() as conn:
         row_id = await store.insert_webhook_event(
             conn, processor_id=adapter.id, event_id=event.event_id, event_type=event.type,
-            headers={str(k): v for k, v in headers.items() if k.lower() not in _UNSTORED_HEADERS}, body=body,
+            headers=storable_headers(headers), body=body,
             event=event.model_dump(mode="json"), match_keys=event.match_keys())
     log.info("webhook_received", processor=adapter.id, event_id=event.event_id, event_type=event.type,
              duplicate=row_id is None)
@@ -79,15 +83,22 @@ async def process_due(pool: asyncpg.Pool, *, recheck_seconds: float) -> int:
     async with pool.acquire() as conn:
         due = await store.claim_due_webhook_events(conn, BATCH, LEASE_SECONDS)
     for row in due:
-        event = WebhookEvent.model_validate(row["event"])
-        try:
-            async with pool.acquire() as conn, conn.transaction():
-                status = await apply_event(conn, row["processor_id"], event, recheck_seconds=recheck_seconds)
-                await store.finish_webhook_event(conn, row["id"], status)
-            log.info("webhook_processed", processor=row["processor_id"], event_id=row["event_id"], status=status)
-        except Exception as e:
-            log.exception("webhook_failed", processor=row["processor_id"], event_id=row["event_id"],
-                          attempts=row["attempts"])
-            async with pool.acquire() as conn:
-                await store.fail_webhook_event(conn, row["id"], f"{type(e).__name__}: {e}"[:500])
+        await process_row(pool, row, recheck_seconds=recheck_seconds)
     return len(due)
+
+
+async def process_row(pool: asyncpg.Pool, row: asyncpg.Record, *, recheck_seconds: float) -> str:
+    """Apply one claimed event; a failure is recorded on the event and retried with backoff."""
+    event = WebhookEvent.model_validate(row["event"])
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            status = await apply_event(conn, row["processor_id"], event, recheck_seconds=recheck_seconds)
+            await store.finish_webhook_event(conn, row["id"], status)
+        log.info("webhook_processed", processor=row["processor_id"], event_id=row["event_id"], status=status)
+        return status
+    except Exception as e:
+        log.exception("webhook_failed", processor=row["processor_id"], event_id=row["event_id"],
+                      attempts=row["attempts"])
+        async with pool.acquire() as conn:
+            await store.fail_webhook_event(conn, row["id"], f"{type(e).__name__}: {e}"[:500])
+        return "failed"

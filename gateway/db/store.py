@@ -218,22 +218,6 @@ async def insert_attempts(conn, refund_id: str, attempts: Sequence[Any]) -> None
                            [a.message for a in attempts])
 
 
-async def list_refunds(conn, *, invoice_id: str | None, status: str | None, starting_after: str | None,
-                       limit: int) -> list[Row]:
-    """Newest first; fetches one more than `limit` so the caller can tell whether there is more."""
-    clauses, args = [], []
-    for column, value in (("invoice_id", invoice_id), ("status", status)):
-        if value is not None:
-            args.append(value)
-            clauses.append(f"{column} = ${len(args)}")
-    if starting_after is not None:
-        args.append(starting_after)
-        clauses.append(f"id < ${len(args)}")
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    args.append(limit + 1)
-    return await conn.fetch(f"SELECT * FROM refunds {where} ORDER BY id DESC LIMIT ${len(args)}", *args)
-
-
 async def refund_attempts(conn, refund_id: str) -> list[Row]:
     return await conn.fetch("SELECT * FROM refund_attempts WHERE refund_id = $1 ORDER BY id", refund_id)
 
@@ -434,3 +418,84 @@ async def insert_audit(conn, *, actor: str, action: str, target: str | None, rea
 
 async def insert_rejection(conn, processor_id: str, reason: str, headers: dict[str, str], body: bytes) -> None:
     await conn.execute(INSERT_REJECTION, processor_id, reason, headers, body[:64 * 1024], len(body))
+
+
+# Stuck: needs attention, or pending and unmoved for longer than the threshold (parameter $n).
+STUCK_WHERE = """(status = 'requires_attention'
+ OR (status = 'pending' AND updated_at < now() - make_interval(secs => ${n}::float8)))"""
+
+# Why a stuck refund is stuck: its failure code when it needs attention, else where it waits.
+STUCK_COUNTS = f"""
+SELECT CASE WHEN status = 'requires_attention' THEN 'requires_attention:' || coalesce(failure_code, 'unknown')
+            ELSE 'pending:' || stage END AS reason, count(*) AS count
+FROM refunds WHERE {STUCK_WHERE.format(n=1)}
+GROUP BY 1 ORDER BY 2 DESC, 1"""
+
+UPDATE_AUDIT_RESULT = "UPDATE admin_audit SET result = $2 WHERE id = $1"
+
+CLAIM_WEBHOOK_EVENT = """
+UPDATE webhook_events SET status = 'received', next_attempt_at = now() + make_interval(secs => $2),
+    attempts = attempts + 1
+WHERE id = $1 AND (status <> 'received' OR next_attempt_at <= now())
+RETURNING id, processor_id, event_id, event, attempts"""
+
+REQUEUE_WEBHOOK_EVENTS = """
+UPDATE webhook_events SET status = 'received', next_attempt_at = now()
+WHERE status = $1 AND ($2::text IS NULL OR processor_id = $2)"""
+
+
+_FILTERABLE = frozenset({"invoice_id", "status", "processor_id", "failure_code"})
+
+
+async def list_refunds(conn, *, starting_after: str | None, limit: int, stuck_older_than: float | None = None,
+                       **equal: str | None) -> list[Row]:
+    """Newest first, filtered by equality on the given columns (None: no filter) and, with
+    `stuck_older_than`, to stuck refunds. Fetches one more than `limit` to tell whether there is more."""
+    clauses, args = [], []
+    if stuck_older_than is not None:
+        args.append(stuck_older_than)
+        clauses.append(STUCK_WHERE.format(n=len(args)))
+    for column, value in equal.items():
+        assert column in _FILTERABLE, column
+        if value is not None:
+            args.append(value)
+            clauses.append(f"{column} = ${len(args)}")
+    if starting_after is not None:
+        args.append(starting_after)
+        clauses.append(f"id < ${len(args)}")
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    args.append(limit + 1)
+    return await conn.fetch(f"SELECT * FROM refunds {where} ORDER BY id DESC LIMIT ${len(args)}", *args)
+
+
+async def stuck_counts(conn, older_than: float) -> dict[str, int]:
+    return {r["reason"]: r["count"] for r in await conn.fetch(STUCK_COUNTS, older_than)}
+
+
+async def update_audit_result(conn, audit_id: int, result: dict[str, Any]) -> None:
+    await conn.execute(UPDATE_AUDIT_RESULT, audit_id, result)
+
+
+async def list_webhook_events(conn, *, status: str | None, processor: str | None, starting_after: int | None,
+                              limit: int) -> list[Row]:
+    clauses, args = [], []
+    for column, value in (("status", status), ("processor_id", processor)):
+        if value is not None:
+            args.append(value)
+            clauses.append(f"{column} = ${len(args)}")
+    if starting_after is not None:
+        args.append(starting_after)
+        clauses.append(f"id < ${len(args)}")
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    args.append(limit + 1)
+    return await conn.fetch(
+        f"SELECT id, processor_id, event_id, event_type, status, attempts, last_error, match_keys, received_at, "
+        f"processed_at FROM webhook_events {where} ORDER BY id DESC LIMIT ${len(args)}", *args)
+
+
+async def claim_webhook_event(conn, event_row_id: int, lease_seconds: float) -> Row | None:
+    return await conn.fetchrow(CLAIM_WEBHOOK_EVENT, event_row_id, lease_seconds)
+
+
+async def requeue_webhook_events(conn, status: str, processor: str | None) -> int:
+    return int((await conn.execute(REQUEUE_WEBHOOK_EVENTS, status, processor)).split()[-1])

@@ -55,7 +55,8 @@ BUCKET = {
 # Allowed status changes. A same-status move (pending -> pending) is a stage change.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset(
-        {Status.PENDING, Status.SUCCEEDED, Status.FAILED, Status.REQUIRES_ATTENTION, Status.CANCELED}
+        {Status.PENDING, Status.SUCCEEDED, Status.FAILED, Status.REQUIRES_ATTENTION, Status.CANCELED,
+         Status.REFUNDED_OFFLINE}  # an operator settles a refund stuck pending outside the processor
     ),
     Status.REQUIRES_ATTENTION: frozenset(
         {Status.PENDING, Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.REFUNDED_OFFLINE,

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from adapters.base import WebhookVerificationError
 from gateway import errors, keys, webhooks
+from gateway.db import store
 from gateway.http import json_response
 
 routes = web.RouteTableDef()
@@ -26,6 +27,9 @@ async def receive_webhook(request: web.Request) -> web.Response:
         event, stored = await webhooks.receive(request.app[keys.POOL], adapter, request.headers, body)
     except WebhookVerificationError as e:
         log.warning("webhook_rejected", processor=processor_id, reason=str(e), bytes=len(body))
+        async with request.app[keys.POOL].acquire() as conn:
+            await store.insert_rejection(conn, processor_id, str(e),
+                                         webhooks.storable_headers(request.headers), body)
         raise errors.MalformedRequest(f"webhook rejected: {e}", code="invalid_signature") from None
     if stored:
         request.app[keys.WEBHOOK_WAKE].set()

@@ -32,7 +32,7 @@ P, S, F = Status.PENDING, Status.SUCCEEDED, Status.FAILED
 RA, RO, C = Status.REQUIRES_ATTENTION, Status.REFUNDED_OFFLINE, Status.CANCELED
 
 ALLOWED = {
-    (P, P), (P, S), (P, F), (P, RA), (P, C),
+    (P, P), (P, S), (P, F), (P, RA), (P, C), (P, RO),  # an operator may settle a stuck pending refund offline
     (RA, P), (RA, S), (RA, F), (RA, C), (RA, RO), (RA, RA),
     (S, F),  # a reversal reported after success
 }

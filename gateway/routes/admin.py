@@ -1,0 +1,156 @@
+"""The operator's API (`admin` scope): find stuck refunds, replay or resolve them, and look at
+and reprocess webhook events. Every action is audited."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from gateway import errors, keys, operations, webhooks
+from gateway.auth import require
+from gateway.db import store
+from gateway.domain.refunds import Status
+from gateway.http import json_response, model_response, parse_body, query_int
+from gateway.models import (
+    BulkReplayRequest,
+    BulkReprocessRequest,
+    RefundOut,
+    ReplayRequest,
+    ReprocessRequest,
+    ResolveRequest,
+)
+
+routes = web.RouteTableDef()
+
+REPLAY_CONCURRENCY = 5
+
+
+def _actor(request: web.Request) -> str:
+    return require(request, "admin").id
+
+
+@routes.get("/admin/refunds")
+async def list_refunds(request: web.Request) -> web.Response:
+    _actor(request)
+    settings = request.app[keys.SETTINGS]
+    stuck = request.query.get("stuck", "false").lower() in ("true", "1", "yes")
+    status = request.query.get("status")
+    if status is not None and status not in {s.value for s in Status}:
+        raise errors.InvalidRequest(f"status must be one of {', '.join(Status)}",
+                                    errors=[{"field": "status", "message": "unknown status"}])
+    older_than = query_int(request, "older_than_seconds", int(settings.stuck_after_seconds), 0, 10**8)
+    limit = query_int(request, "limit", 50, 1, 500)
+    async with request.app[keys.POOL].acquire() as conn:
+        rows = await store.list_refunds(
+            conn, stuck_older_than=older_than if stuck else None, status=status,
+            processor_id=request.query.get("processor"), failure_code=request.query.get("failure_code"),
+            starting_after=request.query.get("starting_after"), limit=limit)
+        counts = await store.stuck_counts(conn, older_than)
+    return json_response({"data": [RefundOut.from_row(r).model_dump(mode="json") for r in rows[:limit]],
+                          "has_more": len(rows) > limit, "stuck_counts": counts,
+                          "stuck_total": sum(counts.values())})
+
+
+@routes.post("/admin/refunds/{id}/replay")
+async def replay_refund(request: web.Request) -> web.Response:
+    actor = _actor(request)
+    body = await parse_body(request, ReplayRequest)
+    app = request.app
+    result = await operations.replay(app[keys.POOL], app[keys.EXECUTOR], request.match_info["id"], actor=actor,
+                                     reason=body.reason, lease_seconds=app[keys.SETTINGS].lease_seconds,
+                                     request_id=request[keys.REQUEST_ID])
+    return json_response(result)
+
+
+@routes.post("/admin/refunds/replay")
+async def replay_refunds(request: web.Request) -> web.Response:
+    actor = _actor(request)
+    body = await parse_body(request, BulkReplayRequest)
+    app = request.app
+    f = body.filter
+    if not (f.ids or f.stuck or f.status or f.processor or f.failure_code):
+        raise errors.InvalidRequest("give a filter: ids, stuck, status, processor or failure_code",
+                                    errors=[{"field": "filter", "message": "empty"}])
+    async with app[keys.POOL].acquire() as conn:
+        rows = await store.list_refunds(
+            conn, stuck_older_than=app[keys.SETTINGS].stuck_after_seconds if f.stuck else None,
+            status=f.status, processor_id=f.processor, failure_code=f.failure_code, starting_after=None,
+            limit=body.limit if not f.ids else 10_000)
+    candidates = [r["id"] for r in rows if r["status"] in ("pending", "requires_attention")
+                  and (not f.ids or r["id"] in f.ids)][:body.limit]
+    if body.dry_run:
+        async with app[keys.POOL].acquire() as conn:
+            await operations.audit(conn, actor=actor, action="refund.replay.dry_run", target=None, reason=body.reason,
+                                   request=body.model_dump(mode="json"), request_id=request[keys.REQUEST_ID],
+                                   result={"would_replay": candidates})
+        return json_response({"dry_run": True, "would_replay": candidates, "count": len(candidates)})
+    semaphore = asyncio.Semaphore(REPLAY_CONCURRENCY)
+
+    async def one(refund_id: str) -> dict:
+        async with semaphore:
+            try:
+                result = await operations.replay(app[keys.POOL], app[keys.EXECUTOR], refund_id, actor=actor,
+                                                 reason=body.reason, lease_seconds=app[keys.SETTINGS].lease_seconds,
+                                                 request_id=request[keys.REQUEST_ID])
+                return {"id": refund_id, **{k: v for k, v in result.items() if k != "refund"}}
+            except errors.GatewayError as e:
+                return {"id": refund_id, "error": e.code, "detail": e.detail}
+
+    results = await asyncio.gather(*(one(i) for i in candidates))
+    return json_response({"dry_run": False, "results": results, "count": len(results)})
+
+
+@routes.post("/admin/refunds/{id}/resolve")
+async def resolve_refund(request: web.Request) -> web.Response:
+    actor = _actor(request)
+    body = await parse_body(request, ResolveRequest)
+    row = await operations.resolve(request.app[keys.POOL], request.match_info["id"], body.resolution, actor=actor,
+                                   reason=body.reason, external_reference=body.external_reference,
+                                   request_id=request[keys.REQUEST_ID])
+    return model_response(RefundOut.from_row(row))
+
+
+@routes.get("/admin/webhook-events")
+async def list_webhook_events(request: web.Request) -> web.Response:
+    _actor(request)
+    limit = query_int(request, "limit", 50, 1, 500)
+    after = request.query.get("starting_after")
+    async with request.app[keys.POOL].acquire() as conn:
+        rows = await store.list_webhook_events(
+            conn, status=request.query.get("status"), processor=request.query.get("processor"),
+            starting_after=int(after) if after and after.isdigit() else None, limit=limit)
+    data = [{**dict(r), "received_at": r["received_at"].isoformat(),
+             "processed_at": r["processed_at"].isoformat() if r["processed_at"] else None} for r in rows[:limit]]
+    return json_response({"data": data, "has_more": len(rows) > limit})
+
+
+@routes.post("/admin/webhook-events/{id}/reprocess")
+async def reprocess_webhook_event(request: web.Request) -> web.Response:
+    actor = _actor(request)
+    body = await parse_body(request, ReprocessRequest)
+    raw_id = request.match_info["id"]
+    pool = request.app[keys.POOL]
+    async with pool.acquire() as conn:
+        row = await store.claim_webhook_event(conn, int(raw_id), webhooks.LEASE_SECONDS) if raw_id.isdigit() else None
+    if row is None:
+        raise errors.NotFound(f"no webhook event {raw_id!r} that can be reprocessed now", code="webhook_event_not_found")
+    status = await webhooks.process_row(pool, row, recheck_seconds=request.app[keys.SETTINGS].pending_poll_seconds)
+    async with pool.acquire() as conn:
+        await operations.audit(conn, actor=actor, action="webhook_event.reprocess", target=f"webhook_event:{row['id']}",
+                               reason=body.reason, request={}, result={"status": status},
+                               request_id=request[keys.REQUEST_ID])
+    return json_response({"id": row["id"], "event_id": row["event_id"], "status": status})
+
+
+@routes.post("/admin/webhook-events/reprocess")
+async def reprocess_webhook_events(request: web.Request) -> web.Response:
+    actor = _actor(request)
+    body = await parse_body(request, BulkReprocessRequest)
+    async with request.app[keys.POOL].acquire() as conn, conn.transaction():
+        queued = await store.requeue_webhook_events(conn, body.status, body.processor)
+        await operations.audit(conn, actor=actor, action="webhook_event.reprocess_all", target=None,
+                               reason=body.reason, request=body.model_dump(mode="json"), result={"queued": queued},
+                               request_id=request[keys.REQUEST_ID])
+    request.app[keys.WEBHOOK_WAKE].set()
+    return json_response({"queued": queued})
