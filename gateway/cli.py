@@ -1,10 +1,11 @@
-"""The `psp-gateway` command: serve, migrate."""
+"""The `psp-gateway` command: serve, worker, migrate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 from typing import Iterator
 
@@ -45,6 +46,21 @@ def _serve(settings: Settings) -> None:
                 access_log=None, shutdown_timeout=settings.shutdown_grace_seconds)
 
 
+async def _work(settings: Settings) -> None:
+    """The background work alone: the same application, started without an HTTP listener."""
+    runner = web.AppRunner(create_app(settings), handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print("psp-gateway worker running (janitor, pending checks, webhook inbox, callbacks)", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
 async def _migrate(dsn: str) -> list[int]:
     conn = await connect(dsn)
     try:
@@ -59,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the HTTP API and background work")
     serve.add_argument("--host", help="listen address (default GATEWAY_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default GATEWAY_PORT or 8080)")
+    sub.add_parser("worker", help="run only the background work (no HTTP), next to or instead of serve")
     sub.add_parser("migrate", help="apply database migrations and exit")
     args = parser.parse_args(argv)
 
@@ -75,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "migrate":
             applied = asyncio.run(_migrate(settings.database_url.get_secret_value()))
             print(f"applied migrations: {applied or 'none (up to date)'}")
+        elif args.command == "worker":
+            asyncio.run(_work(settings))
         else:
             _serve(settings)
     return 0

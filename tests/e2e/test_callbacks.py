@@ -1,0 +1,116 @@
+"""Callbacks to the billing core: every refund event reaches its endpoint at least once, in order
+per refund, signed, even when the endpoint fails for a while; GET /v1/events serves the same."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from collections import defaultdict
+
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway import keys
+from tests.conftest import Api, make_settings, start_api
+
+SECRET = "cb_secret_0123456789"
+
+
+class BillingCore:
+    """A billing-core endpoint on loopback that fails its first `failures` requests."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.received: list[tuple[dict, dict[str, str], bytes]] = []
+        self.app = web.Application()
+        self.app.router.add_post("/callbacks", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if self.failures > 0:
+            self.failures -= 1
+            return web.Response(status=500)
+        self.received.append((orjson.loads(body), dict(request.headers), body))
+        return web.Response(status=204)
+
+
+def valid_signature(header: str, body: bytes, secret: str) -> bool:
+    parts = dict(p.split("=", 1) for p in header.split(",") if p.startswith("t="))
+    v1s = [p.split("=", 1)[1] for p in header.split(",") if p.startswith("v1=")]
+    expected = hmac.new(secret.encode(), parts["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, v) for v in v1s)
+
+
+@pytest.fixture
+async def billing_core():
+    core = BillingCore(failures=6)
+    runner = web.AppRunner(core.app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    core.url = f"http://{host}:{port}/callbacks"
+    try:
+        yield core
+    finally:
+        await runner.cleanup()
+
+
+async def test_failing_endpoint_receives_every_event_in_order_per_refund_signed(database_url, billing_core):
+    settings = make_settings(database_url, callback_url=billing_core.url, callback_secrets=[SECRET],
+                             callback_initial_backoff_seconds=0.05, callback_max_backoff_seconds=0.2,
+                             callback_poll_seconds=0.05)
+    client = await start_api(settings)
+    api = Api(client)
+    try:
+        tx = await api.transaction(amount=50_000)
+        ids = [(await api.refund(tx, amount))["id"] for amount in (1_000, 4001, 7001, 2_000)]
+        pool = api.app[keys.POOL]
+        for _ in range(200):
+            async with pool.acquire() as conn:
+                left = await conn.fetchval("SELECT count(*) FROM outbox_events WHERE delivered_at IS NULL")
+                pending = await conn.fetchval("SELECT count(*) FROM refunds WHERE status = 'pending'")
+            if left == 0 and pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        async with pool.acquire() as conn:
+            outbox = await conn.fetch("SELECT id, refund_id, version, type FROM outbox_events ORDER BY id")
+            failed_deliveries = await conn.fetchval("SELECT count(*) FROM callback_deliveries WHERE error IS NOT NULL")
+    finally:
+        await client.close()
+
+    assert failed_deliveries == 6  # the endpoint's failures are in the delivery log
+    received_ids = {event["id"] for event, _, _ in billing_core.received}
+    assert received_ids == {r["id"] for r in outbox}  # every event, at least once
+    versions = defaultdict(list)
+    for event, headers, body in billing_core.received:
+        assert valid_signature(headers["Gateway-Signature"], body, SECRET)
+        assert headers["Gateway-Event-Id"] == str(event["id"])
+        versions[event["refund_id"]].append(event["version"])
+    for refund_id in ids:
+        seen = versions[refund_id]
+        assert seen == sorted(seen) and seen[0] == 1, (refund_id, seen)  # in order per refund
+    finals = {event["refund_id"]: event for event, _, _ in billing_core.received}
+    assert [finals[i]["data"]["status"] for i in ids] == ["succeeded", "failed", "succeeded", "succeeded"]
+    assert finals[ids[1]]["type"] == "refund.failed" and finals[ids[1]]["previous_status"] == "pending"
+
+
+async def test_events_can_be_polled_after_a_cursor(api):
+    tx = await api.transaction(amount=10_000)
+    first = await api.refund(tx, 1_000)
+    page = await (await api.get("/v1/events", params={"limit": "1"})).json()
+    assert page["has_more"] is True
+    [created] = page["data"]
+    assert (created["type"], created["refund_id"], created["version"]) == ("refund.created", first["id"], 1)
+    rest = await (await api.get("/v1/events", params={"after": str(created["id"])})).json()
+    assert [e["type"] for e in rest["data"]] == ["refund.succeeded"]
+    assert rest["data"][0]["data"]["status"] == "succeeded" and rest["has_more"] is False
+
+
+def test_callbacks_without_a_secret_are_refused_at_start():
+    from gateway.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="callback_secrets"):
+        load_settings(database_url="postgresql://x@127.0.0.1:1/x", callback_url="http://127.0.0.1:1/cb")
