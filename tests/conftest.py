@@ -23,6 +23,7 @@ from gateway.db.migrate import migrate
 from gateway.db.pool import connect, create_pool
 from gateway.logging import configure
 from gateway.settings import Settings
+from tests.processes import gateways  # noqa: F401  (a fixture for every test)
 
 # Read once, then keep every GATEWAY_* variable of the developer's shell out of the tests.
 _EXTERNAL_DSN = os.environ.get("GATEWAY_DATABASE_URL")

@@ -63,11 +63,15 @@ class BridgePayAdapter:
                 raise TransientProcessorError(f"no answer from BridgePay: {type(e).__name__}",
                                               code="no_answer") from None
             raise OutcomeUnknownError(f"no answer from BridgePay: {type(e).__name__}", code="no_answer") from None
+        except httpx.DecodingError as e:
+            raise ProcessorProtocolError(f"BridgePay answer cannot be decoded: {e}", code="unparseable") from None
         data = b"".join(chunks)
-        if status >= 500 and not data.lstrip().startswith(b"<"):
+        if status >= 500 and not (status == 500 and transformers.is_soap_envelope(data)):
+            # A proxy's or server's error page (SOAP faults alone come as a 500 envelope): the
+            # refund may or may not have been carried out; a read can simply be asked again.
             error = OutcomeUnknownError if sends_money else TransientProcessorError
             raise error(f"BridgePay HTTP {status}", code=str(status))
-        if status not in (200, 500):  # SOAP faults come as 500 with an envelope
+        if status not in (200, 500):
             raise ProcessorProtocolError(f"BridgePay HTTP {status}", code=str(status))
         return data
 

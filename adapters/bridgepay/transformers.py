@@ -97,9 +97,16 @@ def parse_xml(data: bytes, what: str) -> Element:
         raise ProcessorProtocolError(f"BridgePay {what} is larger than {MAX_ANSWER_BYTES} bytes", code="too_large")
     try:
         return fromstring(data, forbid_dtd=True)
-    except (ParseError, DefusedXmlException, ValueError) as e:
+    except (ParseError, DefusedXmlException, ValueError, LookupError) as e:  # LookupError: unknown encoding
         raise ProcessorProtocolError(f"BridgePay {what} is not safe, well-formed XML: {type(e).__name__}",
                                      code="unparseable") from None
+
+
+def is_soap_envelope(data: bytes) -> bool:
+    try:
+        return parse_xml(data, "answer").tag == f"{{{SOAP_NS}}}Envelope"
+    except ProcessorProtocolError:
+        return False
 
 
 def _soap_body(envelope: bytes) -> Element:

@@ -30,13 +30,16 @@ from adapters.base import (
     WebhookEvent,
     WebhookVerificationError,
 )
+from adapters.bridgepay import BridgePayAdapter
+from adapters.bridgepay_sim import SimConfig as BridgePaySimConfig
+from adapters.bridgepay_sim import running_simulator as running_bridgepay_simulator
 from adapters.mock import SCENARIOS, MockAdapter
 from adapters.stripe import StripeAdapter
 from adapters.stripe.transformers import signature_header as stripe_signature_header
 from adapters.stripe_sim import SimConfig
 from adapters.stripe_sim.testing import running_simulator
 from adapters.stripe_sim.world import RefundBehaviour
-from gateway.settings import StripeProcessor
+from gateway.settings import BridgePayProcessor, StripeProcessor
 from gateway.domain.refunds import Outcome
 
 
@@ -140,7 +143,56 @@ async def stripe_case() -> AsyncIterator[AdapterCase]:
             await adapter.aclose()
 
 
+BRIDGEPAY_SIM = BridgePaySimConfig(username="contract_user", password="contract_p&ss<word>",
+                                   merchant_code="4001", merchant_account_code="4002", seed=13,
+                                   sandbox_amounts=True)
+
+
+@contextlib.asynccontextmanager
+async def bridgepay_case() -> AsyncIterator[AdapterCase]:
+    """The BridgePay-like adapter against the BridgePay-like simulator on a loopback port. Its sandbox
+    amounts are on: a refund of 1-499 cents is denied by the bank (30032)."""
+    async with running_bridgepay_simulator(BRIDGEPAY_SIM) as sim:
+        world = sim.sim.world
+        adapter = BridgePayAdapter(BridgePayProcessor(
+            id="bridgepay", kind="bridgepay", base_url=sim.url, username=BRIDGEPAY_SIM.username,
+            password=BRIDGEPAY_SIM.password, merchant_code=BRIDGEPAY_SIM.merchant_code,
+            merchant_account_code=BRIDGEPAY_SIM.merchant_account_code, timeout_seconds=2))
+
+        def on_new_settled_sale(amount: int) -> RefundRequest:
+            # Settled, so that BridgePay refunds it (several partial refunds) rather than voiding it once.
+            sale = world.create_sale(10_000, invoice_num=f"INV-{uuid.uuid4().hex[:8]}", transaction_id="",
+                                     authorization_code=sim.sim.new_authorization_code(), card_last4="1111",
+                                     settled=True)
+            return refund_request(amount, psp_reference=sale.gateway_trans_id, currency="USD")
+
+        def losing_the_answer() -> RefundRequest:
+            sim.sim.faults.configure({"execute_then_drop": {"count": 1, "request_type": "012"}})
+            return on_new_settled_sale(1_050)
+
+        def unsigned_webhook(psp_refund_id: str, refund_id: str) -> tuple[dict[str, str], bytes]:
+            # BridgePay sends no webhooks, so there is no signature to make: any body must be refused.
+            body = orjson.dumps({"GatewayTransID": psp_refund_id, "InvoiceNum": refund_id})
+            return {"SOAPAction": "webhook"}, body
+
+        try:
+            yield AdapterCase(
+                name="bridgepay",
+                adapter=adapter,
+                succeeding=lambda: on_new_settled_sale(1_050),
+                declining=lambda: on_new_settled_sale(300),
+                decline_processor_code="30032",
+                outcome_unknown=losing_the_answer,
+                unknown_was_executed=True,
+                signed_webhook=unsigned_webhook,
+                executions=lambda req: world.refund_executions[req.psp_reference],
+            )
+        finally:
+            await adapter.aclose()
+
+
 CASES: dict[str, Callable[[], contextlib.AbstractAsyncContextManager[AdapterCase]]] = {
+    "bridgepay": bridgepay_case,
     "mock": mock_case,
     "stripe": stripe_case,
 }
@@ -217,10 +269,23 @@ async def test_lookup_finds_a_refund_that_was_executed(adapter_case):
 async def test_lookup_finds_a_declined_refund_as_declined(adapter_case):
     if not adapter_case.adapter.capabilities.lookup:
         pytest.skip(f"{adapter_case.name} cannot look refunds up")
+    if not adapter_case.adapter.capabilities.idempotency_keys:
+        # Without a key to replay, the gateway looks up only to learn whether a refund was carried
+        # out before it resends; a decline left nothing to find (see the next test).
+        pytest.skip(f"{adapter_case.name} keeps no refund record for a decline")
     request = adapter_case.declining()
     result = await adapter_case.adapter.refund(request)
     found = await adapter_case.adapter.lookup_refund(request, result.psp_refund_id)
     assert found is not None and found.outcome is Outcome.DECLINED
+
+
+async def test_lookup_of_a_declined_refund_never_reports_it_carried_out(adapter_case):
+    if not adapter_case.adapter.capabilities.lookup:
+        pytest.skip(f"{adapter_case.name} cannot look refunds up")
+    request = adapter_case.declining()
+    result = await adapter_case.adapter.refund(request)
+    found = await adapter_case.adapter.lookup_refund(request, result.psp_refund_id)
+    assert found is None or found.outcome is Outcome.DECLINED
 
 
 async def test_lookup_of_a_refund_never_sent_returns_none(adapter_case):

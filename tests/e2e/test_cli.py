@@ -4,8 +4,6 @@ secrets, the embedded Postgres when no database URL is set, and a clean stop by 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,75 +12,25 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import GatewayProcess
+
 KEY = "sk_cli_test_key_0123456789"
 CARD = "4242424242424242"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _config(tmp_path: Path) -> Path:
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        '[[processors]]\nid = "mock"\nkind = "mock"\n\n'
-        '[[clients]]\nid = "billing"\napi_key = "${CLI_TEST_KEY}"\n'
-        'scopes = ["transactions:write", "transactions:read", "refunds:write", "refunds:read"]\n')
-    return path
-
-
-class Gateway:
-    def __init__(self, tmp_path: Path, **env: str):
-        self.port = _free_port()
-        self.log_path = tmp_path / "gateway.log"
-        full_env = {**os.environ, "GATEWAY_CONFIG": str(_config(tmp_path)), "GATEWAY_PORT": str(self.port),
-                    "CLI_TEST_KEY": KEY, "GATEWAY_LOG_FORMAT": "json", **env}
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=full_env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text()
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"not ready in {timeout}s:\n{self.log_path.read_text()}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        self._log.close()
-        return self.proc.returncode
+CONFIG = ('[[processors]]\nid = "mock"\nkind = "mock"\n\n'
+          '[[clients]]\nid = "billing"\napi_key = "${CLI_TEST_KEY}"\n'
+          'scopes = ["transactions:write", "transactions:read", "refunds:write", "refunds:read"]\n')
 
 
 @pytest.fixture
-def gateway_factory(tmp_path):
-    started: list[Gateway] = []
-
-    def start(**env: str) -> Gateway:
-        gw = Gateway(tmp_path, **env)
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.stop()
+def gateway_factory(gateways):
+    def start(**env: str) -> GatewayProcess:
+        return gateways(CONFIG, CLI_TEST_KEY=KEY, **env)
+    return start
 
 
-def _refund_session(gw: Gateway) -> dict:
+def _refund_session(gw: GatewayProcess) -> dict:
     headers = {"Authorization": f"Bearer {KEY}"}
     tx = httpx.post(f"{gw.url}/v1/transactions", headers=headers, json={
         "processor": "mock", "psp_reference": "ch_cli", "invoice_id": "INV-CLI", "amount": 5_000, "currency": "EUR",
@@ -129,8 +77,9 @@ def _alive(pid: int) -> bool:
 
 
 def test_migrate_command_applies_migrations(database_url, tmp_path):
-    env = {**os.environ, "GATEWAY_DATABASE_URL": database_url, "GATEWAY_CONFIG": str(_config(tmp_path)),
-           "CLI_TEST_KEY": KEY}
+    config = tmp_path / "gateway.toml"
+    config.write_text(CONFIG)
+    env = {**os.environ, "GATEWAY_DATABASE_URL": database_url, "GATEWAY_CONFIG": str(config), "CLI_TEST_KEY": KEY}
     out = subprocess.run([sys.executable, "-m", "gateway", "migrate"], env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr

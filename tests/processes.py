@@ -1,0 +1,93 @@
+"""Gateway processes for tests: `psp-gateway serve` or `worker` as a real process, with its own
+config file and log, stopped by its PID (SIGTERM, then SIGKILL) by whoever started it."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+_names = itertools.count(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GatewayProcess:
+    def __init__(self, folder: Path, config: str, command: str = "serve", **env: str):
+        name = f"gateway-{next(_names)}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = folder / f"{name}.log"
+        config_path = folder / f"{name}.toml"
+        config_path.write_text(config)
+        full_env = {**os.environ, "GATEWAY_CONFIG": str(config_path), "GATEWAY_PORT": str(self.port),
+                    "GATEWAY_LOG_FORMAT": "json", **env}
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", command], env=full_env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_until(self, check, what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"exited with {self.proc.returncode}:\n{self.logs()}"
+            if check():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"not {what} in {timeout}s:\n{self.logs()}")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+        self.wait_until(ready, "ready", timeout)
+
+    def wait_working(self, timeout: float = 30) -> None:
+        self.wait_until(lambda: "worker running" in self.logs(), "working", timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye, as when a machine dies."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def gateways(tmp_path):
+    """Start gateway processes with `gateways(config, command="serve", **env)`; all are stopped after."""
+    started: list[GatewayProcess] = []
+
+    def start(config: str, command: str = "serve", **env: str) -> GatewayProcess:
+        process = GatewayProcess(tmp_path, config, command, **env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
