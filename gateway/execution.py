@@ -79,6 +79,9 @@ class RefundExecutor:
         self._pool, self._adapters, self._settings = pool, adapters, settings
         self._tasks: set[asyncio.Task] = set()
 
+    def adapter(self, processor_id: str) -> ProcessorAdapter:
+        return self._adapters[processor_id]
+
     def start(self, refund: Mapping, transaction: Mapping, request_id: str | None = None) -> asyncio.Task:
         task = asyncio.create_task(self.send(refund, transaction, request_id))
         self._tasks.add(task)

@@ -48,20 +48,34 @@ async def replay(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, *
     async with pool.acquire() as conn, conn.transaction():
         refund = await _lock_open_refund(conn, refund_id, "replayed")
         before = {"status": refund["status"], "stage": refund["stage"]}
-        claimed, _ = await ledger.apply(
-            conn, refund_id, ledger.Decision(Target(Status.PENDING, Stage.SENDING), lease_seconds=lease_seconds),
-            event="admin_replay", recheck_seconds=1, request_id=request_id, detail={"actor": actor, "reason": reason})
         audit_id = await audit(conn, actor=actor, action="refund.replay", target=refund_id, reason=reason,
                                request={"before": before}, request_id=request_id)
+        adapter = executor.adapter(refund["processor_id"])
+        if refund["stage"] != Stage.PENDING_AT_PROCESSOR:
+            refund, _ = await ledger.apply(
+                conn, refund_id, ledger.Decision(Target(Status.PENDING, Stage.SENDING), lease_seconds=lease_seconds),
+                event="admin_replay", recheck_seconds=1, request_id=request_id,
+                detail={"actor": actor, "reason": reason})
         transaction = await store.get_transaction(conn, refund["transaction_id"])
-    report = await executor.run(claimed, transaction, request_id, resolve_first=True, event="admin_replay_answer")
-    found = report.found or ("no record at the processor" if report.looked_up else "not looked up")
-    action = "resent with the same idempotency key" if report.resent else (
-        "recorded what the processor reported" if report.found else "nothing")
-    result = {"found": found, "action": action, "status": report.refund["status"], "stage": report.refund["stage"]}
+    if refund["stage"] == Stage.PENDING_AT_PROCESSOR:
+        # The processor accepted it: there is nothing to resend, only its state to ask for.
+        row = await executor.check_pending(refund)
+        looked_up = adapter.capabilities.lookup
+        found = ("pending" if row["stage"] == Stage.PENDING_AT_PROCESSOR else row["status"]) if looked_up else None
+        report_found, resent = found, False
+    else:
+        # A refund that never left may be sent as it is; any other is looked up before a resend.
+        resolve_first = before["stage"] != Stage.NOT_SENT or adapter.capabilities.lookup
+        report = await executor.run(refund, transaction, request_id, resolve_first=resolve_first,
+                                    event="admin_replay_answer")
+        row, looked_up, report_found, resent = report.refund, report.looked_up, report.found, report.resent
+    found = report_found or ("no record at the processor" if looked_up else "not looked up")
+    action = "resent with the same idempotency key" if resent else (
+        "recorded what the processor reported" if report_found else "nothing")
+    result = {"found": found, "action": action, "status": row["status"], "stage": row["stage"]}
     async with pool.acquire() as conn:
         await store.update_audit_result(conn, audit_id, result)
-    return {**result, "refund": RefundOut.from_row(report.refund).model_dump(mode="json")}
+    return {**result, "refund": RefundOut.from_row(row).model_dump(mode="json")}
 
 
 async def resolve(pool: asyncpg.Pool, refund_id: str, resolution: Resolution, *, actor: str, reason: str,

@@ -448,13 +448,19 @@ _FILTERABLE = frozenset({"invoice_id", "status", "processor_id", "failure_code"}
 
 
 async def list_refunds(conn, *, starting_after: str | None, limit: int, stuck_older_than: float | None = None,
+                       ids: Sequence[str] | None = None, statuses: Sequence[str] | None = None,
                        **equal: str | None) -> list[Row]:
-    """Newest first, filtered by equality on the given columns (None: no filter) and, with
-    `stuck_older_than`, to stuck refunds. Fetches one more than `limit` to tell whether there is more."""
+    """Newest first, filtered by equality on the given columns (None: no filter), by ids or
+    statuses, and, with `stuck_older_than`, to stuck refunds. Fetches one more than `limit` to
+    tell whether there is more."""
     clauses, args = [], []
     if stuck_older_than is not None:
         args.append(stuck_older_than)
         clauses.append(STUCK_WHERE.format(n=len(args)))
+    for column, values in (("id", ids), ("status", statuses)):
+        if values is not None:
+            args.append(list(values))
+            clauses.append(f"{column} = ANY(${len(args)}::text[])")
     for column, value in equal.items():
         assert column in _FILTERABLE, column
         if value is not None:

@@ -74,11 +74,10 @@ async def replay_refunds(request: web.Request) -> web.Response:
                                     errors=[{"field": "filter", "message": "empty"}])
     async with app[keys.POOL].acquire() as conn:
         rows = await store.list_refunds(
-            conn, stuck_older_than=app[keys.SETTINGS].stuck_after_seconds if f.stuck else None,
-            status=f.status, processor_id=f.processor, failure_code=f.failure_code, starting_after=None,
-            limit=body.limit if not f.ids else 10_000)
-    candidates = [r["id"] for r in rows if r["status"] in ("pending", "requires_attention")
-                  and (not f.ids or r["id"] in f.ids)][:body.limit]
+            conn, stuck_older_than=app[keys.SETTINGS].stuck_after_seconds if f.stuck else None, ids=f.ids,
+            statuses=[f.status] if f.status else ["pending", "requires_attention"], processor_id=f.processor,
+            failure_code=f.failure_code, starting_after=None, limit=body.limit)
+    candidates = [r["id"] for r in rows[:body.limit]]
     if body.dry_run:
         async with app[keys.POOL].acquire() as conn:
             await operations.audit(conn, actor=actor, action="refund.replay.dry_run", target=None, reason=body.reason,
