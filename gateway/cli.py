@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import signal
 import sys
 from typing import Iterator
 
+import uvloop
 from aiohttp import web
 from pydantic import SecretStr
 
@@ -40,10 +42,52 @@ def _banner(settings: Settings) -> str:
             f"  the README's curl session registers a payment and refunds it")
 
 
-def _serve(settings: Settings) -> None:
+def _fast_loop() -> None:
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _serve(settings: Settings, *, reuse_port: bool = False, banner: bool = True) -> None:
+    _fast_loop()
     app = create_app(settings)
-    web.run_app(app, host=settings.host, port=settings.port, print=lambda _: print(_banner(settings), flush=True),
+    web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port,
+                print=(lambda _: print(_banner(settings), flush=True)) if banner else None,
                 access_log=None, shutdown_timeout=settings.shutdown_grace_seconds)
+
+
+def _serve_child(settings: Settings) -> None:
+    configure(settings.log_format, settings.log_level)
+    _serve(settings, reuse_port=True, banner=False)
+
+
+def _serve_many(settings: Settings, workers: int) -> int:
+    """N processes sharing the port (SO_REUSEPORT): the kernel spreads connections across them.
+    The parent only supervises: a signal stops them all, and so does one child dying."""
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_serve_child, args=(settings,), name=f"psp-gateway-{n}")
+                for n in range(workers)]
+    for child in children:
+        child.start()
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.is_alive():
+                child.terminate()  # SIGTERM: each shuts down gracefully
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(_banner(settings) + f"\n  worker processes: {workers} (pids {', '.join(str(c.pid) for c in children)})",
+          flush=True)
+    while any(c.is_alive() for c in children):
+        for child in children:
+            child.join(timeout=0.5)
+            if not child.is_alive() and not stopping:
+                print(f"psp-gateway: {child.name} exited with {child.exitcode}; stopping the others",
+                      file=sys.stderr, flush=True)
+                stop()
+    return 0 if stopping else 1
 
 
 async def _work(settings: Settings) -> None:
@@ -75,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the HTTP API and background work")
     serve.add_argument("--host", help="listen address (default GATEWAY_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default GATEWAY_PORT or 8080)")
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
     sub.add_parser("worker", help="run only the background work (no HTTP), next to or instead of serve")
     sub.add_parser("migrate", help="apply database migrations and exit")
     args = parser.parse_args(argv)
@@ -93,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             applied = asyncio.run(_migrate(settings.database_url.get_secret_value()))
             print(f"applied migrations: {applied or 'none (up to date)'}")
         elif args.command == "worker":
+            _fast_loop()
             asyncio.run(_work(settings))
+        elif args.workers > 1:
+            return _serve_many(settings, args.workers)
         else:
             _serve(settings)
     return 0

@@ -25,7 +25,8 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    def __init__(self, folder: Path, config: str, command: str = "serve", **env: str):
+    def __init__(self, folder: Path, config: str, command: str = "serve", extra_args: list[str] | None = None,
+                 **env: str):
         name = f"gateway-{next(_names)}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -35,8 +36,8 @@ class GatewayProcess:
         full_env = {**os.environ, "GATEWAY_CONFIG": str(config_path), "GATEWAY_PORT": str(self.port),
                     "GATEWAY_LOG_FORMAT": "json", **env}
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", command], env=full_env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", command, *(extra_args or [])], env=full_env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

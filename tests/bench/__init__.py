@@ -1,0 +1,1 @@
+"""`make bench`: the gateway against its own database floor (see README, Performance)."""

@@ -1,0 +1,242 @@
+"""`make bench`: start everything on loopback (an embedded Postgres, the gateway as its own
+process, the load generator and the floor as separate processes), run bounded scenarios,
+print a table and write bench-results.json. Every process started here is stopped here, by PID.
+
+    python -m tests.bench [--quick] [--workers N] [--soak-seconds S] [--out bench-results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+
+from gateway import embedded
+from gateway.db.migrate import migrate
+from gateway.db.pool import connect
+from tests.processes import GatewayProcess
+
+KEY = "sk_bench_0123456789abcdef"
+WHSEC = "whsec_bench_0123456789"
+CONFIG = f"""
+[[processors]]
+id = "mock"
+kind = "mock"
+
+[[processors]]
+id = "slow"
+kind = "mock"
+latency_seconds = 0.2
+
+[[processors]]
+id = "stripe"
+kind = "stripe"
+base_url = "http://127.0.0.1:9"
+api_key = "sk_bench_unused"
+webhook_secrets = ["{WHSEC}"]
+
+[[clients]]
+id = "bench"
+api_key = "{KEY}"
+scopes = ["transactions:write", "transactions:read", "refunds:write", "refunds:read", "admin"]
+"""
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, folder: Path):
+        self.args, self.folder = args, folder
+        self.seconds = 2.0 if args.quick else args.seconds
+        self.warmup = 0.5 if args.quick else 3.0
+
+    async def seed(self, processor: str, count: int, amount: int) -> Path:
+        """Register `count` payments straight into the database; returns a plan file for the load."""
+        rows = [(f"tx_bench_{uuid.uuid4().hex}", processor, f"ch_{uuid.uuid4().hex}", f"INV-{uuid.uuid4().hex[:16]}",
+                 amount, "EUR") for _ in range(count)]
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.copy_records_to_table("transactions", records=rows, columns=[
+                "id", "processor_id", "psp_reference", "invoice_id", "amount", "currency"])
+        finally:
+            await conn.close()
+        plan = self.folder / f"plan-{uuid.uuid4().hex[:8]}.json"
+        plan.write_text(json.dumps({"transactions": [{"id": r[0], "invoice_id": r[3]} for r in rows],
+                                    "amount": 100, "webhook_secret": WHSEC}))
+        return plan
+
+    def run_tool(self, module: str, *args: str) -> dict:
+        out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                             timeout=self.seconds * 4 + 120)
+        if out.returncode != 0:
+            raise RuntimeError(f"{module} failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def load(self, plan: Path, *, kind: str = "refunds", concurrency: int = 64, seconds: float | None = None,
+             rate: float = 0) -> dict:
+        return self.run_tool("tests.bench.load", "--url", self.gateway.url, "--key", KEY, "--plan", str(plan),
+                             "--kind", kind, "--concurrency", str(concurrency),
+                             "--seconds", str(seconds or self.seconds), "--rate", str(rate))
+
+    def floor(self, plan: Path, *, kind: str = "refunds", concurrency: int = 64) -> dict:
+        return self.run_tool("tests.bench.floor", "--dsn", self.dsn, "--plan", str(plan), "--kind", kind,
+                             "--concurrency", str(concurrency), "--seconds", str(self.seconds))
+
+    def rss_mb(self) -> float:
+        """Resident memory of the gateway: its process and any worker processes."""
+        proc = psutil.Process(self.gateway.proc.pid)
+        return round(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20, 1)
+
+    async def scenarios(self) -> list[dict]:
+        results = []
+        per_run = 200_000 if not self.args.quick else 5_000
+
+        # 1. Refunds through the zero-latency mock, 64 clients, each on its own transaction.
+        self.load(await self.seed("mock", 2_000, 1_000_000), seconds=self.warmup)
+        floor1 = self.floor(await self.seed("mock", per_run // 4, 1_000_000))
+        gateway1 = self.load(await self.seed("mock", per_run // 4, 1_000_000))
+        results.append(row("1. refunds, mock 0 ms, 64 clients", gateway1, floor1["rps"], floor1))
+        rate = max(1.0, floor1["rps"] / 2)
+        open1 = self.load(await self.seed("mock", per_run // 4, 1_000_000), rate=rate)
+        results.append(row(f"1b. same, open loop at {rate:.0f}/s (half the floor)", open1, rate))
+
+        # 2. Processor latency 200 ms, 512 clients: nothing may be held across the call.
+        floor2 = min(512 / 0.2, floor1["rps"])
+        self.load(await self.seed("slow", 2_000, 1_000_000), concurrency=512, seconds=self.warmup)
+        gateway2 = self.load(await self.seed("slow", per_run // 4, 1_000_000), concurrency=512)
+        results.append(row("2. refunds, mock 200 ms, 512 clients", gateway2, floor2))
+
+        # 3. Partial refunds on 10 hot transactions: row-lock contention, never over-refunded.
+        hot = await self.seed("mock", 10, 15_000)  # room for 1,500 refunds of 1.00
+        gateway3 = self.load(hot)
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            ids = [t["id"] for t in json.loads(hot.read_text())["transactions"]]
+            over = await conn.fetchval(
+                "SELECT count(*) FROM transactions t WHERE id = ANY($1) AND (refunded_amount + reserved_amount > amount "
+                "OR refunded_amount <> (SELECT coalesce(sum(amount), 0) FROM refunds r WHERE r.transaction_id = t.id "
+                "AND r.status = 'succeeded'))", ids)
+        finally:
+            await conn.close()
+        bad = {k: v for k, v in gateway3["statuses"].items() if k not in ("201", "422")}
+        results.append(row("3. partial refunds on 10 hot transactions", gateway3, None,
+                           extra={"over_refunded": over, "unexpected_statuses": bad}))
+
+        # 4. Signed Stripe-like webhooks: verify, store, apply.
+        plan4 = await self.seed("mock", 1, 1)
+        self.load(plan4, kind="webhooks", seconds=self.warmup)
+        floor4 = self.floor(plan4, kind="webhooks")
+        gateway4 = self.load(plan4, kind="webhooks")
+        drained = await self.webhook_backlog_drained()
+        results.append(row("4. signed webhooks, 64 clients", gateway4, floor4["rps"], floor4,
+                           extra={"backlog_drained_seconds": drained}))
+
+        # 5. Soak at a fixed rate: resident memory at the start and at the end.
+        soak_seconds = 4.0 if self.args.quick else self.args.soak_seconds
+        soak_rate = max(1.0, round(floor1["rps"] / 4))
+        self.load(await self.seed("mock", 2_000, 1_000_000), rate=soak_rate, seconds=self.warmup)
+        rss_start = self.rss_mb()
+        soak = self.load(await self.seed("mock", int(soak_rate * soak_seconds) + 1_000, 1_000_000), rate=soak_rate,
+                         seconds=soak_seconds)
+        rss_end = self.rss_mb()
+        results.append(row(f"5. soak {soak_seconds:.0f} s at {soak_rate:.0f}/s", soak, None,
+                           extra={"rss_start_mb": rss_start, "rss_end_mb": rss_end,
+                                  "rss_growth": round(rss_end / rss_start - 1, 3)}))
+        return results
+
+    async def webhook_backlog_drained(self) -> float | None:
+        conn = await asyncpg.connect(self.dsn)
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 120:
+                left = await conn.fetchval("SELECT count(*) FROM webhook_events WHERE status IN ('received', 'failed')")
+                if left == 0:
+                    return round(time.monotonic() - started, 2)
+                await asyncio.sleep(0.2)
+            return None
+        finally:
+            await conn.close()
+
+    async def main(self) -> dict:
+        pg = embedded.start(self.folder / "pg", delete_on_stop=True)
+        try:
+            admin = await asyncpg.connect(pg.uri)
+            await admin.execute("CREATE DATABASE bench")
+            version = await admin.fetchval("SHOW server_version")
+            await admin.close()
+            self.dsn = pg.uri.replace("/postgres?", "/bench?")
+            conn = await connect(self.dsn)
+            await migrate(conn)
+            await conn.close()
+            self.gateway = GatewayProcess(self.folder, CONFIG, "serve", ["--workers", str(self.args.workers)],
+                                          GATEWAY_DATABASE_URL=self.dsn, GATEWAY_LOG_LEVEL="info")
+            try:
+                self.gateway.wait_ready(60)
+                results = await self.scenarios()
+            finally:
+                self.gateway.stop()
+        finally:
+            pg.stop()
+        return {"machine": {"cores": os.cpu_count(), "platform": platform.platform(),
+                            "python": platform.python_version(), "postgres": version},
+                "gateway_workers": self.args.workers, "seconds_per_run": self.seconds, "scenarios": results}
+
+
+def row(name: str, result: dict, floor_rps: float | None, floor: dict | None = None, extra: dict | None = None) -> dict:
+    errors = sum(v for k, v in result["statuses"].items() if not k.startswith("2")) + sum(
+        result["transport_errors"].values())
+    return {"scenario": name, "rps": result["rps"], "p50_ms": result["p50_ms"], "p95_ms": result["p95_ms"],
+            "p99_ms": result["p99_ms"], "errors": errors, "statuses": result["statuses"],
+            "floor_rps": round(floor_rps, 1) if floor_rps else None,
+            "ratio": round(result["rps"] / floor_rps, 2) if floor_rps else None,
+            **({"floor": floor} if floor else {}), **(extra or {})}
+
+
+def table(report: dict) -> str:
+    lines = [f"{'scenario':<48} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7} "
+             f"{'floor/s':>8} {'ratio':>6}"]
+    for r in report["scenarios"]:
+        lines.append(f"{r['scenario']:<48} {r['rps']:>8.1f} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} "
+                     f"{r['p99_ms']:>8.2f} {r['errors']:>7} {r['floor_rps'] or '-':>8} {r['ratio'] or '-':>6}")
+        notes = {k: v for k, v in r.items() if k in ("over_refunded", "unexpected_statuses", "backlog_drained_seconds",
+                                                     "rss_start_mb", "rss_end_mb", "rss_growth")}
+        if notes:
+            lines.append(f"{'':<4}{json.dumps(notes)}")
+    m = report["machine"]
+    lines.append(f"machine: {m['cores']} cores, {m['platform']}, Python {m['python']}, Postgres {m['postgres']}; "
+                 f"gateway worker processes: {report['gateway_workers']}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench")
+    parser.add_argument("--quick", action="store_true", help="seconds, not minutes: proves the harness runs")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured run")
+    parser.add_argument("--soak-seconds", type=float, default=300.0)
+    parser.add_argument("--out", default="bench-results.json")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+    try:
+        report = asyncio.run(Bench(args, folder).main())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(table(report))
+    print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""`make bench` in miniature: the harness starts, runs every scenario, stops what it started,
+and its correctness checks hold. Figures are not asserted (benchmarks print them)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_quick_bench_runs_every_scenario_and_never_over_refunds(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "tests.bench", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    names = [r["scenario"].split(".")[0] for r in report["scenarios"]]
+    assert names == ["1", "1b", "2", "3", "4", "5"]
+    hot = report["scenarios"][3]
+    assert hot["over_refunded"] == 0 and hot["unexpected_statuses"] == {}
+    assert all(r["rps"] > 0 for r in report["scenarios"])
+    assert report["machine"]["postgres"] and "req/s" in done.stdout
