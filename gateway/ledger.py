@@ -108,20 +108,20 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
         if refund_calls:
             current = await store.add_attempts(conn, refund_id, refund_calls)
         return current, False
+    delta = balance_delta(status, target.status, current["amount"])
+    # One statement: the compare-and-set, the balance move and the event row (none while unchanged).
     updated = await store.update_refund_state(
         conn, refund_id, from_status=status, from_stage=stage, status=target.status, stage=target.stage,
         psp_refund_id=decision.psp_refund_id, failure_code=decision.failure_code,
         failure_message=decision.failure_message, attempts=refund_calls, recheck_seconds=recheck_seconds,
-        version_step=0 if unchanged else 1, retry_in=decision.retry_in, lease_seconds=decision.lease_seconds)
+        version_step=0 if unchanged else 1, retry_in=decision.retry_in, lease_seconds=decision.lease_seconds,
+        reserved_delta=delta.reserved, refunded_delta=delta.refunded, event=None if unchanged else event,
+        request_id=request_id, event_detail={"failure_code": decision.failure_code,
+                                             "psp_refund_id": decision.psp_refund_id,
+                                             **(decision.details or {}), **(detail or {})})
     if unchanged:
         return updated, False  # still where it was (a pending refund still pending)
     await publish(conn, updated, previous_status=status)
-    delta = balance_delta(status, target.status, current["amount"])
-    await store.move_balance(conn, current["transaction_id"], delta.reserved, delta.refunded)
-    await store.insert_event(conn, refund_id, event, from_status=status, to_status=target.status, from_stage=stage,
-                             to_stage=target.stage, request_id=request_id,
-                             detail={"failure_code": decision.failure_code, "psp_refund_id": decision.psp_refund_id,
-                                     **(decision.details or {}), **(detail or {})})
     log_method = log.info if target.status in FINAL or target.status == Status.PENDING else log.warning
     log_method("refund_state_changed", refund_id=refund_id, processor=current["processor_id"], cause=event,
                from_status=status, status=target.status, stage=target.stage, failure_code=decision.failure_code,

@@ -91,9 +91,12 @@ def _candidates_json(candidates: list[matching.Candidate]) -> list[dict[str, obj
              "currency": c.currency, "refundable_amount": c.refundable} for c in candidates]
 
 
-async def _find_transaction(conn: asyncpg.Connection, cmd: RefundCreate) -> matching.Candidate:
+async def _find_transaction(conn: asyncpg.Connection, cmd: RefundCreate,
+                            ) -> tuple[matching.Candidate, asyncpg.Record]:
+    """The transaction the command means, locked FOR UPDATE for the balance check."""
     if cmd.transaction_id is not None:
-        row = await store.get_transaction(conn, cmd.transaction_id)
+        # Named by id: lock it at once (the caller would lock it next anyway).
+        row = await store.lock_transaction(conn, cmd.transaction_id)
         rows, by_pointer = ([row] if row else []), True
     elif cmd.psp_reference is not None:
         rows, by_pointer = await store.transactions_by_reference(conn, cmd.psp_reference), True
@@ -116,7 +119,8 @@ async def _find_transaction(conn: asyncpg.Connection, cmd: RefundCreate) -> matc
         raise errors.InvalidRequest(
             f"transaction {chosen.id!r} belongs to invoice {chosen.invoice_id!r}, not {cmd.invoice_id!r}",
             code="invoice_mismatch")
-    return chosen
+    locked = rows[0] if cmd.transaction_id is not None else await store.lock_transaction(conn, chosen.id)
+    return chosen, locked
 
 
 async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_seconds: float,
@@ -135,8 +139,7 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
             existing = await store.refund_by_invoice_credit_note(conn, cmd.invoice_id, cmd.credit_note_id)
             if existing is not None:
                 return existing, await store.get_transaction(conn, existing["transaction_id"]), False
-        chosen = await _find_transaction(conn, cmd)
-        tx = await store.lock_transaction(conn, chosen.id)
+        _, tx = await _find_transaction(conn, cmd)
         if cmd.credit_note_id is not None:
             existing = await store.refund_by_credit_note(conn, tx["id"], cmd.credit_note_id)
             if existing is not None:
@@ -152,16 +155,14 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
                 f"{money.format_amount(refundable, tx['currency'])}",
                 code="amount_exceeds_refundable", refundable_amount=refundable, transaction_id=tx["id"])
         refund_id = new_id("rf")
+        # One statement writes the refund, reserves its amount and records the event.
         refund = await store.insert_refund(
             conn, id=refund_id, transaction_id=tx["id"], processor_id=tx["processor_id"], invoice_id=cmd.invoice_id,
             credit_note_id=cmd.credit_note_id, amount=amount, currency=tx["currency"], reason=cmd.reason,
             metadata=cmd.metadata, status=Status.PENDING, stage=Stage.SENDING, idempotency_key=refund_id,
-            lease_seconds=lease_seconds)
-        await store.move_balance(conn, tx["id"], amount, 0)
+            lease_seconds=lease_seconds, request_id=request_id,
+            event_detail={"amount": amount, "currency": tx["currency"]})
         await ledger.publish(conn, refund, previous_status=None)
-        await store.insert_event(conn, refund_id, "created", from_status=None, to_status=Status.PENDING,
-                                 from_stage=None, to_stage=Stage.SENDING, request_id=request_id,
-                                 detail={"amount": amount, "currency": tx["currency"]})
         if claim is not None:
             await store.set_key_resource(conn, claim.client_id, claim.key, refund_id)
     log.info("refund_created", refund_id=refund_id, transaction_id=tx["id"], processor=tx["processor_id"],

@@ -64,11 +64,20 @@ async def move_balance(conn, transaction_id: str, reserved: int, refunded: int) 
 
 # --- refunds ----------------------------------------------------------------------------------
 
+# The refund, its reservation on the transaction and its first event, in one statement.
 INSERT_REFUND = """
-INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, credit_note_id, amount, currency, reason,
-                     metadata, status, stage, idempotency_key, lease_expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13))
-RETURNING *"""
+WITH r AS (
+    INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, credit_note_id, amount, currency, reason,
+                         metadata, status, stage, idempotency_key, lease_expires_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13))
+    RETURNING *
+), reserve AS (
+    UPDATE transactions SET reserved_amount = reserved_amount + $6, updated_at = now() WHERE id = $2
+), event AS (
+    INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail, request_id)
+    VALUES ($1, 'created', NULL, $10, NULL, $11, $14, $15)
+)
+SELECT * FROM r"""
 
 GET_REFUND = "SELECT * FROM refunds WHERE id = $1"
 LOCK_REFUND = "SELECT * FROM refunds WHERE id = $1 FOR UPDATE"
@@ -86,25 +95,37 @@ REFUND_BY_INVOICE_CREDIT_NOTE = """
 SELECT * FROM refunds WHERE invoice_id = $1 AND credit_note_id = $2 ORDER BY id LIMIT 1"""
 
 # Compare-and-set: the update only lands if nobody moved the refund since we read it.
+# Compare-and-set: the update only lands if nobody moved the refund since we read it. The same
+# statement moves the transaction's balance and, when an event name is given, records the event.
 UPDATE_REFUND_STATE = """
-UPDATE refunds
-SET status = $4, stage = $5,
-    psp_refund_id = coalesce($6, psp_refund_id),
-    failure_code = $7, failure_message = $8,
-    attempts = attempts + $9,
-    version = version + $11,
-    lease_expires_at = CASE WHEN $5 = 'sending' THEN now() + make_interval(secs => $13) END,
-    -- A refund pending at its processor is re-checked less often as it ages (a tenth of its
-    -- age, at least $10 seconds, at most an hour): card refunds can stay pending for days.
-    -- A refund waiting for a retry is due after its backoff ($12).
-    next_attempt_at = CASE
-        WHEN $5 = 'pending_at_processor' THEN now() + make_interval(secs =>
-            least(3600, greatest($10, extract(epoch FROM now() - created_at)::float8 / 10)))
-        WHEN $12::float8 IS NOT NULL THEN now() + make_interval(secs => $12::float8)
-    END,
-    updated_at = now()
-WHERE id = $1 AND status = $2 AND stage = $3
-RETURNING *"""
+WITH u AS (
+    UPDATE refunds
+    SET status = $4, stage = $5,
+        psp_refund_id = coalesce($6, psp_refund_id),
+        failure_code = $7, failure_message = $8,
+        attempts = attempts + $9,
+        version = version + $11,
+        lease_expires_at = CASE WHEN $5 = 'sending' THEN now() + make_interval(secs => $13) END,
+        -- A refund pending at its processor is re-checked less often as it ages (a tenth of its
+        -- age, at least $10 seconds, at most an hour): card refunds can stay pending for days.
+        -- A refund waiting for a retry is due after its backoff ($12).
+        next_attempt_at = CASE
+            WHEN $5 = 'pending_at_processor' THEN now() + make_interval(secs =>
+                least(3600, greatest($10, extract(epoch FROM now() - created_at)::float8 / 10)))
+            WHEN $12::float8 IS NOT NULL THEN now() + make_interval(secs => $12::float8)
+        END,
+        updated_at = now()
+    WHERE id = $1 AND status = $2 AND stage = $3
+    RETURNING *
+), balance AS (
+    UPDATE transactions t
+    SET reserved_amount = reserved_amount + $14, refunded_amount = refunded_amount + $15, updated_at = now()
+    FROM u WHERE t.id = u.transaction_id AND ($14 <> 0 OR $15 <> 0)
+), event AS (
+    INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail, request_id)
+    SELECT u.id, $16, $2, $4, $3, $5, $17, $18 FROM u WHERE $16::text IS NOT NULL
+)
+SELECT * FROM u"""
 
 # Refunds whose processor call must be made again or resolved: a retry that is due, an unknown
 # outcome that is due, or a call whose lease expired (the process died in the middle of it).
@@ -149,9 +170,10 @@ RETURNING r.*"""
 async def insert_refund(conn, *, id: str, transaction_id: str, processor_id: str, invoice_id: str,
                         credit_note_id: str | None, amount: int, currency: str, reason: str | None,
                         metadata: dict[str, str], status: str, stage: str, idempotency_key: str,
-                        lease_seconds: float) -> Row:
+                        lease_seconds: float, request_id: str | None, event_detail: dict[str, Any]) -> Row:
     return await conn.fetchrow(INSERT_REFUND, id, transaction_id, processor_id, invoice_id, credit_note_id, amount,
-                               currency, reason, metadata, status, stage, idempotency_key, lease_seconds)
+                               currency, reason, metadata, status, stage, idempotency_key, lease_seconds,
+                               event_detail, request_id)
 
 
 async def get_refund(conn, refund_id: str) -> Row | None:
@@ -193,10 +215,12 @@ async def refund_by_invoice_credit_note(conn, invoice_id: str, credit_note_id: s
 async def update_refund_state(conn, refund_id: str, *, from_status: str, from_stage: str, status: str, stage: str,
                               psp_refund_id: str | None, failure_code: str | None, failure_message: str | None,
                               attempts: int, recheck_seconds: float, version_step: int,
-                              retry_in: float | None = None, lease_seconds: float = 0.0) -> Row | None:
+                              retry_in: float | None = None, lease_seconds: float = 0.0, reserved_delta: int = 0,
+                              refunded_delta: int = 0, event: str | None = None, request_id: str | None = None,
+                              event_detail: dict[str, Any] | None = None) -> Row | None:
     return await conn.fetchrow(UPDATE_REFUND_STATE, refund_id, from_status, from_stage, status, stage, psp_refund_id,
                                failure_code, failure_message, attempts, recheck_seconds, version_step, retry_in,
-                               lease_seconds)
+                               lease_seconds, reserved_delta, refunded_delta, event, event_detail or {}, request_id)
 
 
 async def claim_recovery(conn, limit: int, lease_seconds: float) -> list[Row]:

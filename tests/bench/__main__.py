@@ -93,6 +93,13 @@ class Bench:
         return self.run_tool("tests.bench.floor", "--dsn", self.dsn, "--plan", str(plan), "--kind", kind,
                              "--concurrency", str(concurrency), "--seconds", str(self.seconds))
 
+    def profile(self) -> subprocess.Popen:
+        """py-spy on the gateway during scenario 1: collapsed stacks in bench-profile.txt."""
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        return subprocess.Popen([py_spy, "record", "--pid", str(self.gateway.proc.pid), "--duration",
+                                 str(int(self.seconds)), "--format", "raw", "--subprocesses", "--nonblocking",
+                                 "-o", "bench-profile.txt"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def rss_mb(self) -> float:
         """Resident memory of the gateway: its process and any worker processes."""
         proc = psutil.Process(self.gateway.proc.pid)
@@ -105,7 +112,11 @@ class Bench:
         # 1. Refunds through the zero-latency mock, 64 clients, each on its own transaction.
         self.load(await self.seed("mock", 2_000, 1_000_000), seconds=self.warmup)
         floor1 = self.floor(await self.seed("mock", per_run // 4, 1_000_000))
-        gateway1 = self.load(await self.seed("mock", per_run // 4, 1_000_000))
+        plan1 = await self.seed("mock", per_run // 4, 1_000_000)
+        profiler = self.profile() if self.args.profile else None
+        gateway1 = self.load(plan1)
+        if profiler is not None:
+            profiler.wait(timeout=60)
         results.append(row("1. refunds, mock 0 ms, 64 clients", gateway1, floor1["rps"], floor1))
         rate = max(1.0, floor1["rps"] / 2)
         open1 = self.load(await self.seed("mock", per_run // 4, 1_000_000), rate=rate)
@@ -226,6 +237,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured run")
     parser.add_argument("--soak-seconds", type=float, default=300.0)
     parser.add_argument("--out", default="bench-results.json")
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway in scenario 1 (needs py-spy)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     try:
