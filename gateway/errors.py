@@ -59,6 +59,10 @@ class UnsupportedMediaType(GatewayError):
     status, code, title = 415, "unsupported_media_type", "Unsupported media type"
 
 
+class TooManyRequests(GatewayError):
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+
 class ServiceUnavailable(GatewayError):
     status, code, title = 503, "service_unavailable", "Service unavailable"
 

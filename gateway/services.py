@@ -91,8 +91,7 @@ def _candidates_json(candidates: list[matching.Candidate]) -> list[dict[str, obj
              "currency": c.currency, "refundable_amount": c.refundable} for c in candidates]
 
 
-async def _find_transaction(conn: asyncpg.Connection, cmd: RefundCreate,
-                            ) -> tuple[matching.Candidate, asyncpg.Record]:
+async def _lock_transaction_for(conn: asyncpg.Connection, cmd: RefundCreate) -> asyncpg.Record:
     """The transaction the command means, locked FOR UPDATE for the balance check."""
     if cmd.transaction_id is not None:
         # Named by id: lock it at once (the caller would lock it next anyway).
@@ -119,8 +118,7 @@ async def _find_transaction(conn: asyncpg.Connection, cmd: RefundCreate,
         raise errors.InvalidRequest(
             f"transaction {chosen.id!r} belongs to invoice {chosen.invoice_id!r}, not {cmd.invoice_id!r}",
             code="invoice_mismatch")
-    locked = rows[0] if cmd.transaction_id is not None else await store.lock_transaction(conn, chosen.id)
-    return chosen, locked
+    return rows[0] if cmd.transaction_id is not None else await store.lock_transaction(conn, chosen.id)
 
 
 async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_seconds: float,
@@ -139,7 +137,7 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
             existing = await store.refund_by_invoice_credit_note(conn, cmd.invoice_id, cmd.credit_note_id)
             if existing is not None:
                 return existing, await store.get_transaction(conn, existing["transaction_id"]), False
-        _, tx = await _find_transaction(conn, cmd)
+        tx = await _lock_transaction_for(conn, cmd)
         if cmd.credit_note_id is not None:
             existing = await store.refund_by_credit_note(conn, tx["id"], cmd.credit_note_id)
             if existing is not None:
@@ -150,10 +148,11 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
         refundable = tx["amount"] - tx["refunded_amount"] - tx["reserved_amount"]
         amount = cmd.amount if cmd.amount is not None else refundable
         if refundable <= 0 or amount > refundable:
-            raise errors.InvalidRequest(
-                f"{money.format_amount(amount, tx['currency'])} exceeds the refundable "
-                f"{money.format_amount(refundable, tx['currency'])}",
-                code="amount_exceeds_refundable", refundable_amount=refundable, transaction_id=tx["id"])
+            detail = (f"nothing is left to refund on transaction {tx['id']}" if refundable <= 0 else
+                      f"{money.format_amount(amount, tx['currency'])} exceeds the refundable "
+                      f"{money.format_amount(refundable, tx['currency'])}")
+            raise errors.InvalidRequest(detail, code="amount_exceeds_refundable", refundable_amount=max(0, refundable),
+                                        transaction_id=tx["id"])
         refund_id = new_id("rf")
         # One statement writes the refund, reserves its amount and records the event.
         refund = await store.insert_refund(

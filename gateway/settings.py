@@ -6,6 +6,7 @@ string in it may be written as ${ENV_VAR}. Environment variables win over the fi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
@@ -68,16 +69,36 @@ ProcessorConfig = Annotated[StripeProcessor | BridgePayProcessor | MockProcessor
 
 
 class ClientConfig(_Strict):
-    id: Annotated[str, Field(min_length=1, max_length=64)]
-    api_key: SecretStr
-    scopes: list[Scope] = Field(min_length=1)
+    """An API client. Its keys may be given in clear (`api_key`, `api_keys`) or, so that the file
+    holds no secret, as SHA-256 hex digests (`api_key_sha256`); several at once for a rotation."""
 
-    @field_validator("api_key")
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    api_key: SecretStr | None = None
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    api_key_sha256: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]] = Field(default_factory=list)
+    scopes: list[Scope] = Field(min_length=1)
+    rate_limit_per_second: float | None = Field(default=None, gt=0)  # None: no limit
+    rate_limit_burst: int = Field(default=50, ge=1)
+
+    @field_validator("api_key", "api_keys")
     @classmethod
-    def _long_enough(cls, v: SecretStr) -> SecretStr:
-        if len(v.get_secret_value()) < 16:
-            raise ValueError("api_key must be at least 16 characters")
+    def _long_enough(cls, v: SecretStr | list[SecretStr] | None):
+        for key in v if isinstance(v, list) else [v] if v is not None else []:
+            if len(key.get_secret_value()) < 16:
+                raise ValueError("API keys must be at least 16 characters")
         return v
+
+    @model_validator(mode="after")
+    def _has_a_key(self) -> "ClientConfig":
+        if not self.digests():
+            raise ValueError("api_key, api_keys or api_key_sha256: the client needs at least one key")
+        return self
+
+    def digests(self) -> list[bytes]:
+        """SHA-256 of every key this client may present."""
+        clear = [self.api_key] if self.api_key is not None else []
+        return ([hashlib.sha256(k.get_secret_value().encode()).digest() for k in [*clear, *self.api_keys]]
+                + [bytes.fromhex(h) for h in self.api_key_sha256])
 
 
 class Settings(BaseSettings):
@@ -136,9 +157,9 @@ class Settings(BaseSettings):
                 seen.add(item.id)
         if self.callback_url and not self.callback_secrets:
             raise ValueError("callback_secrets: required when callback_url is set (callbacks are always signed)")
-        keys = [c.api_key.get_secret_value() for c in self.clients]
-        if len(keys) != len(set(keys)):
-            raise ValueError("clients: two clients share an api_key")
+        digests = [d for c in self.clients for d in c.digests()]
+        if len(digests) != len(set(digests)):
+            raise ValueError("clients: two clients (or one twice) share an API key")
         return self
 
     def processor(self, processor_id: str) -> ProcessorConfig | None:

@@ -76,22 +76,23 @@ class Bench:
                                     "amount": 100, "webhook_secret": WHSEC}))
         return plan
 
-    def run_tool(self, module: str, *args: str) -> dict:
+    def run_tool(self, module: str, *args: str, seconds: float) -> dict:
         out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                             timeout=self.seconds * 4 + 120)
+                             timeout=seconds * 2 + 120)
         if out.returncode != 0:
             raise RuntimeError(f"{module} failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def load(self, plan: Path, *, kind: str = "refunds", concurrency: int = 64, seconds: float | None = None,
              rate: float = 0) -> dict:
+        seconds = seconds or self.seconds
         return self.run_tool("tests.bench.load", "--url", self.gateway.url, "--key", KEY, "--plan", str(plan),
-                             "--kind", kind, "--concurrency", str(concurrency),
-                             "--seconds", str(seconds or self.seconds), "--rate", str(rate))
+                             "--kind", kind, "--concurrency", str(concurrency), "--seconds", str(seconds),
+                             "--rate", str(rate), seconds=seconds)
 
     def floor(self, plan: Path, *, kind: str = "refunds", concurrency: int = 64) -> dict:
         return self.run_tool("tests.bench.floor", "--dsn", self.dsn, "--plan", str(plan), "--kind", kind,
-                             "--concurrency", str(concurrency), "--seconds", str(self.seconds))
+                             "--concurrency", str(concurrency), "--seconds", str(self.seconds), seconds=self.seconds)
 
     def profile(self) -> subprocess.Popen:
         """py-spy on the gateway during scenario 1: collapsed stacks in bench-profile.txt."""
@@ -207,6 +208,7 @@ class Bench:
 def row(name: str, result: dict, floor_rps: float | None, floor: dict | None = None, extra: dict | None = None) -> dict:
     errors = sum(v for k, v in result["statuses"].items() if not k.startswith("2")) + sum(
         result["transport_errors"].values())
+    print(f"done: {name}: {result['rps']} req/s", file=sys.stderr, flush=True)
     return {"scenario": name, "rps": result["rps"], "p50_ms": result["p50_ms"], "p95_ms": result["p95_ms"],
             "p99_ms": result["p99_ms"], "errors": errors, "statuses": result["statuses"],
             "floor_rps": round(floor_rps, 1) if floor_rps else None,

@@ -231,7 +231,7 @@ def test_duplicate_client_id_names_the_clients_field(config_file):
 
 def test_two_clients_sharing_an_api_key_are_rejected(config_file):
     config_file(CLIENT + CLIENT.replace('id = "billing"', 'id = "other"'))
-    assert "share an api_key" in config_error()
+    assert "share an API key" in config_error()
 
 
 def test_rejected_api_key_is_not_echoed_in_the_error(config_file):
