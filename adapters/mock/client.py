@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import itertools
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -48,6 +49,12 @@ SCENARIOS: dict[int, str] = {
 }
 
 DECLINES = {4001: "expired_or_canceled_card", 4002: "insufficient_funds"}
+MEMORY = 10_000
+
+
+def _forget_oldest(remembered: OrderedDict) -> None:
+    while len(remembered) > MEMORY:
+        remembered.popitem(last=False)
 
 
 @dataclass
@@ -88,10 +95,12 @@ class MockAdapter:
         self._latency = latency_seconds
         self._secrets = [s.encode() for s in webhook_secrets or []]
         self._clock = clock
-        self._by_key: dict[str, _MockRefund] = {}
-        self._calls: dict[str, int] = {}
+        # Like a processor's sandbox, it remembers a bounded number of refunds (the newest
+        # MEMORY), so that a long run does not grow the process that hosts it.
+        self._by_key: OrderedDict[str, _MockRefund] = OrderedDict()
+        self._calls: OrderedDict[str, int] = OrderedDict()
         self._seq = itertools.count(1)
-        self.executed: list[_MockRefund] = []  # every refund really carried out, in order
+        self.executed: deque[_MockRefund] = deque(maxlen=MEMORY)  # refunds really carried out, in order
         self._failures: dict[int, int] = {}
 
     def fail_next(self, *, amount: int, times: int) -> None:
@@ -106,6 +115,7 @@ class MockAdapter:
             raise TransientProcessorError("mock: 503 service unavailable (injected)", code="503")
         key = request.idempotency_key
         calls = self._calls[key] = self._calls.get(key, 0) + 1
+        _forget_oldest(self._calls)
         existing = self._by_key.get(key) if self.capabilities.idempotency_keys else None
         if existing is not None:  # a resend: answer as the first time, never execute again
             return existing.result(self._clock())
@@ -138,6 +148,7 @@ class MockAdapter:
         refund = _MockRefund(id=f"mre_{next(self._seq):08d}", amount=amount, psp_reference=request.psp_reference,
                              created=now, final=final, pending_until=pending_until, code=code)
         self._by_key[request.idempotency_key] = refund
+        _forget_oldest(self._by_key)
         self.executed.append(refund)
         return refund
 

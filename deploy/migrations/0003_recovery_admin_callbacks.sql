@@ -60,3 +60,4 @@ CREATE TABLE webhook_rejections (
     body_bytes   integer NOT NULL,
     received_at  timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX webhook_rejections_recent_idx ON webhook_rejections (processor_id, received_at);

@@ -431,8 +431,13 @@ INSERT_AUDIT = """
 INSERT INTO admin_audit (actor, action, target, reason, request, result, request_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"""
 
+# Rejections come from anyone who can reach the endpoint: keep at most $6 an hour per processor,
+# so that a flood of forgeries cannot fill the database (the log still sees every one).
 INSERT_REJECTION = """
-INSERT INTO webhook_rejections (processor_id, reason, headers, body, body_bytes) VALUES ($1, $2, $3, $4, $5)"""
+INSERT INTO webhook_rejections (processor_id, reason, headers, body, body_bytes)
+SELECT $1, $2, $3, $4, $5
+WHERE (SELECT count(*) FROM webhook_rejections
+       WHERE processor_id = $1 AND received_at > now() - interval '1 hour') < $6"""
 
 
 async def insert_audit(conn, *, actor: str, action: str, target: str | None, reason: str | None,
@@ -440,8 +445,9 @@ async def insert_audit(conn, *, actor: str, action: str, target: str | None, rea
     return await conn.fetchval(INSERT_AUDIT, actor, action, target, reason, request, result, request_id)
 
 
-async def insert_rejection(conn, processor_id: str, reason: str, headers: dict[str, str], body: bytes) -> None:
-    await conn.execute(INSERT_REJECTION, processor_id, reason, headers, body[:64 * 1024], len(body))
+async def insert_rejection(conn, processor_id: str, reason: str, headers: dict[str, str], body: bytes,
+                           hourly_cap: int = 1000) -> None:
+    await conn.execute(INSERT_REJECTION, processor_id, reason, headers, body[:64 * 1024], len(body), hourly_cap)
 
 
 # Stuck: needs attention, or pending and unmoved for longer than the threshold (parameter $n).

@@ -24,7 +24,8 @@ async def _refund(request: web.Request, cmd: RefundCreate) -> web.Response:
     if recovered:  # the first request with this key created the refund and then died
         async with pool.acquire() as conn:
             row = await store.get_refund(conn, recovered)
-        return model_response(RefundOut.from_row(row), 201)
+        if row is not None:
+            return model_response(RefundOut.from_row(row), 201)
     claim = request.get(keys.IDEMPOTENCY)
     async with pool.acquire() as conn:
         refund, transaction, created = await services.create_refund(

@@ -403,7 +403,7 @@ async def test_5001_fails_with_503_once_then_succeeds_on_the_resend(mock):
     with pytest.raises(TransientProcessorError) as info:
         await mock.refund(request)
     assert info.value.code == "503" and info.value.retry_after is None
-    assert mock.executed == []
+    assert len(mock.executed) == 0
     result = await mock.refund(request)
     assert result.outcome is Outcome.SUCCEEDED
     assert len(mock.executed) == 1
@@ -422,7 +422,7 @@ async def test_5002_fails_with_503_on_every_call_and_never_executes(mock):
         with pytest.raises(TransientProcessorError) as info:
             await mock.refund(request)
         assert info.value.code == "503"
-    assert mock.executed == []
+    assert len(mock.executed) == 0
     assert await mock.lookup_refund(request, None) is None
 
 
@@ -432,7 +432,7 @@ async def test_5029_is_rate_limited_with_retry_after_once_then_succeeds(mock):
         await mock.refund(request)
     assert info.value.code == "429"
     assert info.value.retry_after is not None and info.value.retry_after > 0
-    assert mock.executed == []
+    assert len(mock.executed) == 0
     assert (await mock.refund(request)).outcome is Outcome.SUCCEEDED
     assert len(mock.executed) == 1
 
@@ -460,7 +460,7 @@ async def test_6002_times_out_before_executing_and_a_lookup_finds_nothing(mock):
     request = refund_request(6002)
     with pytest.raises(OutcomeUnknownError):
         await mock.refund(request)
-    assert mock.executed == []
+    assert len(mock.executed) == 0
     assert await mock.lookup_refund(request, None) is None
 
 
@@ -509,7 +509,7 @@ async def test_8002_garbage_answer_raises_protocol_error(mock):
     with pytest.raises(ProcessorProtocolError) as info:
         await mock.refund(request)
     assert info.value.code == "unparseable"
-    assert mock.executed == []
+    assert len(mock.executed) == 0
 
 
 async def test_mock_with_latency_answers_after_the_delay():
@@ -567,3 +567,16 @@ def test_correctly_signed_but_malformed_mock_webhook_is_rejected(mock, payload):
     headers = {"Mock-Signature": hmac.new(WEBHOOK_SECRET.encode(), payload, hashlib.sha256).hexdigest()}
     with pytest.raises(WebhookVerificationError):
         mock.parse_webhook(headers, payload)
+
+
+async def test_mock_remembers_a_bounded_number_of_refunds(monkeypatch):
+    import adapters.mock.client as mock_client
+
+    monkeypatch.setattr(mock_client, "MEMORY", 3)
+    mock = MockAdapter("mock")
+    requests = [refund_request(1_000 + n) for n in range(5)]
+    for request in requests:
+        await mock.refund(request)
+    assert len(mock.executed) == 3
+    assert await mock.lookup_refund(requests[0], None) is None  # the oldest is forgotten
+    assert (await mock.lookup_refund(requests[-1], None)).outcome is Outcome.SUCCEEDED

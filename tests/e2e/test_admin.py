@@ -192,7 +192,7 @@ async def test_replay_of_a_refund_the_processor_never_got_resends_it_with_the_sa
     refund = await eventually_refund(api, refund["id"], lambda r: r["status"] != "pending")
     assert (refund["status"], refund["stage"], refund["failure_code"]) == (
         "requires_attention", "not_sent", "retries_exhausted")
-    assert api.mock.executed == []
+    assert len(api.mock.executed) == 0
     api.mock.fail_next(amount=2_345, times=0)
 
     status, body = await admin(api, "POST", f"/admin/refunds/{refund['id']}/replay", {"reason": REASON})

@@ -198,7 +198,7 @@ async def test_answer_lost_on_every_resend_ends_outcome_unknown_not_failure(api)
     refund = await eventually_refund(api, refund["id"], lambda r: r["status"] != "pending")
     assert (refund["status"], refund["stage"], refund["failure_code"]) == (
         "requires_attention", "outcome_unknown", "outcome_unknown")
-    assert api.mock.executed == []
+    assert len(api.mock.executed) == 0
 
 
 async def test_unrecognised_processor_status_needs_attention_never_success(api):
