@@ -7,18 +7,20 @@ retried with backoff. Nothing verified is dropped.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Mapping
 
 import asyncpg
 import structlog
 
-from adapters.base import ProcessorAdapter, WebhookEvent
+from adapters.base import ProcessorAdapter, RefundSnapshot, WebhookEvent
 from gateway import ledger, services
 from gateway.db import store
 
 log = structlog.get_logger(__name__)
 
 BATCH = 50
+APPLY_CONCURRENCY = 8
 LEASE_SECONDS = 60.0
 _UNSTORED_HEADERS = frozenset({"authorization", "cookie", "x-api-key"})
 
@@ -55,35 +57,52 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
         await services.register_payment(conn, processor_id, payment)
     unmatched = False
     for snapshot in event.refunds:
-        refund = await store.refund_by_psp_id(conn, processor_id, snapshot.psp_refund_id)
-        if refund is None and snapshot.refund_id:
-            refund = await store.get_refund(conn, snapshot.refund_id)
-            if refund is not None and refund["processor_id"] != processor_id:
-                refund = None
-        if refund is not None:
-            if refund["amount"] != snapshot.amount:
-                log.warning("webhook_refund_amount_differs", refund_id=refund["id"], ours=refund["amount"],
-                            processor_amount=snapshot.amount)
-            await ledger.apply(conn, refund["id"], ledger.decide(snapshot.result()), event=cause, current_truth=True,
-                               recheck_seconds=recheck_seconds, detail={"event_id": event.event_id})
-            continue
-        transaction = await store.transaction_by_any_reference(conn, processor_id, snapshot.payment_references)
-        if transaction is None:
-            unmatched = True
-            continue
-        await store.lock_transaction(conn, transaction["id"])
-        await ledger.record_external(conn, transaction, snapshot, event=cause)
+        refund = await _known_refund(conn, processor_id, snapshot)
+        if refund is None:
+            transaction = await store.transaction_by_any_reference(conn, processor_id, snapshot.payment_references)
+            if transaction is None:
+                unmatched = True
+                continue
+            await store.lock_transaction(conn, transaction["id"])
+            # Under the lock, again: another event about the same refund may have recorded it meanwhile.
+            refund = await _known_refund(conn, processor_id, snapshot)
+            if refund is None:
+                await ledger.record_external(conn, transaction, snapshot, event=cause)
+                continue
+        if refund["amount"] != snapshot.amount:
+            log.warning("webhook_refund_amount_differs", refund_id=refund["id"], ours=refund["amount"],
+                        processor_amount=snapshot.amount)
+        await ledger.apply(conn, refund["id"], ledger.decide(snapshot.result()), event=cause, current_truth=True,
+                           recheck_seconds=recheck_seconds, detail={"event_id": event.event_id})
     if unmatched:
         return "unmatched"
     return "applied" if event.payments or event.refunds else "ignored"
+
+
+async def _known_refund(conn: asyncpg.Connection, processor_id: str,
+                       snapshot: RefundSnapshot) -> asyncpg.Record | None:
+    """Our refund for a snapshot: by the processor's refund id, else by our id echoed in metadata."""
+    refund = await store.refund_by_psp_id(conn, processor_id, snapshot.psp_refund_id)
+    if refund is None and snapshot.refund_id:
+        refund = await store.get_refund(conn, snapshot.refund_id)
+        if refund is not None and refund["processor_id"] != processor_id:
+            refund = None
+    return refund
 
 
 async def process_due(pool: asyncpg.Pool, *, recheck_seconds: float) -> int:
     """Apply every event that is due; returns how many were looked at."""
     async with pool.acquire() as conn:
         due = await store.claim_due_webhook_events(conn, BATCH, LEASE_SECONDS)
-    for row in due:
-        await process_row(pool, row, recheck_seconds=recheck_seconds)
+    # Several at once: two events about one refund are serialised by its row lock, and the state
+    # machine refuses an older snapshot whichever order they land in.
+    semaphore = asyncio.Semaphore(APPLY_CONCURRENCY)
+
+    async def one(row: asyncpg.Record) -> None:
+        async with semaphore:
+            await process_row(pool, row, recheck_seconds=recheck_seconds)
+
+    await asyncio.gather(*(one(r) for r in due))
     return len(due)
 
 
