@@ -128,11 +128,6 @@ class RefundOut(BaseModel):
                    created_at=row["created_at"], updated_at=row["updated_at"])
 
 
-class ListOut(BaseModel):
-    data: list[Any]
-    has_more: bool
-
-
 # --- operator requests ----------------------------------------------------------------------------
 
 Reason = Annotated[str, Field(min_length=3, max_length=1000)]

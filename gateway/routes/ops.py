@@ -1,12 +1,14 @@
-"""Liveness and readiness."""
+"""Liveness, readiness, and the API's own description (OpenAPI and a page)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import html
 
 from aiohttp import web
 
-from gateway import errors, keys
+from gateway import errors, keys, openapi
 from gateway.db.migrate import current_version, latest_version
 from gateway.http import json_response
 
@@ -31,3 +33,30 @@ async def readyz(request: web.Request) -> web.Response:
         raise errors.ServiceUnavailable(f"migrations pending: at {version}, need {latest_version()}",
                                         code="migrations_pending")
     return json_response({"status": "ready", "schema_version": version})
+
+
+@functools.cache
+def _document() -> dict:
+    return openapi.build()
+
+
+@routes.get("/openapi.json")
+async def openapi_json(request: web.Request) -> web.Response:
+    return json_response(_document())
+
+
+@routes.get("/docs")
+async def docs(request: web.Request) -> web.Response:
+    rows = []
+    for op in openapi.OPERATIONS:
+        body = op.body.__name__ if op.body else ""
+        rows.append(f"<tr><td><code>{op.method.upper()} {html.escape(op.path)}</code></td>"
+                    f"<td>{html.escape(op.summary)}</td><td>{html.escape(op.scope or '-')}</td>"
+                    f"<td>{html.escape(body)}</td></tr>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>psp-gateway API</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td{padding:.3em .8em;border-bottom:1px solid #ddd}"
+            "</style></head><body><h1>psp-gateway API</h1><p>The full description, with every request and "
+            "response schema: <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1).</p>"
+            "<table><tr><th>Operation</th><th>What it does</th><th>Scope</th><th>Body</th></tr>"
+            + "".join(rows) + "</table></body></html>")
+    return web.Response(text=page, content_type="text/html")
