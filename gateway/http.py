@@ -45,6 +45,10 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     if request.content_type != "application/json":
         raise errors.UnsupportedMediaType("send the body as application/json")
     body = await request.read()
+    if b"\\u0000" in body or b"\x00" in body:
+        # Postgres text cannot hold U+0000: refuse it here rather than fail on the way in.
+        raise errors.InvalidRequest("text must not contain the NUL character (U+0000)",
+                                    errors=[{"field": "body", "message": "contains U+0000"}])
     try:
         return model.model_validate_json(body)
     except ValidationError as e:

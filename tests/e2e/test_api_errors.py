@@ -176,3 +176,11 @@ async def test_unexpected_error_is_a_problem_not_a_traceback(api):
     resp = await api.get("/v1/refunds/rf_x")
     body = await _problem(resp, 500, "internal_error")
     assert "Traceback" not in body["detail"]
+
+
+async def test_text_with_a_nul_character_is_a_validation_error_not_a_server_error(api):
+    tx = await api.transaction(amount=1_000)
+    resp = await api.post("/v1/refunds", {"invoice_id": tx["invoice_id"], "currency": "EUR", "amount": 1,
+                                          "reason": "bad\u0000reason", "metadata": {"k": "v\u0000"}})
+    body = await _problem(resp, 422, "validation_error")
+    assert "NUL" in body["detail"]
