@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-import httpx
 import psutil
 
 from gateway import embedded

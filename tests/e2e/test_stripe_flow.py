@@ -4,7 +4,6 @@ Stripe-like simulator, whose signed webhooks reach the gateway's webhook endpoin
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
