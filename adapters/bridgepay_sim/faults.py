@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from adapters.bridgepay_sim.wire import PROCESS_PATH
+from adapters.simkit import ChanceRule
 
 KINDS = ("latency", "internal_error", "unavailable", "network", "drop", "garbage", "hostile", "unknown_code",
          "execute_then_timeout", "execute_then_drop")
@@ -47,9 +48,7 @@ class Spot:
 
 
 @dataclass
-class Rule:
-    probability: float = 1.0
-    count: int | None = None  # fires on at most this many more matching requests
+class Rule(ChanceRule):
     path: str = PROCESS_PATH  # prefix; the Reporting API is /Bridgepay.Reporting.API/
     request_type: str | None = None  # e.g. "012"; None matches every request on the path
     # Kind-specific settings; each kind reads only its own.
@@ -62,9 +61,9 @@ class Rule:
 
     def __post_init__(self) -> None:
         # Control bodies are JSON from anywhere: a bad value is refused now, not in the middle of a request.
-        self.probability, self.ms, self.spike_ms = float(self.probability), float(self.ms), float(self.spike_ms)
+        super().__post_init__()
+        self.ms, self.spike_ms = float(self.ms), float(self.spike_ms)
         self.hold_seconds, self.huge_bytes = float(self.hold_seconds), int(self.huge_bytes)
-        self.count = None if self.count is None else int(self.count)
         self.path = str(self.path)
         self.request_type = None if self.request_type is None else str(self.request_type)
         if not isinstance(self.execute, bool):
@@ -73,14 +72,6 @@ class Rule:
     def matches(self, spot: Spot) -> bool:
         return spot.path.startswith(self.path) and self.request_type in (None, spot.request_type)
 
-    def fires(self, rng: random.Random) -> bool:
-        if self.count is not None and self.count <= 0:
-            return False
-        if self.probability < 1.0 and rng.random() >= self.probability:
-            return False
-        if self.count is not None:
-            self.count -= 1
-        return True
 
 
 class Faults:

@@ -12,6 +12,7 @@ from adapters.bridgepay_sim.app import create_app
 from adapters.bridgepay_sim.config import SimConfig
 from adapters.bridgepay_sim.simulator import SIM, Simulator
 from adapters.bridgepay_sim.wire import PROCESS_PATH, REPORTING_PATH
+from adapters.simkit import serve_on_loopback
 
 
 @dataclass
@@ -40,12 +41,5 @@ class RunningSimulator:
 async def running_simulator(config: SimConfig | None = None, *, host: str = "127.0.0.1",
                             port: int = 0) -> AsyncIterator[RunningSimulator]:
     app = create_app(config)
-    runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound_host, bound_port = runner.addresses[0][:2]
-        yield RunningSimulator(url=f"http://{bound_host}:{bound_port}", app=app)
-    finally:
-        await runner.cleanup()
+    async with serve_on_loopback(app, host, port) as url:
+        yield RunningSimulator(url=url, app=app)

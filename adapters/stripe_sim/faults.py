@@ -13,11 +13,11 @@ from typing import Any
 
 from aiohttp import web
 
+from adapters.simkit import ChanceRule
+
 
 @dataclass
-class Rule:
-    probability: float = 1.0
-    count: int | None = None  # fires on at most this many more matching requests
+class Rule(ChanceRule):
     path: str = "/v1/"  # prefix, e.g. "/v1/refunds"
     method: str | None = None  # e.g. "POST"; None matches all
     # Kind-specific settings; each kind reads only its own.
@@ -28,22 +28,14 @@ class Rule:
 
     def __post_init__(self) -> None:
         # Control bodies are JSON from anywhere: a bad value is refused now, not in the middle of a request.
-        self.probability, self.ms, self.spike_ms = float(self.probability), float(self.ms), float(self.spike_ms)
+        super().__post_init__()
+        self.ms, self.spike_ms = float(self.ms), float(self.spike_ms)
         self.retry_after, self.hold_seconds = int(self.retry_after), float(self.hold_seconds)
-        self.count = None if self.count is None else int(self.count)
         self.path, self.method = str(self.path), self.method.upper() if self.method else None
 
     def matches(self, request: web.Request) -> bool:
         return request.path.startswith(self.path) and self.method in (None, request.method)
 
-    def fires(self, rng: random.Random) -> bool:
-        if self.count is not None and self.count <= 0:
-            return False
-        if self.probability < 1.0 and rng.random() >= self.probability:
-            return False
-        if self.count is not None:
-            self.count -= 1
-        return True
 
 
 @dataclass

@@ -477,31 +477,43 @@ WHERE status = $1 AND ($2::text IS NULL OR processor_id = $2)"""
 _FILTERABLE = frozenset({"invoice_id", "status", "processor_id", "failure_code"})
 
 
+class _Filters:
+    """WHERE clauses with numbered parameters, in order, and the newest-first page after a cursor."""
+
+    def __init__(self) -> None:
+        self.clauses: list[str] = []
+        self.args: list[Any] = []
+
+    def add(self, template: str, value: Any) -> None:
+        """`template` names its parameter `${n}`: `"status = ${n}"`."""
+        self.args.append(value)
+        self.clauses.append(template.format(n=len(self.args)))
+
+    def page(self, starting_after: Any, limit: int) -> str:
+        """WHERE ... ORDER BY id DESC LIMIT: one more than `limit`, to tell whether there is more."""
+        if starting_after is not None:
+            self.add("id < ${n}", starting_after)
+        self.args.append(limit + 1)
+        where = f"WHERE {' AND '.join(self.clauses)} " if self.clauses else ""
+        return f"{where}ORDER BY id DESC LIMIT ${len(self.args)}"
+
+
 async def list_refunds(conn, *, starting_after: str | None, limit: int, stuck_older_than: float | None = None,
                        ids: Sequence[str] | None = None, statuses: Sequence[str] | None = None,
                        **equal: str | None) -> list[Row]:
     """Newest first, filtered by equality on the given columns (None: no filter), by ids or
-    statuses, and, with `stuck_older_than`, to stuck refunds. Fetches one more than `limit` to
-    tell whether there is more."""
-    clauses, args = [], []
+    statuses, and, with `stuck_older_than`, to stuck refunds."""
+    filters = _Filters()
     if stuck_older_than is not None:
-        args.append(stuck_older_than)
-        clauses.append(STUCK_WHERE.format(n=len(args)))
+        filters.add(STUCK_WHERE, stuck_older_than)
     for column, values in (("id", ids), ("status", statuses)):
         if values is not None:
-            args.append(list(values))
-            clauses.append(f"{column} = ANY(${len(args)}::text[])")
+            filters.add(f"{column} = ANY(${{n}}::text[])", list(values))
     for column, value in equal.items():
         assert column in _FILTERABLE, column
         if value is not None:
-            args.append(value)
-            clauses.append(f"{column} = ${len(args)}")
-    if starting_after is not None:
-        args.append(starting_after)
-        clauses.append(f"id < ${len(args)}")
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    args.append(limit + 1)
-    return await conn.fetch(f"SELECT * FROM refunds {where} ORDER BY id DESC LIMIT ${len(args)}", *args)
+            filters.add(f"{column} = ${{n}}", value)
+    return await conn.fetch(f"SELECT * FROM refunds {filters.page(starting_after, limit)}", *filters.args)
 
 
 async def stuck_counts(conn, older_than: float) -> dict[str, int]:
@@ -514,19 +526,13 @@ async def update_audit_result(conn, audit_id: int, result: dict[str, Any]) -> No
 
 async def list_webhook_events(conn, *, status: str | None, processor: str | None, starting_after: int | None,
                               limit: int) -> list[Row]:
-    clauses, args = [], []
+    filters = _Filters()
     for column, value in (("status", status), ("processor_id", processor)):
         if value is not None:
-            args.append(value)
-            clauses.append(f"{column} = ${len(args)}")
-    if starting_after is not None:
-        args.append(starting_after)
-        clauses.append(f"id < ${len(args)}")
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    args.append(limit + 1)
+            filters.add(f"{column} = ${{n}}", value)
     return await conn.fetch(
-        f"SELECT id, processor_id, event_id, event_type, status, attempts, last_error, match_keys, received_at, "
-        f"processed_at FROM webhook_events {where} ORDER BY id DESC LIMIT ${len(args)}", *args)
+        "SELECT id, processor_id, event_id, event_type, status, attempts, last_error, match_keys, received_at, "
+        f"processed_at FROM webhook_events {filters.page(starting_after, limit)}", *filters.args)
 
 
 async def claim_webhook_event(conn, event_row_id: int, lease_seconds: float) -> Row | None:
