@@ -1,12 +1,13 @@
-"""What the processor simulators share: fault rules that fire by chance and by count, and serving
-a simulator in-process on a loopback port."""
+"""What the processor simulators share: fault rules that fire by chance and by count, the control
+routes every simulator has (state, reset, faults), and serving a simulator in-process on a
+loopback port."""
 
 from __future__ import annotations
 
 import contextlib
 import random
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from aiohttp import web
 
@@ -44,3 +45,47 @@ async def serve_on_loopback(app: web.Application, host: str = "127.0.0.1", port:
         yield f"http://{bound_host}:{bound_port}"
     finally:
         await runner.cleanup()
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """A control request's JSON object (empty when there is no body); anything else is a ValueError."""
+    body = await request.json() if request.can_read_body else {}
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    return body
+
+
+def control_routes(sim_key: web.AppKey) -> web.RouteTableDef:
+    """GET /_sim/state, POST /_sim/reset and GET|POST|DELETE /_sim/faults for the simulator stored
+    under `sim_key` (it has state(), reset(seed), config.seed and faults)."""
+    routes = web.RouteTableDef()
+
+    @routes.get("/_sim/state")
+    async def state(request: web.Request) -> web.Response:
+        return web.json_response(request.app[sim_key].state())
+
+    @routes.post("/_sim/reset")
+    async def reset(request: web.Request) -> web.Response:
+        """Body (optional): {"seed": 7}; without one the configured seed is used again."""
+        sim = request.app[sim_key]
+        sim.reset((await json_body(request)).get("seed", sim.config.seed))
+        return web.json_response(sim.state())
+
+    @routes.get("/_sim/faults")
+    async def get_faults(request: web.Request) -> web.Response:
+        return web.json_response(request.app[sim_key].faults.describe())
+
+    @routes.post("/_sim/faults")
+    async def set_faults(request: web.Request) -> web.Response:
+        """Body: {"<kind>": {rule} | null, ...}; see the simulator's faults.py for the kinds."""
+        faults = request.app[sim_key].faults
+        faults.configure(await json_body(request))
+        return web.json_response(faults.describe())
+
+    @routes.delete("/_sim/faults")
+    async def clear_faults(request: web.Request) -> web.Response:
+        faults = request.app[sim_key].faults
+        faults.clear()
+        return web.json_response(faults.describe())
+
+    return routes

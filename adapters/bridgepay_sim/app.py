@@ -7,6 +7,7 @@ from aiohttp import web
 from adapters.bridgepay_sim import api, control
 from adapters.bridgepay_sim.config import SimConfig
 from adapters.bridgepay_sim.simulator import SIM, Simulator
+from adapters.simkit import control_routes
 
 
 async def _release_held_answers(app: web.Application) -> None:
@@ -20,4 +21,5 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     app.on_shutdown.append(_release_held_answers)
     app.add_routes(api.routes)
     app.add_routes(control.routes)
+    app.add_routes(control_routes(SIM))
     return app

@@ -3,14 +3,15 @@ and chaos runs use to inspect the account, switch faults, close the batch and cr
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
 from adapters.bridgepay_sim.simulator import SIM
+from adapters.simkit import json_body
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-routes = web.RouteTableDef()
+routes = web.RouteTableDef()  # besides simkit.control_routes: state, reset, faults
 
 
 @web.middleware
@@ -23,50 +24,10 @@ async def control_errors(request: web.Request, handler: Handler) -> web.StreamRe
         return web.json_response({"error": {"message": str(e)}}, status=400)
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    body = await request.json() if request.can_read_body else {}
-    if not isinstance(body, dict):
-        raise ValueError("the body must be a JSON object")
-    return body
-
-
-@routes.get("/_sim/state")
-async def state(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SIM].state())
-
-
-@routes.post("/_sim/reset")
-async def reset(request: web.Request) -> web.Response:
-    """Body (optional): {"seed": 7}; without one the configured seed is used again."""
-    sim = request.app[SIM]
-    sim.reset((await _body(request)).get("seed", sim.config.seed))
-    return web.json_response(sim.state())
-
-
-@routes.get("/_sim/faults")
-async def get_faults(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SIM].faults.describe())
-
-
-@routes.post("/_sim/faults")
-async def set_faults(request: web.Request) -> web.Response:
-    """Body: {"<kind>": {rule} | null, ...}; see faults.py for the kinds and rule fields."""
-    faults = request.app[SIM].faults
-    faults.configure(await _body(request))
-    return web.json_response(faults.describe())
-
-
-@routes.delete("/_sim/faults")
-async def clear_faults(request: web.Request) -> web.Response:
-    faults = request.app[SIM].faults
-    faults.clear()
-    return web.json_response(faults.describe())
-
-
 @routes.post("/_sim/settle")
 async def settle(request: web.Request) -> web.Response:
     """Body (optional): {"gateway_trans_ids": ["..."]}; without ids the whole open batch settles."""
-    ids = (await _body(request)).get("gateway_trans_ids")
+    ids = (await json_body(request)).get("gateway_trans_ids")
     if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
         raise ValueError("gateway_trans_ids is a list of strings")
     return web.json_response({"settled": request.app[SIM].world.settle(ids or None)})
@@ -76,7 +37,7 @@ async def settle(request: web.Request) -> web.Response:
 async def create_sale(request: web.Request) -> web.Response:
     """Body: {"amount": 5000, "invoice_num": "INV-1", "settled": false} (amount in cents; the rest
     optional). A sale made without SOAP, as if a card had been charged."""
-    body, sim = await _body(request), request.app[SIM]
+    body, sim = await json_body(request), request.app[SIM]
     amount, invoice_num, settled = body.get("amount"), body.get("invoice_num", ""), body.get("settled", False)
     if not isinstance(amount, int) or isinstance(amount, bool) or amount < 1:
         raise ValueError("amount is a positive integer (cents)")

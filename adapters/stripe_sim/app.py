@@ -7,6 +7,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from adapters.simkit import control_routes
 from adapters.stripe_sim import api, control
 from adapters.stripe_sim.config import SimConfig
 from adapters.stripe_sim.simulator import SIM, Simulator
@@ -31,4 +32,5 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     app.on_shutdown.append(_release_held_answers)
     app.add_routes(api.routes)
     app.add_routes(control.routes)
+    app.add_routes(control_routes(SIM))
     return app

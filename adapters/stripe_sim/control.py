@@ -4,16 +4,16 @@ tests and chaos runs use to inspect the account, switch faults and drive refund 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from aiohttp import web
 
+from adapters.simkit import json_body
 from adapters.stripe_sim.api import Handler
 from adapters.stripe_sim.errors import StripeError
 from adapters.stripe_sim.simulator import SIM
 from adapters.stripe_sim.world import RefundBehaviour
 
-routes = web.RouteTableDef()
+routes = web.RouteTableDef()  # besides simkit.control_routes: state, reset, faults
 
 
 @web.middleware
@@ -28,52 +28,12 @@ async def control_errors(request: web.Request, handler: Handler) -> web.StreamRe
         return web.json_response({"error": {"type": "invalid_request_error", "message": str(e)}}, status=400)
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    body = await request.json() if request.can_read_body else {}
-    if not isinstance(body, dict):
-        raise ValueError("the body must be a JSON object")
-    return body
-
-
-@routes.get("/_sim/state")
-async def state(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SIM].state())
-
-
-@routes.post("/_sim/reset")
-async def reset(request: web.Request) -> web.Response:
-    """Body (optional): {"seed": 7}; without one the configured seed is used again."""
-    sim = request.app[SIM]
-    sim.reset((await _body(request)).get("seed", sim.config.seed))
-    return web.json_response(sim.state())
-
-
-@routes.get("/_sim/faults")
-async def get_faults(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SIM].faults.describe())
-
-
-@routes.post("/_sim/faults")
-async def set_faults(request: web.Request) -> web.Response:
-    """Body: {"<kind>": {rule} | null, "webhooks": {...} | null}; see faults.py for the kinds."""
-    faults = request.app[SIM].faults
-    faults.configure(await _body(request))
-    return web.json_response(faults.describe())
-
-
-@routes.delete("/_sim/faults")
-async def clear_faults(request: web.Request) -> web.Response:
-    faults = request.app[SIM].faults
-    faults.clear()
-    return web.json_response(faults.describe())
-
-
 @routes.post("/_sim/refunds/behaviour")
 async def set_refund_behaviour(request: web.Request) -> web.Response:
     """Body: {"status": "succeeded"|"pending"|"failed", "settle_after_seconds": null|0.5,
     "settle_to": "succeeded"|"failed", "failure_reason": "expired_or_canceled_card"}."""
     sim = request.app[SIM]
-    sim.behaviour = RefundBehaviour(**await _body(request))
+    sim.behaviour = RefundBehaviour(**await json_body(request))
     return web.json_response(dataclasses.asdict(sim.behaviour))
 
 
@@ -81,7 +41,7 @@ async def set_refund_behaviour(request: web.Request) -> web.Response:
 async def settle_refunds(request: web.Request) -> web.Response:
     """Body: {"outcome": "succeeded"|"failed", "failure_reason": "...", "refund_ids": [...]} (all
     optional; default: every pending refund succeeds)."""
-    body = await _body(request)
+    body = await json_body(request)
     outcome = body.get("outcome", "succeeded")
     if outcome not in ("succeeded", "failed"):
         raise ValueError("outcome is succeeded or failed")
@@ -93,14 +53,14 @@ async def settle_refunds(request: web.Request) -> web.Response:
 @routes.post("/_sim/refunds/{id}/fail")
 async def fail_refund(request: web.Request) -> web.Response:
     """Body (optional): {"failure_reason": "expired_or_canceled_card"}. Works on succeeded refunds too."""
-    reason = (await _body(request)).get("failure_reason", "expired_or_canceled_card")
+    reason = (await json_body(request)).get("failure_reason", "expired_or_canceled_card")
     return web.json_response(request.app[SIM].world.fail(request.match_info["id"], reason))
 
 
 @routes.post("/_sim/webhooks/endpoint")
 async def set_webhook_endpoint(request: web.Request) -> web.Response:
     """Body: {"url": "http://127.0.0.1:8080/v1/webhooks/stripe" | null, "secrets": ["whsec_..."]}."""
-    body, deliverer = await _body(request), request.app[SIM].deliverer
+    body, deliverer = await json_body(request), request.app[SIM].deliverer
     if "url" in body:
         if body["url"] is not None and not isinstance(body["url"], str):
             raise ValueError("url is a string or null")
@@ -116,7 +76,7 @@ async def set_webhook_endpoint(request: web.Request) -> web.Response:
 async def flush_webhooks(request: web.Request) -> web.Response:
     """Body (optional): {"timeout_seconds": 10}. Answers once every queued delivery finished
     (`done: true`) or the timeout passed (`done: false`), with the delivery log."""
-    timeout = float((await _body(request)).get("timeout_seconds", 10))
+    timeout = float((await json_body(request)).get("timeout_seconds", 10))
     deliverer = request.app[SIM].deliverer
     done = await deliverer.flush(timeout)
     return web.json_response({"done": done, "deliveries": deliverer.describe()})
