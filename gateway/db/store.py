@@ -242,14 +242,6 @@ async def insert_attempts(conn, refund_id: str, attempts: Sequence[Any]) -> None
                            [a.message for a in attempts])
 
 
-async def refund_attempts(conn, refund_id: str) -> list[Row]:
-    return await conn.fetch("SELECT * FROM refund_attempts WHERE refund_id = $1 ORDER BY id", refund_id)
-
-
-async def refund_events(conn, refund_id: str) -> list[Row]:
-    return await conn.fetch("SELECT * FROM refund_events WHERE refund_id = $1 ORDER BY id", refund_id)
-
-
 async def claim_due_pending(conn, limit: int, lease_seconds: float) -> list[Row]:
     return await conn.fetch(CLAIM_DUE_PENDING, limit, lease_seconds)
 
