@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench migrate stripe-sim bridgepay-sim clean
+.PHONY: run test bench chaos migrate stripe-sim bridgepay-sim clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,3 +41,8 @@ bench: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The chaos run: a few minutes of refunds against both simulators with faults on, the gateway
+# killed and restarted, Postgres stopped once; prints the money invariants, exits 1 on a violation.
+chaos: $(BIN)/.installed
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)

@@ -26,9 +26,9 @@ def free_port() -> int:
 
 class GatewayProcess:
     def __init__(self, folder: Path, config: str, command: str = "serve", extra_args: list[str] | None = None,
-                 **env: str):
+                 port: int | None = None, **env: str):
         name = f"gateway-{next(_names)}"
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = folder / f"{name}.log"
         config_path = folder / f"{name}.toml"

@@ -8,6 +8,7 @@ seeded random generator, so a seeded run fails the same requests every time.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -61,6 +62,7 @@ class Faults:
         self.rng = rng
         self.rules: dict[str, Rule] = {}
         self.webhooks = WebhookFaults()
+        self.fired_counts: Counter[str] = Counter()  # how often each kind fired, for chaos summaries
 
     def configure(self, body: dict[str, Any]) -> None:
         """Sets the kinds present in `body` (null switches one off); others stay as they are.
@@ -81,13 +83,16 @@ class Faults:
 
     def fired(self, kind: str, request: web.Request) -> Rule | None:
         rule = self.rules.get(kind)
-        return rule if rule is not None and rule.matches(request) and rule.fires(self.rng) else None
+        if rule is not None and rule.matches(request) and rule.fires(self.rng):
+            self.fired_counts[kind] += 1
+            return rule
+        return None
 
     def latency_ms(self, request: web.Request) -> float:
         rule = self.rules.get("latency")
         if rule is None or not rule.matches(request):
             return 0.0
-        return rule.ms + (rule.spike_ms if rule.fires(self.rng) else 0.0)
+        return rule.ms + (rule.spike_ms if self.fired("latency", request) else 0.0)
 
     def describe(self) -> dict[str, Any]:
         defaults = {f.name: f.default for f in fields(Rule)}

@@ -1,0 +1,85 @@
+"""The chaos run's invariant checks find what they are there to find (a check that cannot fail
+would let a chaos run pass whatever happened)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from tests.chaos import invariants
+from tests.chaos.billing import Command
+from tests.chaos.invariants import ProcessorRefund
+
+NOW = datetime.now(timezone.utc)
+TX = {"id": "tx_1", "processor_id": "stripe", "psp_reference": "ch_1", "amount": 1_000, "refunded_amount": 600,
+      "reserved_amount": 0}
+
+
+def refund(id: str, amount: int, status: str = "succeeded", **extra) -> dict:
+    return {"id": id, "transaction_id": "tx_1", "amount": amount, "status": status, "stage": "done",
+            "failure_code": None, "failure_message": None, "version": 2, **extra}
+
+
+def at_stripe(refund_id: str | None, amount: int, succeeded: bool = True) -> ProcessorRefund:
+    return ProcessorRefund("stripe", "ch_1", refund_id, amount, succeeded)
+
+
+def test_books_that_agree_pass():
+    refunds = [refund("re_1", 400), refund("re_2", 200), refund("re_3", 300, "failed")]
+    assert invariants.money([TX], refunds, [at_stripe("re_1", 400), at_stripe("re_2", 200),
+                                            at_stripe("re_3", 300, succeeded=False)]) == []
+
+
+def test_a_refund_executed_twice_at_the_processor_is_found():
+    refunds = [refund("re_1", 300), refund("re_2", 300)]
+    found = invariants.money([TX], refunds, [at_stripe("re_1", 300), at_stripe("re_1", 300)])
+    assert found == ["refund re_1 executed 2 times at the processor"]  # the totals agree: only the count shows it
+
+
+def test_money_moved_at_the_processor_that_the_gateway_does_not_count_is_found():
+    found = invariants.money([TX], [refund("re_1", 600)], [at_stripe("re_1", 600), at_stripe(None, 100)])
+    assert found == ["tx_1 (stripe ch_1): processor refunded 700, gateway succeeded 600, transaction "
+                     "refunded_amount 600"]
+
+
+def test_an_over_refunded_transaction_is_found():
+    tx = {**TX, "refunded_amount": 900, "reserved_amount": 200}
+    found = invariants.money([tx], [refund("re_1", 900)], [at_stripe("re_1", 900)])
+    assert any("over-refunded" in v for v in found)
+
+
+def test_a_refund_left_pending_or_needing_attention_without_a_reason_is_found():
+    refunds = [refund("re_1", 1, "pending", stage="outcome_unknown"), refund("re_2", 1, "requires_attention"),
+               refund("re_3", 1, "requires_attention", failure_code="retries_exhausted"), refund("re_4", 1)]
+    assert [v.split()[1] for v in invariants.final_states(refunds)] == ["re_1", "re_2"]
+
+
+def test_a_webhook_sent_but_not_stored_or_given_up_on_is_found():
+    deliveries = [{"id": "whd_1", "event_id": "evt_1", "status": "delivered", "attempts": 1},
+                  {"id": "whd_2", "event_id": "evt_2", "status": "failed", "attempts": 60}]
+    found = invariants.webhooks(["evt_1", "evt_2"], deliveries, [{"event_id": "evt_1"}])
+    assert found == ["event evt_2 was sent but is not stored", "delivery whd_2 of evt_2 ended failed after 60 attempts"]
+
+
+def test_a_state_change_the_billing_core_never_heard_of_is_found():
+    refunds = [refund("re_1", 600)]
+    outbox = [{"refund_id": "re_1", "version": 1, "delivered_at": NOW},
+              {"refund_id": "re_1", "version": 2, "delivered_at": None}]
+    found = invariants.callbacks(refunds, outbox, {"re_1": {1}}, {"re_1": (1, "pending")})
+    assert found == ["callback re_1 v2 never delivered", "refund re_1: versions [2] never reached the billing core",
+                     "refund re_1 is succeeded but the billing core last heard (1, 'pending')"]
+    assert invariants.callbacks(refunds, [{**outbox[1], "delivered_at": NOW}, outbox[0]], {"re_1": {1, 2}},
+                                {"re_1": (2, "succeeded")}) == []
+
+
+def test_duplicates_answered_differently_and_two_refunds_for_one_credit_note_are_found():
+    body = {"credit_note_id": "CN-1"}
+    commands = [Command("tx_1", body, "k1", "partial", 201, "re_1"), Command("tx_1", body, "k1", "same_key", 201, "re_2"),
+                Command("tx_1", body, "k2", "same_credit_note", 201, "re_2"),
+                Command("tx_1", {"credit_note_id": "CN-2"}, "k3", "partial", None)]
+    found = invariants.answers(commands, {"re_1": {}, "re_2": {}})
+    assert "command k3 (partial) never got a final answer" in found
+    assert any(v.startswith("Idempotency-Key k1 answered differently") for v in found)
+    assert "credit note CN-1 has 2 refunds: ['re_1', 're_2']" in found
+    clean = [Command("tx_1", body, "k1", "partial", 201, "re_1"), Command("tx_1", body, "k1", "same_key", 201, "re_1"),
+             Command("tx_1", body, "k2", "same_credit_note", 409, None, "conflict")]
+    assert invariants.answers(clean, {"re_1": {}}) == []
