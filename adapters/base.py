@@ -8,6 +8,7 @@ exceptions are for answers that tell us nothing final.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Mapping, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -38,6 +39,7 @@ class RefundRequest:
     reason: str | None = None
     settled: bool = True
     metadata: Mapping[str, str] = field(default_factory=dict)
+    request_id: str | None = None  # sent as X-Request-ID on every HTTP request made for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,24 @@ class RefundResult:
     decline_code: str | None = None  # our normalised code for declines
     message: str | None = None
     details: Mapping[str, str] | None = None  # processor facts worth keeping (void or refund, remaining amount)
+
+
+class CredentialStatus(StrEnum):
+    OK = "ok"
+    REJECTED = "rejected"  # the processor refused the credentials (or the merchant codes with them)
+    UNREACHABLE = "unreachable"  # no answer, or the processor is down: nothing learnt about the credentials
+    UNEXPECTED = "unexpected"  # an answer that is none of those: a wrong base_url, a protocol change
+    NOT_CHECKED = "not_checked"  # nothing to try (an in-process processor)
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialCheck:
+    status: CredentialStatus
+    detail: str  # one line for a person; never holds a secret
+
+    @property
+    def failed(self) -> bool:
+        return self.status not in (CredentialStatus.OK, CredentialStatus.NOT_CHECKED)
 
 
 class _Snapshot(BaseModel):
@@ -151,5 +171,9 @@ class ProcessorAdapter(Protocol):
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """Verify and parse a webhook; raises WebhookVerificationError."""
+
+    async def check_credentials(self) -> CredentialCheck:
+        """Try the account's credentials with a cheap read that moves no money; never raises for
+        what the processor answers (or fails to)."""
 
     async def aclose(self) -> None: ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable, Mapping
+
 from adapters.base import ProcessorAdapter
 from adapters.bridgepay import BridgePayAdapter
 from adapters.mock import MockAdapter
@@ -20,3 +22,13 @@ def build_adapter(config: ProcessorConfig) -> ProcessorAdapter:
     if config.kind == "bridgepay":
         return BridgePayAdapter(config)
     raise AssertionError(config.kind)
+
+
+def build_adapters(configs: Iterable[ProcessorConfig]) -> dict[str, ProcessorAdapter]:
+    """Every configured account's adapter, by processor id; nothing connects until a call."""
+    return {config.id: build_adapter(config) for config in configs}
+
+
+async def close_adapters(adapters: Mapping[str, ProcessorAdapter]) -> None:
+    for adapter in adapters.values():
+        await adapter.aclose()

@@ -4,46 +4,55 @@ created in cleanup contexts (nothing connects at import time)."""
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+import contextlib
+from typing import TYPE_CHECKING, AsyncIterator
 
 import httpx
 from aiohttp import web
 
-from adapters.registry import build_adapter
-from gateway import callbacks, keys, webhooks
+from adapters.registry import build_adapters, close_adapters
+from gateway import callbacks, keys, metrics, tracing, webhooks
 from gateway.auth import Authenticator
 from gateway.db.migrate import migrate
 from gateway.db.pool import create_pool
 from gateway.execution import RefundExecutor
 from gateway.middleware import auth_middleware, error_middleware, idempotency_middleware, request_id_middleware
-from gateway.routes import admin, events, ops, refunds, transactions, webhooks as webhook_routes
+from gateway.routes import admin, console, events, ops, refunds, transactions, webhooks as webhook_routes
 from gateway.settings import Settings
 from gateway.worker import PENDING_BATCH, RECOVERY_BATCH, check_due_pending, recover_due, run_loop
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     assert settings.database_url is not None, "resolve the database (embedded or configured) before create_app"
     pool = await create_pool(settings.database_url.get_secret_value(), min_size=settings.db_pool_min,
-                             max_size=settings.db_pool_max)
-    async with pool.acquire() as conn:
-        await migrate(conn)
+                             max_size=settings.db_pool_max,
+                             statement_cache_size=settings.database_statement_cache_size)
+    if settings.migrate_on_start:  # else /readyz stays 503 until `psp-gateway migrate` has run
+        async with pool.acquire() as conn:
+            await migrate(conn)
     app[keys.POOL] = pool
+    observing = asyncio.create_task(metrics.keep_pool_observed(pool))
     yield
+    observing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await observing
     await pool.close()
 
 
 async def _processors(app: web.Application) -> AsyncIterator[None]:
-    adapters = {p.id: build_adapter(p) for p in app[keys.SETTINGS].processors}
+    adapters = build_adapters(app[keys.SETTINGS].processors)
     app[keys.ADAPTERS] = adapters
     yield
-    for adapter in adapters.values():
-        await adapter.aclose()
+    await close_adapters(adapters)
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    executor = RefundExecutor(app[keys.POOL], app[keys.ADAPTERS], settings)
+    executor = RefundExecutor(app[keys.POOL], app[keys.ADAPTERS], settings, tracing=app[keys.TRACING])
     app[keys.EXECUTOR] = executor
     pool = app[keys.POOL]
 
@@ -80,15 +89,25 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         await http.aclose()
 
 
-def create_app(settings: Settings) -> web.Application:
-    app = web.Application(
-        client_max_size=settings.max_body_bytes,
-        middlewares=[request_id_middleware, error_middleware, auth_middleware, idempotency_middleware],
-    )
+async def _flush_spans(app: web.Application) -> None:
+    app[keys.TRACING].shutdown()
+
+
+def create_app(settings: Settings, *, tracer_provider: "TracerProvider | None" = None) -> web.Application:
+    """`tracer_provider`: trace into this OpenTelemetry provider (tests); else tracing follows the settings."""
+    traces = (tracing.Tracing(tracer_provider) if tracer_provider is not None
+              else tracing.Tracing.from_settings(settings) if tracing.wanted(settings) else None)
+    middlewares = [request_id_middleware, error_middleware, auth_middleware, idempotency_middleware]
+    if traces is not None:  # inside the request id, outside the errors: the span sees the final status
+        middlewares.insert(1, traces.middleware)
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[keys.SETTINGS] = settings
+    app[keys.TRACING] = traces
+    if traces is not None:
+        app.on_cleanup.append(_flush_spans)
     app[keys.AUTH] = Authenticator(settings.clients)
     app[keys.WEBHOOK_WAKE] = asyncio.Event()
     app.cleanup_ctx.extend([_database, _processors, _background])
-    for module in (ops, transactions, refunds, events, webhook_routes, admin):
+    for module in (ops, transactions, refunds, events, webhook_routes, admin, console):
         app.add_routes(module.routes)
     return app

@@ -1,8 +1,12 @@
-"""API clients: key authentication (Authorization: Bearer or X-API-Key) and scopes."""
+"""API clients: key authentication (Authorization: Bearer or X-API-Key; HTTP Basic on the operator
+console's routes) and scopes."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import hmac
 import math
 import time
 from typing import Sequence
@@ -11,6 +15,17 @@ from aiohttp import web
 
 from gateway import errors, keys
 from gateway.settings import ClientConfig, Scope
+
+# The operator console is a page for a browser, which cannot add a Bearer header to a navigation:
+# its routes, and only those, also take HTTP Basic credentials (user name: the client id, password:
+# its API key). A browser resends those by itself, so every console action must also carry the
+# console's anti-CSRF header (gateway.routes.console); the JSON API never takes them.
+CONSOLE_PREFIX = "/admin/console"
+CONSOLE_REALM = "psp-gateway console"
+
+
+def takes_basic_auth(path: str) -> bool:
+    return path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
 
 
 def _digest(key: str) -> bytes:
@@ -29,12 +44,19 @@ class Authenticator:
 
     def authenticate(self, request: web.Request) -> ClientConfig:
         header = request.headers.get("Authorization", "")
-        if header[:7].lower() == "bearer ":
-            presented = header[7:].strip()
+        basic = takes_basic_auth(request.path)
+        if basic and header[:6].lower() == "basic ":
+            client = self._basic(header[6:].strip())
         else:
-            presented = request.headers.get("X-API-Key", "").strip()
-        client = self._by_digest.get(_digest(presented)) if presented else None
+            if header[:7].lower() == "bearer ":
+                presented = header[7:].strip()
+            else:
+                presented = request.headers.get("X-API-Key", "").strip()
+            client = self._by_digest.get(_digest(presented)) if presented else None
         if client is None:
+            if basic:  # challenge for Basic, so that a browser asks for the client id and key
+                raise errors.Unauthorized("sign in with a client id as user name and its API key as password",
+                                          challenge=f'Basic realm="{CONSOLE_REALM}", charset="UTF-8"')
             raise errors.Unauthorized()
         bucket = self._buckets.get(client.id)
         if bucket is not None:
@@ -42,6 +64,17 @@ class Authenticator:
             if wait > 0:
                 raise errors.TooManyRequests(f"client {client.id!r} is over its rate limit",
                                              headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        return client
+
+    def _basic(self, encoded: str) -> ClientConfig | None:
+        """The client whose key is the password, if its id is the user name."""
+        try:
+            user, colon, key = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        client = self._by_digest.get(_digest(key)) if colon and key else None
+        if client is None or not hmac.compare_digest(user.encode(), client.id.encode()):
+            return None
         return client
 
 

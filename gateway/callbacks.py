@@ -1,5 +1,6 @@
 """Callbacks to the billing core: the outbox's events, POSTed at least once, in order per refund,
-signed like Stripe-Signature (HMAC-SHA256 over "t.body"), with backoff and a delivery log.
+signed like Stripe-Signature (HMAC-SHA256 over "t.body"), with backoff and a delivery log. Each
+carries, as X-Request-ID, the id of the request (or round of background work) behind the change.
 
 A billing core that polls instead reads the same events from GET /v1/events.
 """
@@ -17,7 +18,9 @@ import httpx
 import orjson
 import structlog
 
+from gateway import metrics
 from gateway.db import store
+from gateway.ids import new_id
 
 log = structlog.get_logger(__name__)
 
@@ -44,8 +47,11 @@ async def dispatch_due(pool: asyncpg.Pool, http: httpx.AsyncClient, url: str, se
         due = await store.claim_outbox(conn, BATCH, LEASE_SECONDS)
 
     async def deliver(row: asyncpg.Record) -> None:
+        # Events written before request ids were kept have none: such a delivery gets its own.
+        request_id = row["request_id"] or new_id("req")
+        structlog.contextvars.bind_contextvars(request_id=request_id)  # this task's own context
         body = orjson.dumps(event_body(row))
-        headers = {"Content-Type": "application/json", "Gateway-Event-Id": str(row["id"]),
+        headers = {"Content-Type": "application/json", "Gateway-Event-Id": str(row["id"]), "X-Request-ID": request_id,
                    SIGNATURE_HEADER: signature(body, secrets, int(time.time()))}
         started = time.perf_counter()
         status, error = None, None
@@ -63,6 +69,7 @@ async def dispatch_due(pool: asyncpg.Pool, http: httpx.AsyncClient, url: str, se
                 await store.mark_delivered(conn, row["id"])
             else:
                 await store.mark_undelivered(conn, row["id"], error, initial=initial_backoff, maximum=max_backoff)
+        metrics.CALLBACK_DELIVERIES.labels("delivered" if error is None else "failed").inc()
         if error is None:
             log.info("callback_delivered", outbox_id=row["id"], refund_id=row["refund_id"], version=row["version"])
         else:

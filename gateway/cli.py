@@ -1,4 +1,5 @@
-"""The `psp-gateway` command: serve, worker, migrate."""
+"""The `psp-gateway` command: serve, worker, migrate, and the operator's check-config, refunds and
+webhooks (gateway.commands)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,22 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from typing import Iterator
 
 import uvloop
 from aiohttp import web
 from pydantic import SecretStr
 
-from gateway import embedded
+from gateway import embedded, metrics
 from gateway.app import create_app
+from gateway.commands import check_config
+from gateway.commands import refunds as refund_commands
+from gateway.commands import webhooks as webhook_commands
 from gateway.db.migrate import migrate
 from gateway.db.pool import connect
 from gateway.logging import configure
@@ -57,6 +64,19 @@ def _serve(settings: Settings, *, reuse_port: bool = False, banner: bool = True)
 def _serve_child(settings: Settings) -> None:
     configure(settings.log_format, settings.log_level)
     _serve(settings, reuse_port=True, banner=False)
+
+
+@contextlib.contextmanager
+def _shared_metrics() -> Iterator[str]:
+    """A folder for prometheus-client's multiprocess mode: processes started inside inherit it, and
+    a scrape answered by any of them adds up the counters of all. Removed once they have stopped."""
+    folder = tempfile.mkdtemp(prefix="psp-gateway-metrics-")
+    os.environ[metrics.MULTIPROCESS_DIR] = folder
+    try:
+        yield folder
+    finally:
+        os.environ.pop(metrics.MULTIPROCESS_DIR, None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _serve_many(settings: Settings, workers: int) -> int:
@@ -113,6 +133,18 @@ async def _migrate(dsn: str) -> list[int]:
         await conn.close()
 
 
+def _operate(args: argparse.Namespace, settings: Settings) -> int:
+    """The operator's commands, on the configured database or the embedded one `make run` uses. Logs
+    go to stderr, warnings only unless GATEWAY_LOG_LEVEL is set, so that stdout holds the answer."""
+    level = settings.log_level if "log_level" in settings.model_fields_set else "warning"
+    configure(settings.log_format, level, stream=sys.stderr)
+    if settings.database_url is None:
+        print(f"psp-gateway: GATEWAY_DATABASE_URL is unset: using the embedded Postgres under {settings.data_dir} "
+              "(as `make run` does)", file=sys.stderr)
+    with database(settings) as settings:
+        return args.operate(args, settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="psp-gateway", description="Refund gateway for payment processors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
     sub.add_parser("worker", help="run only the background work (no HTTP), next to or instead of serve")
     sub.add_parser("migrate", help="apply database migrations and exit")
+    check_config.add_parser(sub)
+    refund_commands.add_parser(sub)
+    webhook_commands.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return check_config.run(args)  # it reports a bad configuration its own way
 
     overrides = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)))
                  if v is not None}
@@ -131,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"psp-gateway: {e}", file=sys.stderr)
         return 2
+    if args.command in ("refunds", "webhooks"):
+        return _operate(args, settings)
     configure(settings.log_format, settings.log_level)
 
     with database(settings) as settings:
@@ -141,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             _fast_loop()
             asyncio.run(_work(settings))
         elif args.workers > 1:
-            return _serve_many(settings, args.workers)
+            with _shared_metrics():
+                return _serve_many(settings, args.workers)
         else:
             _serve(settings)
     return 0

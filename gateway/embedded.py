@@ -27,11 +27,35 @@ class EmbeddedPostgres:
     pid: int
 
     def stop(self) -> None:
+        """Let go of the server; stop it unless another live process uses it too (a `psp-gateway
+        refunds ...` next to `make run` shares its server, and must leave it running)."""
+        others = self._other_live_users()
         with contextlib.suppress(Exception):
             self.server.cleanup()
+        if others:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(self.pid, 0)
             os.kill(self.pid, signal.SIGTERM)  # the clean stop failed: stop it by its PID
+
+    def _other_live_users(self) -> list[int]:
+        """Processes besides this one holding the server (the wheel keeps their PIDs in a file;
+        one killed without cleaning up stays listed, so only those still alive count)."""
+        try:
+            pids = self.server.global_process_id_list.get()
+        except Exception:
+            return []
+        return [pid for pid in pids if pid != os.getpid() and _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def start(data_dir: Path, *, delete_on_stop: bool = False) -> EmbeddedPostgres:

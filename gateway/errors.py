@@ -28,6 +28,12 @@ class InvalidRequest(GatewayError):
     status, code, title = 422, "validation_error", "Invalid request"
 
 
+class Refused(InvalidRequest):
+    """A valid request that the stored state turns down (nothing left to refund, another currency).
+    A verdict, not a typo: kept under its Idempotency-Key like any answer to a request that ran, so
+    a retried command can never turn into a refund after the billing core was told no."""
+
+
 class MalformedRequest(GatewayError):
     status, code, title = 400, "malformed_request", "Malformed request"
 
@@ -35,8 +41,9 @@ class MalformedRequest(GatewayError):
 class Unauthorized(GatewayError):
     status, code, title = 401, "unauthorized", "Unauthorized"
 
-    def __init__(self, detail: str = "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"):
-        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="psp-gateway"'})
+    def __init__(self, detail: str = "a valid API key is required (Authorization: Bearer <key> or X-API-Key)", *,
+                 challenge: str = 'Bearer realm="psp-gateway"'):
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 
 class Forbidden(GatewayError):

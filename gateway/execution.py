@@ -4,11 +4,12 @@ outcome in a second transaction with a compare-and-set on the refund's state."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Awaitable, Mapping
+from typing import TYPE_CHECKING, Awaitable, Mapping
 
 import asyncpg
 import structlog
@@ -21,11 +22,15 @@ from adapters.base import (
     RefundResult,
     TransientProcessorError,
 )
-from gateway import ledger
+from gateway import ledger, metrics
 from gateway.db import store
 from gateway.domain.refunds import Outcome, Status, Target
+from gateway.ids import new_id
 from gateway.retry import processor_retrying
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -63,20 +68,22 @@ class RunReport:
     resent: bool
 
 
-def refund_request(refund: Mapping, transaction: Mapping) -> RefundRequest:
+def refund_request(refund: Mapping, transaction: Mapping, request_id: str | None = None) -> RefundRequest:
     return RefundRequest(
         refund_id=refund["id"], idempotency_key=refund["idempotency_key"], psp_reference=transaction["psp_reference"],
         amount=refund["amount"], currency=refund["currency"], invoice_id=refund["invoice_id"],
         credit_note_id=refund["credit_note_id"], reason=refund["reason"],
-        settled=transaction["settled_at"] is not None, metadata=refund["metadata"])
+        settled=transaction["settled_at"] is not None, metadata=refund["metadata"], request_id=request_id)
 
 
 class RefundExecutor:
     """Sends refunds and records what came back. Work continues after an HTTP answer, in tasks
     the executor tracks so that shutdown can wait for them."""
 
-    def __init__(self, pool: asyncpg.Pool, adapters: Mapping[str, ProcessorAdapter], settings: Settings):
+    def __init__(self, pool: asyncpg.Pool, adapters: Mapping[str, ProcessorAdapter], settings: Settings,
+                 tracing: "Tracing | None" = None):
         self._pool, self._adapters, self._settings = pool, adapters, settings
+        self._tracing = tracing
         self._tasks: set[asyncio.Task] = set()
 
     def adapter(self, processor_id: str) -> ProcessorAdapter:
@@ -107,14 +114,15 @@ class RefundExecutor:
     async def run(self, refund: Mapping, transaction: Mapping, request_id: str | None = None, *,
                   resolve_first: bool = False, event: str = "processor_answer") -> "RunReport":
         adapter = self._adapters[refund["processor_id"]]
-        request = refund_request(refund, transaction)
+        request_id = request_id or new_id("req")  # background work without a request of its own
+        request = refund_request(refund, transaction, request_id)
         attempts: list[Attempt] = []
         s = self._settings
         deduplicates, can_look_up = adapter.capabilities.idempotency_keys, adapter.capabilities.lookup
         retrying = processor_retrying(max_attempts=s.retry_max_attempts, max_seconds=s.retry_max_seconds,
                                       initial_backoff=s.retry_initial_backoff_seconds,
                                       max_backoff=s.retry_max_backoff_seconds,
-                                      safe_to_resend=deduplicates or can_look_up)
+                                      safe_to_resend=deduplicates or can_look_up, processor=adapter.id)
         answer: RefundResult | BaseException | None = None
         # An earlier call may have been carried out and nobody has said so yet.
         unresolved = resolve_first
@@ -129,14 +137,14 @@ class RefundExecutor:
                 with attempt:
                     if unresolved and can_look_up:
                         # Ask before any resend: the first call may have been carried out.
-                        looked_up = await self._call(adapter.lookup_refund(request, refund["psp_refund_id"]),
-                                                     "lookup", attempts)
+                        looked_up = await self._call(adapter.id, request, "lookup",
+                                                     adapter.lookup_refund(request, refund["psp_refund_id"]), attempts)
                         unresolved = False
                         if looked_up is not None:
                             answer = looked_up
                             break
                     try:
-                        answer = await self._call(adapter.refund(request), "refund", attempts)
+                        answer = await self._call(adapter.id, request, "refund", adapter.refund(request), attempts)
                     except OutcomeUnknownError:
                         unresolved = True
                         raise
@@ -169,34 +177,58 @@ class RefundExecutor:
             and (adapter.capabilities.lookup or adapter.capabilities.idempotency_keys))
         if not retryable or total_calls >= s.durable_retry_max_attempts:
             return decision
+        metrics.DURABLE_RETRIES.labels(adapter.id).inc()
         rounds = max(0, total_calls - s.retry_max_attempts)
         delay = min(s.durable_retry_max_seconds, s.durable_retry_initial_seconds * 2 ** min(rounds, 16))
         delay *= random.uniform(0.8, 1.2)  # jitter: a processor's outage must not end in a stampede
         return ledger.Decision(Target(Status.PENDING, decision.target.stage), failure_code=None,
                                failure_message=f"will retry: {decision.failure_message}", retry_in=delay)
 
-    @staticmethod
-    async def _call(call: Awaitable[RefundResult | None], kind: str, attempts: list[Attempt]) -> RefundResult | None:
+    async def _call(self, processor_id: str, request: RefundRequest, kind: str, call: Awaitable[RefundResult | None],
+                    attempts: list[Attempt]) -> RefundResult | None:
         """Await one processor call, recording it as an attempt row."""
         started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
         try:
-            result = await call
+            result = await self._observed(processor_id, request, kind, call)
         except ProcessorError as e:
             attempts.append(_attempt(kind, started_at, t0, e))
             raise
         attempts.append(_attempt(kind, started_at, t0, result if result is not None else "not_found"))
         return result
 
-    async def check_pending(self, refund: Mapping) -> asyncpg.Record:
+    async def _observed(self, processor_id: str, request: RefundRequest, kind: str,
+                        call: Awaitable[RefundResult | None]) -> RefundResult | None:
+        """Await one processor call, timed into the metrics and, with tracing on, inside a client span."""
+        span_cm = (self._tracing.processor_call(processor_id, kind, request.refund_id, request.request_id)
+                   if self._tracing is not None else contextlib.nullcontext())
+        with span_cm as span:
+            t0 = time.perf_counter()
+            answer: RefundResult | Exception | None
+            try:
+                answer = await call
+            except Exception as e:  # a cancellation is not a call's outcome: it passes unobserved
+                answer = e
+            outcome = metrics.call_outcome(answer)
+            metrics.PROCESSOR_CALLS.labels(processor_id, kind, outcome).observe(time.perf_counter() - t0)
+            if span is not None:
+                span.outcome(outcome, failed=isinstance(answer, Exception))
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    async def check_pending(self, refund: Mapping, request_id: str | None = None) -> asyncpg.Record:
         """Ask the processor about a refund it reported pending."""
         adapter = self._adapters[refund["processor_id"]]
         if not adapter.capabilities.lookup:
             return refund  # only the processor's webhooks can move it
         async with self._pool.acquire() as conn:
             transaction = await store.get_transaction(conn, refund["transaction_id"])
+        request_id = request_id or new_id("req")
+        request = refund_request(refund, transaction, request_id)
         started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
         try:
-            found = await adapter.lookup_refund(refund_request(refund, transaction), refund["psp_refund_id"])
+            found = await self._observed(adapter.id, request, "lookup",
+                                         adapter.lookup_refund(request, refund["psp_refund_id"]))
         except ProcessorError as e:
             async with self._pool.acquire() as conn:
                 await store.insert_attempts(conn, refund["id"], [_attempt("lookup", started_at, t0, e)])
@@ -205,7 +237,7 @@ class RefundExecutor:
         answer = found if found is not None else RefundResult(
             Outcome.NEEDS_ATTENTION, message="the processor has no record of a refund it reported pending")
         return await self.record(refund, answer, [_attempt("lookup", started_at, t0, answer)],
-                                 event="pending_checked", current_truth=True)
+                                 event="pending_checked", request_id=request_id, current_truth=True)
 
     async def record(self, refund: Mapping, answer: RefundResult | BaseException, attempts: list[Attempt], *,
                      event: str, request_id: str | None = None, refund_calls: int = 0,

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from gateway.auth import Authenticator
     from gateway.execution import RefundExecutor
     from gateway.settings import ClientConfig, Settings
+    from gateway.tracing import Tracing
 
 SETTINGS: web.AppKey["Settings"] = web.AppKey("settings")
 POOL: web.AppKey[asyncpg.Pool] = web.AppKey("pool")
@@ -20,6 +21,7 @@ ADAPTERS: web.AppKey[dict[str, "ProcessorAdapter"]] = web.AppKey("adapters")
 EXECUTOR: web.AppKey["RefundExecutor"] = web.AppKey("executor")
 AUTH: web.AppKey["Authenticator"] = web.AppKey("auth")
 WEBHOOK_WAKE: web.AppKey[asyncio.Event] = web.AppKey("webhook_wake")  # set when an event was stored
+TRACING: web.AppKey["Tracing | None"] = web.AppKey("tracing")  # None: tracing is off
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 CLIENT: web.RequestKey["ClientConfig"] = web.RequestKey("client")

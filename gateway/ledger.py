@@ -17,6 +17,7 @@ from adapters.base import (
     RefundSnapshot,
     TransientProcessorError,
 )
+from gateway import metrics
 from gateway.db import store
 from gateway.domain.refunds import (
     FINAL,
@@ -121,7 +122,7 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
                                              **(decision.details or {}), **(detail or {})})
     if unchanged:
         return updated, False  # still where it was (a pending refund still pending)
-    await publish(conn, updated, previous_status=status)
+    await publish(conn, updated, previous_status=status, request_id=request_id)
     log_method = log.info if target.status in FINAL or target.status == Status.PENDING else log.warning
     log_method("refund_state_changed", refund_id=refund_id, processor=current["processor_id"], cause=event,
                from_status=status, status=target.status, stage=target.stage, failure_code=decision.failure_code,
@@ -130,7 +131,7 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
 
 
 async def record_external(conn: asyncpg.Connection, transaction: asyncpg.Record, snapshot: RefundSnapshot, *,
-                          event: str) -> asyncpg.Record:
+                          event: str, request_id: str | None = None) -> asyncpg.Record:
     """Record a refund the processor reports but the gateway never made (e.g. from a dashboard)."""
     decision = decide(snapshot.result())
     target = decision.target
@@ -140,23 +141,28 @@ async def record_external(conn: asyncpg.Connection, transaction: asyncpg.Record,
         invoice_id=transaction["invoice_id"], amount=snapshot.amount, currency=transaction["currency"],
         status=target.status, stage=target.stage, psp_refund_id=snapshot.psp_refund_id,
         failure_code=decision.failure_code, failure_message=decision.failure_message)
-    await publish(conn, row, previous_status=None)
+    await publish(conn, row, previous_status=None, request_id=request_id)
     bucket = BUCKET[target.status]
     await store.move_balance(conn, transaction["id"], snapshot.amount if bucket is Bucket.RESERVED else 0,
                              snapshot.amount if bucket is Bucket.REFUNDED else 0)
     await store.insert_event(conn, refund_id, event, from_status=None, to_status=target.status, from_stage=None,
                              to_stage=target.stage, detail={"origin": "external",
-                                                            "psp_refund_id": snapshot.psp_refund_id})
+                                                            "psp_refund_id": snapshot.psp_refund_id},
+                             request_id=request_id)
     log.warning("external_refund_recorded", refund_id=refund_id, transaction_id=transaction["id"],
                 processor=transaction["processor_id"], psp_refund_id=snapshot.psp_refund_id, amount=snapshot.amount,
                 status=target.status)
     return row
 
 
-async def publish(conn: asyncpg.Connection, refund: asyncpg.Record, *, previous_status: str | None) -> None:
-    """Write the callback for a refund's new state into the outbox, in the caller's transaction."""
+async def publish(conn: asyncpg.Connection, refund: asyncpg.Record, *, previous_status: str | None,
+                  request_id: str | None = None) -> None:
+    """Write the callback for a refund's new state into the outbox, in the caller's transaction,
+    with the id of the request (or round of background work) that caused it."""
     event_type = "refund.created" if previous_status is None else (
         f"refund.{refund['status']}" if refund["status"] != previous_status else "refund.updated")
     payload = {"type": event_type, "refund_id": refund["id"], "version": refund["version"],
                "previous_status": previous_status, "data": RefundOut.from_row(refund).model_dump(mode="json")}
-    await store.insert_outbox(conn, refund["id"], refund["version"], event_type, payload)
+    await store.insert_outbox(conn, refund["id"], refund["version"], event_type, payload, request_id)
+    if refund["status"] != previous_status:
+        metrics.REFUND_TRANSITIONS.labels(refund["processor_id"], refund["status"]).inc()

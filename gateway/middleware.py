@@ -15,6 +15,7 @@ from gateway import errors, keys
 from gateway.db import store
 from gateway.http import problem_response
 from gateway.ids import new_id
+from gateway.logging import scrub_text
 
 log = structlog.get_logger(__name__)
 
@@ -22,7 +23,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _PROTECTED = ("/v1/", "/admin/")
 # What a lost or restarting database looks like from asyncpg: the client may retry later.
+# A server shutting down ends its sessions with 57P01/57P02 on whatever query they were running.
 _DATABASE_AWAY = (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+                  asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, asyncpg.ConnectionDoesNotExistError,
                   ConnectionError, OSError)
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "malformed_request"}
 
@@ -30,7 +33,9 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else new_id("req")
+    # The id travels to logs, spans, processors and the billing core: never one that looks like a
+    # key or a card number (one the log redaction would change).
+    request_id = incoming if _REQUEST_ID.match(incoming) and scrub_text(incoming) == incoming else new_id("req")
     request[keys.REQUEST_ID] = request_id
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         response = await handler(request)
@@ -84,10 +89,12 @@ def _request_hash(request: web.Request, body: bytes) -> bytes:
     return hashlib.sha256(b"%s %s\n%s" % (request.method.encode(), request.path_qs.encode(), canonical)).digest()
 
 
-def _replayable(response: web.StreamResponse) -> bool:
-    """Keep the answers of requests that ran (2xx, and 404/409 verdicts). Rejections that changed
-    nothing (400, 413, 415, 422) and our own failures (5xx) are not kept, so that a corrected
-    or later request may reuse the key, as Stripe does for validation errors."""
+def _replayable(response: web.StreamResponse, error: errors.GatewayError | None) -> bool:
+    """Keep the answers of requests that ran (2xx, 404/409 verdicts, and 422s the stored state gave:
+    errors.Refused). Malformed or invalid requests (400, 413, 415, 422) and our own failures (5xx)
+    are not kept, so that a corrected request may reuse the key, as Stripe does for validation errors."""
+    if isinstance(error, errors.Refused):
+        return True
     return response.status < 400 or (response.status not in (400, 413, 415, 422) and response.status < 500)
 
 
@@ -122,16 +129,17 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
                                       code="idempotency_key_in_use", headers={"Retry-After": "1"})
             request[keys.RECOVERED_RESOURCE] = resource
     request[keys.IDEMPOTENCY] = (client_id, key)
+    error = None
     try:
         response = await handler(request)
     except errors.GatewayError as e:
-        response = problem_response(e)
+        response, error = problem_response(e), e
     except BaseException:
         async with pool.acquire() as conn:
             await store.release_key(conn, client_id, key)
         raise
     async with pool.acquire() as conn:
-        if _replayable(response) and isinstance(response, web.Response) and response.body is not None:
+        if _replayable(response, error) and isinstance(response, web.Response) and response.body is not None:
             await store.store_response(conn, client_id, key, response.status, response.content_type,
                                        bytes(response.body))
         else:

@@ -24,6 +24,7 @@ class Operation:
     answers: dict[int, type[BaseModel] | str] = field(default_factory=dict)  # str: a list of that model
     errors: tuple[int, ...] = ()
     query: tuple[str, ...] = ()
+    media: str = "application/json"  # of its answers; another type is described as a string
 
 
 OPERATIONS = [
@@ -65,6 +66,8 @@ OPERATIONS = [
     Operation("get", "/healthz", "The process is up", None, answers={200: "Status"}),
     Operation("get", "/readyz", "The database is reachable and migrated", None, answers={200: "Status"},
               errors=(503,)),
+    Operation("get", "/metrics", "Prometheus metrics, text exposition (a bearer token only when metrics_token "
+              "is set)", None, answers={200: "Metrics"}, errors=(401,), media="text/plain"),
     Operation("get", "/openapi.json", "This document", None, answers={200: "Status"}),
     Operation("get", "/docs", "This document as a page", None, answers={200: "Status"}),
 ]
@@ -115,9 +118,10 @@ def build() -> dict[str, Any]:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": REF.format(model=op.body.__name__)}}}}
         for status, answer in op.answers.items():
+            schema = (_response_schema(answer, set(components)) if op.media == "application/json"
+                      else {"type": "string"})
             operation["responses"][str(status)] = {"description": "OK" if status < 300 else "",
-                                                   "content": {"application/json": {
-                                                       "schema": _response_schema(answer, set(components))}}}
+                                                   "content": {op.media: {"schema": schema}}}
         for status in op.errors:
             operation["responses"][str(status)] = {"description": "Problem", "content": {
                 "application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}}}

@@ -1,16 +1,19 @@
 """What an operator can do to a refund: replay it (resync with the processor first, resend with
-the same key only if needed) or resolve it outside the processor. Every action is audited:
-who, when, why, what was asked and what came of it."""
+the same key only if needed) or resolve it outside the processor; and to a webhook event: apply
+it again. Every action is audited: who, when, why, what was asked and what came of it. The admin
+API and the `psp-gateway refunds` / `webhooks` commands both act through here."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import asyncpg
 import structlog
 
-from gateway import errors, ledger
+from adapters.base import ProcessorAdapter
+from gateway import errors, ledger, webhooks
 from gateway.db import store
 from gateway.domain.refunds import FINAL, Stage, Status, Target
 from gateway.execution import RefundExecutor
@@ -19,6 +22,9 @@ from gateway.models import RefundOut
 log = structlog.get_logger(__name__)
 
 Resolution = Literal["refunded_offline", "failed", "canceled"]
+REPLAY_CONCURRENCY = 5
+# Replaying is for refunds that have not reached a final state; a filter never widens that.
+REPLAYABLE = ("pending", "requires_attention")
 
 
 async def audit(conn: asyncpg.Connection, *, actor: str, action: str, target: str | None, reason: str | None,
@@ -42,6 +48,14 @@ async def _lock_open_refund(conn: asyncpg.Connection, refund_id: str, verb: str)
     return refund
 
 
+def _adapter(executor: RefundExecutor, processor_id: str) -> ProcessorAdapter:
+    try:
+        return executor.adapter(processor_id)
+    except KeyError:  # the account was removed from the configuration, or a command runs with another one
+        raise errors.InvalidRequest(f"the refund's processor {processor_id!r} is not in this configuration",
+                                    code="unknown_processor") from None
+
+
 async def replay(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, *, actor: str, reason: str,
                  lease_seconds: float, request_id: str | None) -> dict[str, Any]:
     """Resync with the processor, then resend with the refund's own key only if it has no record."""
@@ -50,7 +64,7 @@ async def replay(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, *
         before = {"status": refund["status"], "stage": refund["stage"]}
         audit_id = await audit(conn, actor=actor, action="refund.replay", target=refund_id, reason=reason,
                                request={"before": before}, request_id=request_id)
-        adapter = executor.adapter(refund["processor_id"])
+        adapter = _adapter(executor, refund["processor_id"])
         if refund["stage"] != Stage.PENDING_AT_PROCESSOR:
             refund, _ = await ledger.apply(
                 conn, refund_id, ledger.Decision(Target(Status.PENDING, Stage.SENDING), lease_seconds=lease_seconds),
@@ -59,7 +73,7 @@ async def replay(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, *
         transaction = await store.get_transaction(conn, refund["transaction_id"])
     if refund["stage"] == Stage.PENDING_AT_PROCESSOR:
         # The processor accepted it: there is nothing to resend, only its state to ask for.
-        row = await executor.check_pending(refund)
+        row = await executor.check_pending(refund, request_id)
         looked_up = adapter.capabilities.lookup
         found = ("pending" if row["stage"] == Stage.PENDING_AT_PROCESSOR else row["status"]) if looked_up else None
         report_found, resent = found, False
@@ -97,3 +111,52 @@ async def resolve(pool: asyncpg.Pool, refund_id: str, resolution: Resolution, *,
                              "external_reference": external_reference},
                     result={"status": row["status"]}, request_id=request_id)
     return row
+
+
+async def replay_candidates(pool: asyncpg.Pool, *, limit: int, stuck_older_than: float | None = None,
+                            ids: Sequence[str] | None = None, status: str | None = None,
+                            processor: str | None = None, failure_code: str | None = None) -> list[str]:
+    """The ids a bulk replay would replay, newest first: refunds not final, narrowed by the filter."""
+    async with pool.acquire() as conn:
+        rows = await store.list_refunds(
+            conn, stuck_older_than=stuck_older_than, ids=ids, statuses=[status] if status else REPLAYABLE,
+            processor_id=processor, failure_code=failure_code, starting_after=None, limit=limit)
+    return [r["id"] for r in rows[:limit]]
+
+
+async def replay_many(pool: asyncpg.Pool, executor: RefundExecutor, refund_ids: Sequence[str], *, actor: str,
+                      reason: str, lease_seconds: float, request_id: str | None,
+                      on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Replay each refund (a few at once), each audited on its own; a refusal is a result, not an
+    error. Results come in the order of `refund_ids`; `on_done` sees each as it finishes."""
+    semaphore = asyncio.Semaphore(REPLAY_CONCURRENCY)
+
+    async def one(refund_id: str) -> dict[str, Any]:
+        async with semaphore:
+            try:
+                result = await replay(pool, executor, refund_id, actor=actor, reason=reason,
+                                      lease_seconds=lease_seconds, request_id=request_id)
+                outcome = {"id": refund_id, **{k: v for k, v in result.items() if k != "refund"}}
+            except errors.GatewayError as e:
+                outcome = {"id": refund_id, "error": e.code, "detail": e.detail}
+        if on_done is not None:
+            on_done(outcome)
+        return outcome
+
+    return list(await asyncio.gather(*(one(i) for i in refund_ids)))
+
+
+async def reprocess_webhook_event(pool: asyncpg.Pool, event_row_id: int | str, *, actor: str, reason: str,
+                                  recheck_seconds: float, request_id: str | None) -> dict[str, Any]:
+    """Apply one stored webhook event again, now (whatever its status, unless a worker holds it)."""
+    raw_id = str(event_row_id)
+    async with pool.acquire() as conn:
+        row = await store.claim_webhook_event(conn, int(raw_id), webhooks.LEASE_SECONDS) if raw_id.isdigit() else None
+    if row is None:
+        raise errors.NotFound(f"no webhook event {raw_id!r} that can be reprocessed now",
+                              code="webhook_event_not_found")
+    status = await webhooks.process_row(pool, row, recheck_seconds=recheck_seconds, request_id=request_id)
+    async with pool.acquire() as conn:
+        await audit(conn, actor=actor, action="webhook_event.reprocess", target=f"webhook_event:{row['id']}",
+                    reason=reason, request={}, result={"status": status}, request_id=request_id)
+    return {"id": row["id"], "event_id": row["event_id"], "status": status}

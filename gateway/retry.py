@@ -13,6 +13,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.wait import wait_exponential_jitter
 
 from adapters.base import OutcomeUnknownError, TransientProcessorError
+from gateway import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -37,20 +38,25 @@ class _Wait:
         return max(delay, retry_after) if retry_after else delay
 
 
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    log.warning("processor_retry", attempt=state.attempt_number, error_class=getattr(exc, "error_class", None),
-                code=getattr(exc, "code", None), sleep_seconds=round(state.upcoming_sleep, 3))
+def _on_retry(processor: str):
+    """Count and log a retry (without the call's arguments)."""
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        error_class = getattr(exc, "error_class", None)
+        metrics.PROCESSOR_RETRIES.labels(processor, error_class or "unknown").inc()
+        log.warning("processor_retry", processor=processor, attempt=state.attempt_number, error_class=error_class,
+                    code=getattr(exc, "code", None), sleep_seconds=round(state.upcoming_sleep, 3))
+    return before_sleep
 
 
 def processor_retrying(*, max_attempts: int, max_seconds: float, initial_backoff: float, max_backoff: float,
-                       safe_to_resend: bool) -> AsyncRetrying:
+                       safe_to_resend: bool, processor: str = "unknown") -> AsyncRetrying:
     return AsyncRetrying(
         retry=retry_if_exception(_retryable(safe_to_resend)),
         # stop_before_delay: give up rather than start an attempt after the time budget, including
         # when the processor's Retry-After lies beyond it.
         stop=stop_after_attempt(max_attempts) | stop_before_delay(max_seconds),
         wait=_Wait(initial_backoff, max_backoff),
-        before_sleep=_log_retry,
+        before_sleep=_on_retry(processor),
         reraise=True,
     )

@@ -111,11 +111,11 @@ async def _lock_transaction_for(conn: asyncpg.Connection, cmd: RefundCreate) -> 
         raise errors.Conflict("several transactions match: name one with transaction_id",
                               code="ambiguous_transaction", candidates=_candidates_json(e.candidates)) from None
     except matching.NothingRefundable as e:
-        raise errors.InvalidRequest(f"nothing is left to refund on invoice {cmd.invoice_id!r}",
-                                    code="amount_exceeds_refundable", refundable_amount=0,
-                                    candidates=_candidates_json(e.candidates)) from None
+        raise errors.Refused(f"nothing is left to refund on invoice {cmd.invoice_id!r}",
+                              code="amount_exceeds_refundable", refundable_amount=0,
+                              candidates=_candidates_json(e.candidates)) from None
     if chosen.invoice_id != cmd.invoice_id:
-        raise errors.InvalidRequest(
+        raise errors.Refused(
             f"transaction {chosen.id!r} belongs to invoice {chosen.invoice_id!r}, not {cmd.invoice_id!r}",
             code="invoice_mismatch")
     return rows[0] if cmd.transaction_id is not None else await store.lock_transaction(conn, chosen.id)
@@ -143,16 +143,16 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
             if existing is not None:
                 return existing, tx, False
         if cmd.currency != tx["currency"]:
-            raise errors.InvalidRequest(f"the transaction is in {tx['currency']}, the refund in {cmd.currency}",
-                                        code="currency_mismatch", transaction_currency=tx["currency"])
+            raise errors.Refused(f"the transaction is in {tx['currency']}, the refund in {cmd.currency}",
+                                 code="currency_mismatch", transaction_currency=tx["currency"])
         refundable = tx["amount"] - tx["refunded_amount"] - tx["reserved_amount"]
         amount = cmd.amount if cmd.amount is not None else refundable
         if refundable <= 0 or amount > refundable:
             detail = (f"nothing is left to refund on transaction {tx['id']}" if refundable <= 0 else
                       f"{money.format_amount(amount, tx['currency'])} exceeds the refundable "
                       f"{money.format_amount(refundable, tx['currency'])}")
-            raise errors.InvalidRequest(detail, code="amount_exceeds_refundable", refundable_amount=max(0, refundable),
-                                        transaction_id=tx["id"])
+            raise errors.Refused(detail, code="amount_exceeds_refundable", refundable_amount=max(0, refundable),
+                                 transaction_id=tx["id"])
         refund_id = new_id("rf")
         # One statement writes the refund, reserves its amount and records the event.
         refund = await store.insert_refund(
@@ -161,7 +161,7 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
             metadata=cmd.metadata, status=Status.PENDING, stage=Stage.SENDING, idempotency_key=refund_id,
             lease_seconds=lease_seconds, request_id=request_id,
             event_detail={"amount": amount, "currency": tx["currency"]})
-        await ledger.publish(conn, refund, previous_status=None)
+        await ledger.publish(conn, refund, previous_status=None, request_id=request_id)
         if claim is not None:
             await store.set_key_resource(conn, claim.client_id, claim.key, refund_id)
     log.info("refund_created", refund_id=refund_id, transaction_id=tx["id"], processor=tx["processor_id"],

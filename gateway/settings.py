@@ -23,7 +23,12 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class ConfigError(Exception):
-    """A configuration that cannot start the gateway; the message names the field."""
+    """A configuration that cannot start the gateway; the message names the field, and `problems`
+    holds one line per failing field."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 class _Strict(BaseModel):
@@ -111,6 +116,12 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".gateway-data")
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=20, ge=1)
+    # asyncpg's prepared-statement cache per connection; 0 switches it off, as a transaction-mode
+    # pooler (PgBouncer pool_mode=transaction) needs: a named statement may not exist on the next server.
+    database_statement_cache_size: int = Field(default=100, ge=0)
+    # false: `serve` and `worker` leave migrations to `psp-gateway migrate` (a deploy job against
+    # Postgres directly); the migration lock is a session lock, which a transaction-mode pooler cannot hold.
+    migrate_on_start: bool = True
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)  # webhooks carry whole charges
@@ -143,6 +154,12 @@ class Settings(BaseSettings):
     callback_poll_seconds: float = Field(default=1.0, gt=0)
     # A pending refund that has not moved for this long counts as stuck.
     stuck_after_seconds: float = Field(default=900.0, gt=0)
+    # GET /metrics: open, like /healthz, unless a token is set (then `Authorization: Bearer <token>`);
+    # its database gauges give up after this long, and the scrape still answers.
+    metrics_token: SecretStr | None = None
+    metrics_database_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    # OpenTelemetry tracing: None follows OTEL_EXPORTER_OTLP_ENDPOINT (set: on); true or false decides.
+    otel_enabled: bool | None = None
 
     processors: list[ProcessorConfig] = Field(default_factory=list)
     clients: list[ClientConfig] = Field(default_factory=list)
@@ -205,12 +222,13 @@ class _TomlSource(PydanticBaseSettingsSource):
         return expand_env(data)
 
 
+def validation_problems(err: ValidationError) -> list[str]:
+    """One `field.path: message` line per failing field."""
+    return [f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors()]
+
+
 def describe_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "config"
-        lines.append(f"{loc}: {e['msg']}")
-    return "; ".join(lines)
+    return "; ".join(validation_problems(err))
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -218,4 +236,5 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as e:
-        raise ConfigError(f"invalid configuration: {describe_validation_error(e)}") from None
+        problems = validation_problems(e)
+        raise ConfigError(f"invalid configuration: {'; '.join(problems)}", problems) from None

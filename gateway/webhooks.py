@@ -14,8 +14,9 @@ import asyncpg
 import structlog
 
 from adapters.base import ProcessorAdapter, RefundSnapshot, WebhookEvent
-from gateway import ledger, services
+from gateway import ledger, metrics, services
 from gateway.db import store
+from gateway.ids import new_id
 
 log = structlog.get_logger(__name__)
 
@@ -43,11 +44,12 @@ async def receive(pool: asyncpg.Pool, adapter: ProcessorAdapter, headers: Mappin
             event=event.model_dump(mode="json"), match_keys=event.match_keys())
     log.info("webhook_received", processor=adapter.id, event_id=event.event_id, event_type=event.type,
              duplicate=row_id is None)
+    metrics.WEBHOOK_EVENTS.labels(adapter.id, "received" if row_id is not None else "duplicate").inc()
     return event, row_id is not None
 
 
 async def apply_event(conn: asyncpg.Connection, processor_id: str, event: WebhookEvent, *,
-                      recheck_seconds: float) -> str:
+                      recheck_seconds: float, request_id: str | None = None) -> str:
     """Apply one event inside the caller's transaction; returns the event's new status."""
     cause = f"webhook:{event.type}"
     for payment in event.payments:
@@ -67,13 +69,14 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
             # Under the lock, again: another event about the same refund may have recorded it meanwhile.
             refund = await _known_refund(conn, processor_id, snapshot)
             if refund is None:
-                await ledger.record_external(conn, transaction, snapshot, event=cause)
+                await ledger.record_external(conn, transaction, snapshot, event=cause, request_id=request_id)
                 continue
         if refund["amount"] != snapshot.amount:
             log.warning("webhook_refund_amount_differs", refund_id=refund["id"], ours=refund["amount"],
                         processor_amount=snapshot.amount)
         await ledger.apply(conn, refund["id"], ledger.decide(snapshot.result()), event=cause, current_truth=True,
-                           recheck_seconds=recheck_seconds, detail={"event_id": event.event_id})
+                           recheck_seconds=recheck_seconds, detail={"event_id": event.event_id},
+                           request_id=request_id)
     if unmatched:
         return "unmatched"
     return "applied" if event.payments or event.refunds else "ignored"
@@ -106,13 +109,26 @@ async def process_due(pool: asyncpg.Pool, *, recheck_seconds: float) -> int:
     return len(due)
 
 
-async def process_row(pool: asyncpg.Pool, row: asyncpg.Record, *, recheck_seconds: float) -> str:
-    """Apply one claimed event; a failure is recorded on the event and retried with backoff."""
+async def process_row(pool: asyncpg.Pool, row: asyncpg.Record, *, recheck_seconds: float,
+                      request_id: str | None = None) -> str:
+    """Apply one claimed event; a failure is recorded on the event and retried with backoff.
+    Applied in the background, it gets a request id of its own (an operator's reprocess passes theirs)."""
+    request_id = request_id or new_id("req")
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        status = await _process_row(pool, row, recheck_seconds=recheck_seconds, request_id=request_id)
+    metrics.WEBHOOK_EVENTS.labels(row["processor_id"], status).inc()
+    return status
+
+
+async def _process_row(pool: asyncpg.Pool, row: asyncpg.Record, *, recheck_seconds: float, request_id: str) -> str:
     event = WebhookEvent.model_validate(row["event"])
     try:
         async with pool.acquire() as conn, conn.transaction():
-            status = await apply_event(conn, row["processor_id"], event, recheck_seconds=recheck_seconds)
-            await store.finish_webhook_event(conn, row["id"], status)
+            status = await apply_event(conn, row["processor_id"], event, recheck_seconds=recheck_seconds,
+                                       request_id=request_id)
+            waited = await store.finish_webhook_event(conn, row["id"], status)
+        if status != "unmatched" and waited is not None:
+            metrics.WEBHOOK_LAG.labels(row["processor_id"]).observe(max(0.0, waited))
         log.info("webhook_processed", processor=row["processor_id"], event_id=row["event_id"], status=status)
         return status
     except Exception as e:

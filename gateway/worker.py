@@ -16,6 +16,7 @@ import structlog
 
 from gateway.db import store
 from gateway.execution import RefundExecutor
+from gateway.ids import new_id
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +27,10 @@ async def check_due_pending(pool: asyncpg.Pool, executor: RefundExecutor, lease_
     async with pool.acquire() as conn:
         due = await store.claim_due_pending(conn, PENDING_BATCH, lease_seconds)
     for refund in due:
-        await executor.check_pending(refund)
+        # Background work has no incoming request: each refund's round gets a request id of its own.
+        request_id = new_id("req")
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            await executor.check_pending(refund, request_id)
     return len(due)
 
 
@@ -46,10 +50,12 @@ async def recover_due(pool: asyncpg.Pool, executor: RefundExecutor, lease_second
         transactions = {r["transaction_id"]: await store.get_transaction(conn, r["transaction_id"]) for r in due}
 
     async def recover(refund: asyncpg.Record) -> None:
-        log.info("refund_recovering", refund_id=refund["id"], processor=refund["processor_id"],
-                 prior_stage=refund["prior_stage"], attempts=refund["attempts"])
-        await executor.send(refund, transactions[refund["transaction_id"]],
-                            resolve_first=refund["prior_stage"] != "not_sent")
+        request_id = new_id("req")
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            log.info("refund_recovering", refund_id=refund["id"], processor=refund["processor_id"],
+                     prior_stage=refund["prior_stage"], attempts=refund["attempts"])
+            await executor.send(refund, transactions[refund["transaction_id"]], request_id,
+                                resolve_first=refund["prior_stage"] != "not_sent")
 
     results = await asyncio.gather(*(recover(r) for r in due), return_exceptions=True)
     for refund, result in zip(due, results):

@@ -4,13 +4,17 @@ It logs nothing of what it sends: every body carries the password."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Mapping
 
 import httpx
 
 from adapters.base import (
     Capabilities,
+    CredentialCheck,
+    CredentialStatus,
     OutcomeUnknownError,
+    ProcessorError,
     ProcessorProtocolError,
     RefundRequest,
     RefundResult,
@@ -45,8 +49,11 @@ class BridgePayAdapter:
             transport=transport,
         )
 
-    async def _post(self, url: str, body: bytes, action: str, *, sends_money: bool) -> bytes:
+    async def _post(self, url: str, body: bytes, action: str, *, sends_money: bool,
+                    request_id: str | None = None) -> bytes:
         headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{action}"'}
+        if request_id:
+            headers["X-Request-ID"] = request_id
         try:
             async with self._client.stream("POST", url, content=body, headers=headers) as response:
                 chunks, size = [], 0
@@ -83,15 +90,40 @@ class BridgePayAdapter:
         body = transformers.refund_envelope(request, username=c.username, password=c.password.get_secret_value(),
                                             merchant_code=c.merchant_code,
                                             merchant_account_code=c.merchant_account_code)
-        answer = await self._post(PROCESS_PATH, body, transformers.PROCESS_ACTION, sends_money=True)
+        answer = await self._post(PROCESS_PATH, body, transformers.PROCESS_ACTION, sends_money=True,
+                                  request_id=request.request_id)
         return transformers.refund_answer(transformers.process_result(answer))
 
     async def lookup_refund(self, request: RefundRequest, psp_refund_id: str | None) -> RefundResult | None:
         c = self._config
         body = transformers.lookup_envelope(request.refund_id, username=c.username,
                                             password=c.password.get_secret_value())
-        answer = await self._post(self._reporting_url, body, transformers.REPORTING_ACTION, sends_money=False)
+        answer = await self._post(self._reporting_url, body, transformers.REPORTING_ACTION, sends_money=False,
+                                  request_id=request.request_id)
         return transformers.lookup_answer(answer, request.refund_id)
+
+    async def check_credentials(self) -> CredentialCheck:
+        """A ping (user, password and merchant codes), then a Reporting API query that finds nothing
+        (its user and password, at reporting_base_url): lookups need it to resolve lost answers."""
+        c = self._config
+        credentials = dict(username=c.username, password=c.password.get_secret_value())
+        ping = transformers.ping_envelope(f"check-{uuid.uuid4().hex[:16]}", merchant_code=c.merchant_code,
+                                          merchant_account_code=c.merchant_account_code, **credentials)
+        query = transformers.lookup_envelope(transformers.CREDENTIALS_CHECK_INVOICE, **credentials)
+        try:
+            answer = await self._post(PROCESS_PATH, ping, transformers.PROCESS_ACTION, sends_money=False)
+            check = transformers.ping_answer(transformers.process_result(answer))
+            if check.status is not CredentialStatus.OK:
+                return check
+            answer = await self._post(self._reporting_url, query, transformers.REPORTING_ACTION, sends_money=False)
+            reporting = transformers.reporting_credentials_answer(answer)
+        except ProcessorProtocolError as e:
+            return CredentialCheck(CredentialStatus.UNEXPECTED, str(e))
+        except ProcessorError as e:
+            return CredentialCheck(CredentialStatus.UNREACHABLE, str(e))
+        if reporting.status is not CredentialStatus.OK:
+            return reporting
+        return CredentialCheck(CredentialStatus.OK, f"{check.detail}; {reporting.detail}")
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         raise WebhookVerificationError("BridgePay sends no webhooks")

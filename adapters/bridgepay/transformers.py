@@ -16,6 +16,8 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
 
 from adapters.base import (
+    CredentialCheck,
+    CredentialStatus,
     OutcomeUnknownError,
     ProcessorProtocolError,
     RefundRequest,
@@ -45,6 +47,11 @@ TRANSIENT_CODES = {"20002", "20003"}  # internal error, service unavailable: not
 TRANSIENT_MESSAGES = {"E02"}  # network unavailable
 # Our request was wrong (bad credentials, format): a person must look, retrying cannot help.
 REQUEST_ERRORS = {"10001", "10022", "10024", "10028", "10029", "99999"}
+INVALID_CREDENTIALS = "10024"
+PING_REQUEST_TYPE = "099"
+# An invoice number no refund of ours can have (ours are refund ids): a Reporting API query for it
+# finds nothing, and only checks that the query is allowed.
+CREDENTIALS_CHECK_INVOICE = "psp-gateway-credentials-check"
 
 
 def _text(parent: Element, tag: str) -> str | None:
@@ -62,23 +69,40 @@ def _envelope(body: Element) -> bytes:
     return b'<?xml version="1.0" encoding="utf-8"?>' + tostring(envelope)
 
 
-def refund_envelope(request: RefundRequest, *, username: str, password: str, merchant_code: str,
-                    merchant_account_code: str, now: datetime | None = None) -> bytes:
-    """The SOAP body of a refund: RequestType 012 with our refund id as TransactionID and InvoiceNum."""
+def _process_request(transaction_id: str, request_type: str, message: list[tuple[str, str]], *, username: str,
+                     password: str, now: datetime | None) -> bytes:
+    """A ProcessRequest envelope: the requestHeader document, base64 inside requestMsg."""
     header = Element("requestHeader")
-    for tag, value in (("ClientIdentifier", "SOAP"), ("TransactionID", request.refund_id), ("RequestType", "012"),
+    for tag, value in (("ClientIdentifier", "SOAP"), ("TransactionID", transaction_id), ("RequestType", request_type),
                        ("RequestDateTime", (now or datetime.now(timezone.utc)).strftime("%Y%m%d%H%M%S")),
                        ("User", username), ("Password", password)):
         _element(header, tag, value)
-    message = SubElement(header, "requestMessage")
-    for tag, value in (("SoftwareVendor", SOFTWARE_VENDOR), ("TransactionType", "refund"),
-                       ("ReferenceNumber", request.psp_reference), ("Amount", str(request.amount)),
-                       ("MerchantCode", merchant_code), ("MerchantAccountCode", merchant_account_code),
-                       ("TransactionCode", request.refund_id), ("InvoiceNum", request.refund_id)):
-        _element(message, tag, value)
+    request_message = SubElement(header, "requestMessage")
+    for tag, value in message:
+        _element(request_message, tag, value)
     process = Element(f"{{{PROCESS_NS}}}ProcessRequest")
     _element(process, f"{{{PROCESS_NS}}}requestMsg", base64.b64encode(tostring(header)).decode())
     return _envelope(process)
+
+
+def refund_envelope(request: RefundRequest, *, username: str, password: str, merchant_code: str,
+                    merchant_account_code: str, now: datetime | None = None) -> bytes:
+    """The SOAP body of a refund: RequestType 012 with our refund id as TransactionID and InvoiceNum."""
+    return _process_request(request.refund_id, "012", [
+        ("SoftwareVendor", SOFTWARE_VENDOR), ("TransactionType", "refund"),
+        ("ReferenceNumber", request.psp_reference), ("Amount", str(request.amount)),
+        ("MerchantCode", merchant_code), ("MerchantAccountCode", merchant_account_code),
+        ("TransactionCode", request.refund_id), ("InvoiceNum", request.refund_id)],
+        username=username, password=password, now=now)
+
+
+def ping_envelope(transaction_id: str, *, username: str, password: str, merchant_code: str,
+                  merchant_account_code: str, now: datetime | None = None) -> bytes:
+    """RequestType 099, a ping: it moves nothing, and with the merchant codes BridgePay checks them
+    along with the user name and password."""
+    return _process_request(transaction_id, PING_REQUEST_TYPE, [
+        ("SoftwareVendor", SOFTWARE_VENDOR), ("MerchantCode", merchant_code),
+        ("MerchantAccountCode", merchant_account_code)], username=username, password=password, now=now)
 
 
 def lookup_envelope(invoice_number: str, *, username: str, password: str) -> bytes:
@@ -192,3 +216,30 @@ def lookup_answer(envelope: bytes, refund_id: str) -> RefundResult | None:
                             processor_code="duplicate_refund",
                             message=f"BridgePay carried out {len(found)} refunds for one refund id")
     return found[0] if found else None
+
+
+def ping_answer(response: Element) -> CredentialCheck:
+    """What a decoded ping answer says about the credentials and merchant codes."""
+    code = _text(response, "ResponseCode") or ""
+    text = f"{code} {_text(response, 'ResponseDescription') or ''}".strip()
+    message_el = response.find("responseMessage")
+    message = (_text(message_el, "GatewayMessage") if message_el is not None else None) or ""
+    if response.tag == "Ping" and code == "00000":
+        return CredentialCheck(CredentialStatus.OK, "user name, password and merchant codes accepted")
+    if code == INVALID_CREDENTIALS:
+        return CredentialCheck(CredentialStatus.REJECTED,
+                               f"{text}: the user name, password or merchant codes were refused")
+    if code in TRANSIENT_CODES or message[:3] in TRANSIENT_MESSAGES:
+        return CredentialCheck(CredentialStatus.UNREACHABLE, f"BridgePay answered {text}; try again")
+    return CredentialCheck(CredentialStatus.UNEXPECTED, f"BridgePay answered <{response.tag}> {text}".strip())
+
+
+def reporting_credentials_answer(envelope: bytes) -> CredentialCheck:
+    """What the Reporting API's answer to a query for CREDENTIALS_CHECK_INVOICE says."""
+    try:
+        lookup_answer(envelope, CREDENTIALS_CHECK_INVOICE)
+    except ProcessorProtocolError as e:
+        if e.code == "soap_fault" and "credential" in str(e).lower():
+            return CredentialCheck(CredentialStatus.REJECTED, "the Reporting API refused the user name or password")
+        return CredentialCheck(CredentialStatus.UNEXPECTED, f"Reporting API: {e}")
+    return CredentialCheck(CredentialStatus.OK, "Reporting API query allowed")

@@ -21,6 +21,8 @@ import orjson
 
 from adapters.base import (
     Capabilities,
+    CredentialCheck,
+    CredentialStatus,
     OutcomeUnknownError,
     ProcessorProtocolError,
     RefundRequest,
@@ -173,6 +175,9 @@ class MockAdapter:
             return WebhookEvent(event_id=str(payload["id"]), type=str(payload["type"]), refunds=[snapshot])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise WebhookVerificationError(f"malformed mock webhook: {e}") from None
+
+    async def check_credentials(self) -> CredentialCheck:
+        return CredentialCheck(CredentialStatus.NOT_CHECKED, "in-process mock: no credentials to try")
 
     async def aclose(self) -> None:
         return None

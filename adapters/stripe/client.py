@@ -9,7 +9,10 @@ import httpx
 
 from adapters.base import (
     Capabilities,
+    CredentialCheck,
+    CredentialStatus,
     OutcomeUnknownError,
+    ProcessorError,
     ProcessorProtocolError,
     RefundRequest,
     RefundResult,
@@ -40,9 +43,13 @@ class StripeAdapter:
             transport=transport,
         )
 
-    async def _send(self, method: str, url: str, **kwargs) -> httpx.Response:
+    async def _send(self, method: str, url: str, *, request_id: str | None = None,
+                    headers: dict[str, str] | None = None, **kwargs) -> httpx.Response:
+        headers = dict(headers or {})
+        if request_id:
+            headers["X-Request-ID"] = request_id
         try:
-            return await self._client.request(method, url, **kwargs)
+            return await self._client.request(method, url, headers=headers, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
             raise TransientProcessorError(f"Stripe unreachable: {type(e).__name__}", code="connect") from None
         except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
@@ -52,19 +59,20 @@ class StripeAdapter:
 
     async def refund(self, request: RefundRequest) -> RefundResult:
         response = await self._send("POST", "/v1/refunds", data=transformers.refund_form(request),
-                                    headers={"Idempotency-Key": request.idempotency_key})
+                                    headers={"Idempotency-Key": request.idempotency_key},
+                                    request_id=request.request_id)
         return transformers.refund_answer(response.status_code, response.headers, response.content)
 
     async def lookup_refund(self, request: RefundRequest, psp_refund_id: str | None) -> RefundResult | None:
         if psp_refund_id:
-            response = await self._send("GET", f"/v1/refunds/{psp_refund_id}")
+            response = await self._send("GET", f"/v1/refunds/{psp_refund_id}", request_id=request.request_id)
             if response.status_code == 404:
                 return None
             return transformers.refund_answer(response.status_code, response.headers, response.content)
         field = "payment_intent" if request.psp_reference.startswith("pi_") else "charge"
         params = {field: request.psp_reference, "limit": "100"}
         for _ in range(LOOKUP_PAGES):
-            response = await self._send("GET", "/v1/refunds", params=params)
+            response = await self._send("GET", "/v1/refunds", params=params, request_id=request.request_id)
             if response.status_code == 404:
                 return None  # Stripe does not know the payment, so it has no refund of ours either
             if response.status_code != 200:
@@ -78,6 +86,14 @@ class StripeAdapter:
                 return None
             params["starting_after"] = refunds[-1]["id"]
         raise ProcessorProtocolError("too many refunds on one payment to search", code="lookup_exhausted")
+
+    async def check_credentials(self) -> CredentialCheck:
+        # The cheapest authenticated read that needs what refunds need: one refund, listed.
+        try:
+            response = await self._send("GET", "/v1/refunds", params={"limit": "1"})
+        except ProcessorError as e:
+            return CredentialCheck(CredentialStatus.UNREACHABLE, str(e))
+        return transformers.credentials_answer(response.status_code, response.content)
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         transformers.verify_signature(headers.get("Stripe-Signature"), body, self._secrets)

@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 import orjson
 
 from adapters.base import (
+    CredentialCheck,
+    CredentialStatus,
     OutcomeUnknownError,
     PaymentSnapshot,
     ProcessorProtocolError,
@@ -117,6 +119,26 @@ def refund_page(body: bytes) -> tuple[list[dict[str, Any]], bool]:
     if not isinstance(data, list) or not all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in data):
         raise ProcessorProtocolError("Stripe's refund listing is unparseable", code="unparseable")
     return data, page.get("has_more") is True
+
+
+def credentials_answer(status: int, body: bytes) -> CredentialCheck:
+    """What a GET /v1/refunds?limit=1 says about the API key. Only the status is quoted: Stripe's
+    message for a refused key repeats part of it."""
+    if status == 200:
+        try:
+            refund_page(body)
+        except ProcessorProtocolError:
+            return CredentialCheck(CredentialStatus.UNEXPECTED, "HTTP 200 that is not a Stripe refund listing: "
+                                                                "is base_url a Stripe API?")
+        return CredentialCheck(CredentialStatus.OK, "the API key may read refunds")
+    if status == 401:
+        return CredentialCheck(CredentialStatus.REJECTED, "HTTP 401: the API key was refused")
+    if status == 403:
+        return CredentialCheck(CredentialStatus.REJECTED, "HTTP 403: the API key may not read refunds "
+                                                          "(a restricted key without refund access?)")
+    if status == 429 or status >= 500:
+        return CredentialCheck(CredentialStatus.UNREACHABLE, f"HTTP {status}: Stripe is busy or down; try again")
+    return CredentialCheck(CredentialStatus.UNEXPECTED, f"HTTP {status} to GET /v1/refunds: is base_url a Stripe API?")
 
 
 # --- webhooks ------------------------------------------------------------------------------------

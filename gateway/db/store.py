@@ -316,8 +316,10 @@ UPDATE webhook_events w SET next_attempt_at = now() + make_interval(secs => $2),
 FROM due WHERE w.id = due.id
 RETURNING w.id, w.processor_id, w.event_id, w.event, w.attempts"""
 
+# Returns how long the event waited, from being stored to now (seconds, by the database's clock).
 FINISH_WEBHOOK_EVENT = """
-UPDATE webhook_events SET status = $2, last_error = $3, processed_at = now() WHERE id = $1"""
+UPDATE webhook_events SET status = $2, last_error = $3, processed_at = now() WHERE id = $1
+RETURNING extract(epoch FROM processed_at - received_at)::float8"""
 
 # A failed event is retried with exponential backoff, capped at an hour.
 FAIL_WEBHOOK_EVENT = """
@@ -342,8 +344,9 @@ async def claim_due_webhook_events(conn, limit: int, lease_seconds: float) -> li
     return await conn.fetch(CLAIM_DUE_WEBHOOK_EVENTS, limit, lease_seconds)
 
 
-async def finish_webhook_event(conn, event_row_id: int, status: str, note: str | None = None) -> None:
-    await conn.execute(FINISH_WEBHOOK_EVENT, event_row_id, status, note)
+async def finish_webhook_event(conn, event_row_id: int, status: str, note: str | None = None) -> float | None:
+    """Returns the seconds the event waited between being stored and this."""
+    return await conn.fetchval(FINISH_WEBHOOK_EVENT, event_row_id, status, note)
 
 
 async def fail_webhook_event(conn, event_row_id: int, error: str) -> None:
@@ -362,8 +365,9 @@ async def webhook_event(conn, processor_id: str, event_id: str) -> Row | None:
 
 # --- outbox (callbacks to the billing core) ----------------------------------------------------
 
+# request_id: the request (or round of background work) that caused the change, sent as X-Request-ID.
 INSERT_OUTBOX = """
-INSERT INTO outbox_events (refund_id, version, type, payload) VALUES ($1, $2, $3, $4)
+INSERT INTO outbox_events (refund_id, version, type, payload, request_id) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (refund_id, version) DO NOTHING"""
 
 # The earliest undelivered event of each refund that is due: never a later version before an
@@ -392,8 +396,9 @@ INSERT INTO callback_deliveries (outbox_id, url, status_code, error, latency_ms)
 EVENTS_AFTER = "SELECT * FROM outbox_events WHERE id > $1 ORDER BY id LIMIT $2"
 
 
-async def insert_outbox(conn, refund_id: str, version: int, type: str, payload: dict[str, Any]) -> None:
-    await conn.execute(INSERT_OUTBOX, refund_id, version, type, payload)
+async def insert_outbox(conn, refund_id: str, version: int, type: str, payload: dict[str, Any],
+                       request_id: str | None = None) -> None:
+    await conn.execute(INSERT_OUTBOX, refund_id, version, type, payload, request_id)
 
 
 async def claim_outbox(conn, limit: int, lease_seconds: float) -> list[Row]:
@@ -512,6 +517,35 @@ async def stuck_counts(conn, older_than: float) -> dict[str, int]:
     return {r["reason"]: r["count"] for r in await conn.fetch(STUCK_COUNTS, older_than)}
 
 
+# --- metrics (read at every scrape: only rows that are not final, through partial indexes) ---------
+
+OPEN_REFUND_COUNTS = """
+SELECT processor_id, status, stage, count(*) AS count FROM refunds
+WHERE status IN ('pending', 'requires_attention')
+GROUP BY 1, 2, 3"""
+
+OPEN_WEBHOOK_COUNTS = """
+SELECT processor_id, status, count(*) AS count FROM webhook_events
+WHERE status IN ('received', 'failed', 'unmatched')
+GROUP BY 1, 2"""
+
+OUTBOX_BACKLOG = """
+SELECT count(*) AS count, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_seconds
+FROM outbox_events WHERE delivered_at IS NULL"""
+
+
+async def open_refund_counts(conn) -> list[Row]:
+    return await conn.fetch(OPEN_REFUND_COUNTS)
+
+
+async def open_webhook_counts(conn) -> list[Row]:
+    return await conn.fetch(OPEN_WEBHOOK_COUNTS)
+
+
+async def outbox_backlog(conn) -> Row:
+    return await conn.fetchrow(OUTBOX_BACKLOG)
+
+
 async def update_audit_result(conn, audit_id: int, result: dict[str, Any]) -> None:
     await conn.execute(UPDATE_AUDIT_RESULT, audit_id, result)
 
@@ -533,3 +567,52 @@ async def claim_webhook_event(conn, event_row_id: int, lease_seconds: float) -> 
 
 async def requeue_webhook_events(conn, status: str, processor: str | None) -> int:
     return int((await conn.execute(REQUEUE_WEBHOOK_EVENTS, status, processor)).split()[-1])
+
+
+# --- operator console -------------------------------------------------------------------------
+
+# The newest $2 rows of each refund in $1, oldest first: a refund re-checked for days collects
+# many, and a page shows the last ones (each an index range scan on (refund_id, id)).
+RECENT_REFUND_EVENTS = """
+SELECT e.* FROM unnest($1::text[]) AS r(id)
+CROSS JOIN LATERAL (SELECT * FROM refund_events WHERE refund_id = r.id ORDER BY id DESC LIMIT $2) e
+ORDER BY e.refund_id, e.id"""
+
+RECENT_REFUND_ATTEMPTS = """
+SELECT a.* FROM unnest($1::text[]) AS r(id)
+CROSS JOIN LATERAL (SELECT * FROM refund_attempts WHERE refund_id = r.id ORDER BY id DESC LIMIT $2) a
+ORDER BY a.refund_id, a.id"""
+
+CURRENT_HOUR = "SELECT date_trunc('hour', now(), 'UTC')"
+
+# Refunds reaching an outcome, per processor, hour (UTC) and outcome, over the last $1 hours (the
+# current one included): each move into succeeded, failed or requires_attention counts in the
+# hour it happened. Read through refund_events_outcome_idx; at most $1 x processors x 3 rows.
+OUTCOMES_BY_HOUR = """
+SELECT r.processor_id, date_trunc('hour', e.created_at, 'UTC') AS hour, e.to_status AS status, count(*) AS count
+FROM refund_events e JOIN refunds r ON r.id = e.refund_id
+WHERE e.created_at >= date_trunc('hour', now(), 'UTC') - make_interval(hours => $1 - 1)
+  AND e.to_status IN ('succeeded', 'failed', 'requires_attention')
+  AND e.from_status IS DISTINCT FROM e.to_status
+GROUP BY 1, 2, 3"""
+
+
+def _by_refund(rows: list[Row]) -> dict[str, list[Row]]:
+    grouped: dict[str, list[Row]] = {}
+    for row in rows:
+        grouped.setdefault(row["refund_id"], []).append(row)
+    return grouped
+
+
+async def recent_refund_events(conn, refund_ids: Sequence[str], per_refund: int) -> dict[str, list[Row]]:
+    return _by_refund(await conn.fetch(RECENT_REFUND_EVENTS, list(refund_ids), per_refund))
+
+
+async def recent_refund_attempts(conn, refund_ids: Sequence[str], per_refund: int) -> dict[str, list[Row]]:
+    return _by_refund(await conn.fetch(RECENT_REFUND_ATTEMPTS, list(refund_ids), per_refund))
+
+
+async def outcomes_by_hour(conn, hours: int) -> tuple[datetime, list[Row]]:
+    """The current hour (UTC, from the database's clock) and the counts of the last `hours`."""
+    assert 1 <= hours <= 168, hours
+    return await conn.fetchval(CURRENT_HOUR), await conn.fetch(OUTCOMES_BY_HOUR, hours)

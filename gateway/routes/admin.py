@@ -3,11 +3,9 @@ and reprocess webhook events. Every action is audited."""
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
-from gateway import errors, keys, operations, webhooks
+from gateway import errors, keys, operations
 from gateway.auth import require
 from gateway.db import store
 from gateway.domain.refunds import Status
@@ -22,8 +20,6 @@ from gateway.models import (
 )
 
 routes = web.RouteTableDef()
-
-REPLAY_CONCURRENCY = 5
 
 
 def _actor(request: web.Request) -> str:
@@ -72,31 +68,18 @@ async def replay_refunds(request: web.Request) -> web.Response:
     if not (f.ids or f.stuck or f.status or f.processor or f.failure_code):
         raise errors.InvalidRequest("give a filter: ids, stuck, status, processor or failure_code",
                                     errors=[{"field": "filter", "message": "empty"}])
-    async with app[keys.POOL].acquire() as conn:
-        rows = await store.list_refunds(
-            conn, stuck_older_than=app[keys.SETTINGS].stuck_after_seconds if f.stuck else None, ids=f.ids,
-            statuses=[f.status] if f.status else ["pending", "requires_attention"], processor_id=f.processor,
-            failure_code=f.failure_code, starting_after=None, limit=body.limit)
-    candidates = [r["id"] for r in rows[:body.limit]]
+    candidates = await operations.replay_candidates(
+        app[keys.POOL], limit=body.limit, stuck_older_than=app[keys.SETTINGS].stuck_after_seconds if f.stuck else None,
+        ids=f.ids, status=f.status, processor=f.processor, failure_code=f.failure_code)
     if body.dry_run:
         async with app[keys.POOL].acquire() as conn:
             await operations.audit(conn, actor=actor, action="refund.replay.dry_run", target=None, reason=body.reason,
                                    request=body.model_dump(mode="json"), request_id=request[keys.REQUEST_ID],
                                    result={"would_replay": candidates})
         return json_response({"dry_run": True, "would_replay": candidates, "count": len(candidates)})
-    semaphore = asyncio.Semaphore(REPLAY_CONCURRENCY)
-
-    async def one(refund_id: str) -> dict:
-        async with semaphore:
-            try:
-                result = await operations.replay(app[keys.POOL], app[keys.EXECUTOR], refund_id, actor=actor,
-                                                 reason=body.reason, lease_seconds=app[keys.SETTINGS].lease_seconds,
-                                                 request_id=request[keys.REQUEST_ID])
-                return {"id": refund_id, **{k: v for k, v in result.items() if k != "refund"}}
-            except errors.GatewayError as e:
-                return {"id": refund_id, "error": e.code, "detail": e.detail}
-
-    results = await asyncio.gather(*(one(i) for i in candidates))
+    results = await operations.replay_many(app[keys.POOL], app[keys.EXECUTOR], candidates, actor=actor,
+                                           reason=body.reason, lease_seconds=app[keys.SETTINGS].lease_seconds,
+                                           request_id=request[keys.REQUEST_ID])
     return json_response({"dry_run": False, "results": results, "count": len(results)})
 
 
@@ -128,18 +111,10 @@ async def list_webhook_events(request: web.Request) -> web.Response:
 async def reprocess_webhook_event(request: web.Request) -> web.Response:
     actor = _actor(request)
     body = await parse_body(request, ReprocessRequest)
-    raw_id = request.match_info["id"]
-    pool = request.app[keys.POOL]
-    async with pool.acquire() as conn:
-        row = await store.claim_webhook_event(conn, int(raw_id), webhooks.LEASE_SECONDS) if raw_id.isdigit() else None
-    if row is None:
-        raise errors.NotFound(f"no webhook event {raw_id!r} that can be reprocessed now", code="webhook_event_not_found")
-    status = await webhooks.process_row(pool, row, recheck_seconds=request.app[keys.SETTINGS].pending_poll_seconds)
-    async with pool.acquire() as conn:
-        await operations.audit(conn, actor=actor, action="webhook_event.reprocess", target=f"webhook_event:{row['id']}",
-                               reason=body.reason, request={}, result={"status": status},
-                               request_id=request[keys.REQUEST_ID])
-    return json_response({"id": row["id"], "event_id": row["event_id"], "status": status})
+    result = await operations.reprocess_webhook_event(
+        request.app[keys.POOL], request.match_info["id"], actor=actor, reason=body.reason,
+        recheck_seconds=request.app[keys.SETTINGS].pending_poll_seconds, request_id=request[keys.REQUEST_ID])
+    return json_response(result)
 
 
 @routes.post("/admin/webhook-events/reprocess")

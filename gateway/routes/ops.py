@@ -1,14 +1,15 @@
-"""Liveness, readiness, and the API's own description (OpenAPI and a page)."""
+"""Liveness, readiness, Prometheus metrics, and the API's own description (OpenAPI and a page)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
 import html
 
 from aiohttp import web
 
-from gateway import errors, keys, openapi
+from gateway import errors, keys, metrics, openapi
 from gateway.db.migrate import current_version, latest_version
 from gateway.http import json_response
 
@@ -33,6 +34,21 @@ async def readyz(request: web.Request) -> web.Response:
         raise errors.ServiceUnavailable(f"migrations pending: at {version}, need {latest_version()}",
                                         code="migrations_pending")
     return json_response({"status": "ready", "schema_version": version})
+
+
+@routes.get("/metrics")
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    """Open like /healthz (it holds counts by processor and status, never an id or a secret),
+    unless `metrics_token` is set."""
+    settings = request.app[keys.SETTINGS]
+    if settings.metrics_token is not None:
+        expected = f"Bearer {settings.metrics_token.get_secret_value()}".encode()
+        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
+            raise errors.Unauthorized("GET /metrics needs Authorization: Bearer <metrics token>")
+    body = await metrics.exposition(request.app[keys.POOL], stuck_after_seconds=settings.stuck_after_seconds,
+                                    outbox=bool(settings.callback_url),
+                                    timeout=settings.metrics_database_timeout_seconds)
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 @functools.cache

@@ -6,7 +6,7 @@ import structlog
 from aiohttp import web
 
 from adapters.base import WebhookVerificationError
-from gateway import errors, keys, webhooks
+from gateway import errors, keys, metrics, webhooks
 from gateway.db import store
 from gateway.http import json_response
 
@@ -27,6 +27,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         event, stored = await webhooks.receive(request.app[keys.POOL], adapter, request.headers, body)
     except WebhookVerificationError as e:
         log.warning("webhook_rejected", processor=processor_id, reason=str(e), bytes=len(body))
+        metrics.WEBHOOK_EVENTS.labels(processor_id, "rejected").inc()
         async with request.app[keys.POOL].acquire() as conn:
             await store.insert_rejection(conn, processor_id, str(e),
                                          webhooks.storable_headers(request.headers), body)

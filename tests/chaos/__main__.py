@@ -233,6 +233,7 @@ class Chaos:
                 refunds, data["outbox"], receiver.received, receiver.last_status),
             "duplicates answered consistently, every command answered":
                 invariants.answers(billing.commands, {r["id"]: r for r in refunds}),
+            "no 5xx but 503 (database away) from the gateway": billing.server_errors,
         }
 
     async def main(self) -> int:
@@ -284,6 +285,12 @@ class Chaos:
             print(self.summary(billing, receiver, data, results, load_seconds, time.monotonic() - started))
         return 1 if any(results.values()) else 0
 
+    def logged_errors(self) -> list[str]:
+        """What the gateway processes logged at error level (their logs are in the run's folder)."""
+        return [line for log in sorted(self.folder.glob("gateway-*.log"))
+                for line in log.read_text(errors="replace").splitlines()
+                if '"level": "error"' in line or '"level":"error"' in line or line.startswith("Traceback")]
+
     def summary(self, billing: BillingCore, receiver: CallbackReceiver, data: dict[str, Any],
                 results: dict[str, list[str]], load_seconds: float, total_seconds: float) -> str:
         deliveries = self.stripe.sim.deliverer.describe()
@@ -310,6 +317,8 @@ class Chaos:
             lines += [f"         {v}" for v in violations[:20]]
             if len(violations) > 20:
                 lines.append(f"         ... and {len(violations) - 20} more")
+        if any(results.values()):
+            lines += ["", "gateway errors logged:"] + [f"  {line[:400]}" for line in self.logged_errors()[:20]]
         lines.append("")
         lines.append("chaos run FAILED" if any(results.values()) else "chaos run passed: every invariant holds")
         return "\n".join(lines)

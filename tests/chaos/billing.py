@@ -59,6 +59,7 @@ class BillingCore:
     counts: Counter[str] = field(default_factory=Counter)
     commands: list[Command] = field(default_factory=list)
     payments: list[Payment] = field(default_factory=list)
+    server_errors: list[str] = field(default_factory=list)  # 5xx other than 503: never expected
 
     async def __aenter__(self) -> "BillingCore":
         self.http = httpx.AsyncClient(base_url=self.url, timeout=15,
@@ -85,6 +86,9 @@ class BillingCore:
                 if resp.status_code < 500 and resp.status_code != 429 and code not in RETRYABLE_CONFLICTS:
                     return resp
                 self.counts[f"retried after {resp.status_code}{' ' + code if code else ''}"] += 1
+                if resp.status_code >= 500 and resp.status_code != 503:
+                    self.server_errors.append(f"{resp.status_code} {code} on POST {path} "
+                                              f"(X-Request-ID {resp.headers.get('X-Request-ID')})")
             if time.monotonic() > deadline:
                 return None
             await asyncio.sleep(delay * (0.5 + self.rng.random()))

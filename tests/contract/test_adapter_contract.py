@@ -21,6 +21,8 @@ import pytest
 
 from adapters.base import (
     Capabilities,
+    CredentialCheck,
+    CredentialStatus,
     OutcomeUnknownError,
     ProcessorAdapter,
     ProcessorProtocolError,
@@ -40,6 +42,7 @@ from adapters.stripe_sim import SimConfig
 from adapters.stripe_sim.testing import running_simulator
 from adapters.stripe_sim.world import RefundBehaviour
 from gateway.settings import BridgePayProcessor, StripeProcessor
+from tests.processes import free_port
 from gateway.domain.refunds import Outcome
 
 
@@ -65,6 +68,10 @@ class AdapterCase:
     unknown_was_executed: bool  # whether the processor really carried out `outcome_unknown`
     signed_webhook: Callable[[str, str], tuple[dict[str, str], bytes]]  # (psp_refund_id, refund_id) -> signed
     executions: Callable[[RefundRequest], int] | None = None  # times the processor executed it, where observable
+    # The same account with a wrong secret, and pointed at a port nothing listens on; None for a
+    # processor without credentials or network.
+    wrong_credentials: Callable[[], ProcessorAdapter] | None = None
+    unreachable: Callable[[], ProcessorAdapter] | None = None
 
 
 WEBHOOK_SECRET = "whsec_mock_contract_secret"
@@ -106,8 +113,11 @@ async def stripe_case() -> AsyncIterator[AdapterCase]:
     """The Stripe-like adapter against the Stripe-like simulator on a loopback port."""
     async with running_simulator(SimConfig(api_key=STRIPE_KEY, seed=11)) as sim:
         world = sim.sim.world
-        adapter = StripeAdapter(StripeProcessor(id="stripe", kind="stripe", base_url=sim.url, api_key=STRIPE_KEY,
-                                                webhook_secrets=[STRIPE_WHSEC], timeout_seconds=0.3))
+        def stripe_adapter(base_url: str = sim.url, api_key: str = STRIPE_KEY) -> StripeAdapter:
+            return StripeAdapter(StripeProcessor(id="stripe", kind="stripe", base_url=base_url, api_key=api_key,
+                                                 webhook_secrets=[STRIPE_WHSEC], timeout_seconds=0.3))
+
+        adapter = stripe_adapter()
 
         def on_new_charge(amount: int, refunds: str = "succeeded") -> RefundRequest:
             sim.sim.behaviour = RefundBehaviour(status=refunds)  # what the next refunds do at Stripe
@@ -138,6 +148,8 @@ async def stripe_case() -> AsyncIterator[AdapterCase]:
                 unknown_was_executed=True,
                 signed_webhook=signed_webhook,
                 executions=lambda req: world.refund_executions[req.psp_reference],
+                wrong_credentials=lambda: stripe_adapter(api_key="sk_test_not_the_right_key"),
+                unreachable=lambda: stripe_adapter(base_url=f"http://127.0.0.1:{free_port()}"),
             )
         finally:
             await adapter.aclose()
@@ -154,10 +166,13 @@ async def bridgepay_case() -> AsyncIterator[AdapterCase]:
     amounts are on: a refund of 1-499 cents is denied by the bank (30032)."""
     async with running_bridgepay_simulator(BRIDGEPAY_SIM) as sim:
         world = sim.sim.world
-        adapter = BridgePayAdapter(BridgePayProcessor(
-            id="bridgepay", kind="bridgepay", base_url=sim.url, username=BRIDGEPAY_SIM.username,
-            password=BRIDGEPAY_SIM.password, merchant_code=BRIDGEPAY_SIM.merchant_code,
-            merchant_account_code=BRIDGEPAY_SIM.merchant_account_code, timeout_seconds=2))
+        def bridgepay_adapter(base_url: str = sim.url, **overrides: str) -> BridgePayAdapter:
+            return BridgePayAdapter(BridgePayProcessor(**{
+                "id": "bridgepay", "kind": "bridgepay", "base_url": base_url, "username": BRIDGEPAY_SIM.username,
+                "password": BRIDGEPAY_SIM.password, "merchant_code": BRIDGEPAY_SIM.merchant_code,
+                "merchant_account_code": BRIDGEPAY_SIM.merchant_account_code, "timeout_seconds": 2, **overrides}))
+
+        adapter = bridgepay_adapter()
 
         def on_new_settled_sale(amount: int) -> RefundRequest:
             # Settled, so that BridgePay refunds it (several partial refunds) rather than voiding it once.
@@ -186,6 +201,8 @@ async def bridgepay_case() -> AsyncIterator[AdapterCase]:
                 unknown_was_executed=True,
                 signed_webhook=unsigned_webhook,
                 executions=lambda req: world.refund_executions[req.psp_reference],
+                wrong_credentials=lambda: bridgepay_adapter(password="not the password"),
+                unreachable=lambda: bridgepay_adapter(base_url=f"http://127.0.0.1:{free_port()}"),
             )
         finally:
             await adapter.aclose()
@@ -338,6 +355,37 @@ async def test_webhook_with_a_garbage_signature_is_rejected(adapter_case):
     forged = {name: "0" * 64 for name in headers}
     with pytest.raises(WebhookVerificationError):
         adapter_case.adapter.parse_webhook(forged, body)
+
+
+async def test_credentials_check_accepts_the_accounts_own_credentials(adapter_case):
+    check = await adapter_case.adapter.check_credentials()
+    assert isinstance(check, CredentialCheck)
+    expected = CredentialStatus.NOT_CHECKED if adapter_case.wrong_credentials is None else CredentialStatus.OK
+    assert check.status is expected, check
+    assert not check.failed
+
+
+async def test_credentials_check_reports_wrong_credentials_as_rejected_without_repeating_them(adapter_case):
+    if adapter_case.wrong_credentials is None:
+        pytest.skip(f"{adapter_case.name} has no credentials")
+    adapter = adapter_case.wrong_credentials()
+    try:
+        check = await adapter.check_credentials()
+    finally:
+        await adapter.aclose()
+    assert check.status is CredentialStatus.REJECTED and check.failed, check
+    assert "not_the_right_key" not in check.detail and "not the password" not in check.detail
+
+
+async def test_credentials_check_reports_a_processor_nobody_answers_for_as_unreachable(adapter_case):
+    if adapter_case.unreachable is None:
+        pytest.skip(f"{adapter_case.name} is in-process")
+    adapter = adapter_case.unreachable()
+    try:
+        check = await adapter.check_credentials()  # a value, not an exception
+    finally:
+        await adapter.aclose()
+    assert check.status is CredentialStatus.UNREACHABLE and check.failed, check
 
 
 async def test_aclose_completes_and_can_be_repeated(adapter_case):

@@ -19,4 +19,4 @@ def test_short_chaos_run_ends_with_every_invariant_holding():
     assert "chaos run passed: every invariant holds" in report
     for happened in ("gateway killed (SIGKILL): 1", "Postgres stopped: 1", "Postgres restarted: 1"):
         assert happened in report, report
-    assert "[FAIL]" not in report and report.count("[ ok ]") == 6, report
+    assert "[FAIL]" not in report and report.count("[ ok ]") == 7, report

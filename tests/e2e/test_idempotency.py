@@ -71,6 +71,19 @@ async def test_validation_errors_are_not_stored_so_a_corrected_request_can_reuse
     assert good.status == 201
 
 
+async def test_a_refusal_by_the_balance_is_kept_so_the_same_command_never_turns_into_a_refund(api):
+    # The billing core was told "nothing left to refund"; a retry of that command must hear the
+    # same, even once the balance has changed, or a credit note settled off-PSP is refunded twice.
+    tx = await api.transaction(amount=5_000)
+    await api.refund(tx, 4_000)
+    body = {"invoice_id": tx["invoice_id"], "transaction_id": tx["id"], "amount": 2_000, "currency": "EUR"}
+    refused = await api.post("/v1/refunds", body, headers={"Idempotency-Key": "key-refused"})
+    assert (refused.status, (await refused.json())["code"]) == (422, "amount_exceeds_refundable")
+    again = await api.post("/v1/refunds", body, headers={"Idempotency-Key": "key-refused"})
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert await again.read() == await refused.read()
+
+
 async def test_concurrent_requests_with_one_key_execute_once(api):
     tx = await api.transaction(amount=10_000)
     body = {"invoice_id": tx["invoice_id"], "amount": 700, "currency": "EUR"}

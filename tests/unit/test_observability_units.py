@@ -1,0 +1,79 @@
+"""The small decisions behind metrics and tracing: what switches tracing on, how a processor call's
+outcome is labelled, and what a scrape reports when the database cannot answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from adapters.base import (
+    OutcomeUnknownError,
+    ProcessorError,
+    ProcessorProtocolError,
+    RefundResult,
+    TransientProcessorError,
+)
+from gateway import metrics, tracing
+from gateway.domain.refunds import Outcome
+from gateway.settings import ConfigError, Settings
+
+
+@pytest.mark.parametrize(("setting", "environ", "on"), [
+    (None, {}, False),
+    (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, True),
+    (None, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"}, True),
+    (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": ""}, False),
+    (True, {}, True),
+    (False, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, False),
+])
+def test_tracing_is_off_unless_switched_on_or_given_an_endpoint(setting, environ, on):
+    assert tracing.wanted(Settings(otel_enabled=setting), environ) is on
+
+
+def test_switched_on_tracing_builds_its_exporter_and_flushes_at_the_end():
+    traces = tracing.Tracing.from_settings(Settings(otel_enabled=True))
+    traces.shutdown()
+
+
+def test_switched_on_tracing_without_the_otel_extra_stops_the_start_naming_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)  # not installed
+    with pytest.raises(ConfigError, match=r"pip install 'psp-gateway\[otel\]'"):
+        tracing.Tracing.from_settings(Settings(otel_enabled=True))
+
+
+@pytest.mark.parametrize(("answer", "label"), [
+    (RefundResult(Outcome.SUCCEEDED), "succeeded"),
+    (RefundResult(Outcome.DECLINED, decline_code="insufficient_funds"), "declined"),
+    (RefundResult(Outcome.NEEDS_ATTENTION), "needs_attention"),
+    (None, "not_found"),
+    (TransientProcessorError("503"), "transient"),
+    (OutcomeUnknownError("timeout"), "outcome_unknown"),
+    (ProcessorProtocolError("garbage"), "protocol"),
+    (ProcessorError("other"), "error"),
+    (KeyError("adapter bug"), "internal"),
+])
+def test_each_processor_answer_has_one_bounded_outcome_label(answer, label):
+    assert metrics.call_outcome(answer) == label
+
+
+class _DeadPool:
+    """A pool whose database never answers: acquiring hangs (as a lost server's TCP connect can)."""
+
+    def acquire(self):
+        @contextlib.asynccontextmanager
+        async def hang():
+            await asyncio.sleep(3600)
+            yield None
+        return hang()
+
+
+async def test_a_scrape_with_the_database_away_reports_only_database_up_zero_and_in_time():
+    families = await metrics.database_families(_DeadPool(), stuck_after_seconds=900, outbox=True, timeout=0.05)
+    text = generate_latest(metrics._Families(families)).decode()
+    parsed = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert parsed == {"gateway_database_up": 0.0}
