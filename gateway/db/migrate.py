@@ -82,4 +82,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
 
 
 async def current_version(conn: asyncpg.Connection) -> int:
+    """The schema's version: 0 on a database no migration has touched yet."""
+    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+        return 0
     return await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")

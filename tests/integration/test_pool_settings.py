@@ -66,7 +66,8 @@ async def test_without_migrations_at_start_the_gateway_is_not_ready_until_migrat
     client = await start_api(make_settings(empty_database, migrate_on_start=False))
     try:
         assert (await client.get("/healthz")).status == 200
-        assert (await client.get("/readyz")).status == 503
+        not_ready = await client.get("/readyz")
+        assert (not_ready.status, (await not_ready.json())["code"]) == (503, "migrations_pending")
         conn = await connect(empty_database)
         try:
             assert await conn.fetchval("SELECT to_regclass('schema_migrations')") is None  # nothing applied
