@@ -38,9 +38,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     observing = asyncio.create_task(metrics.keep_pool_observed(pool))
     yield
     observing.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await observing
-    await pool.close()
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await observing
+    finally:
+        await pool.close()
 
 
 async def _processors(app: web.Application) -> AsyncIterator[None]:
@@ -103,6 +105,7 @@ def create_app(settings: Settings, *, tracer_provider: "TracerProvider | None" =
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[keys.SETTINGS] = settings
     app[keys.TRACING] = traces
+    app[keys.DATABASE_GAUGES] = metrics.DatabaseGauges()
     if traces is not None:
         app.on_cleanup.append(_flush_spans)
     app[keys.AUTH] = Authenticator(settings.clients)

@@ -18,7 +18,7 @@ import uvloop
 from aiohttp import web
 from pydantic import SecretStr
 
-from gateway import embedded, metrics
+from gateway import embedded, metrics, tracing
 from gateway.app import create_app
 from gateway.commands import check_config
 from gateway.commands import refunds as refund_commands
@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                  if v is not None}
     try:
         settings = load_settings(**overrides)
+        if args.command in ("serve", "worker") and tracing.wanted(settings):
+            tracing.require_sdk()  # now, with a message, not as a traceback in every process
     except ConfigError as e:
         print(f"psp-gateway: {e}", file=sys.stderr)
         return 2

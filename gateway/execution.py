@@ -52,9 +52,9 @@ def _attempt(call: str, started_at: datetime, t0: float, answer: RefundResult | 
         return Attempt(call, started_at, latency_ms, answer)
     if isinstance(answer, RefundResult):
         return Attempt(call, started_at, latency_ms, answer.outcome.value, None, answer.processor_code,
-                       answer.message)
+                       ledger.said(answer.message))
     return Attempt(call, started_at, latency_ms, "error", getattr(answer, "error_class", "internal"),
-                   getattr(answer, "code", None), str(answer)[:500])
+                   getattr(answer, "code", None), ledger.said(str(answer)))
 
 
 @dataclass(frozen=True, slots=True)

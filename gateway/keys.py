@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from adapters.base import ProcessorAdapter
     from gateway.auth import Authenticator
     from gateway.execution import RefundExecutor
+    from gateway.metrics import DatabaseGauges
     from gateway.settings import ClientConfig, Settings
     from gateway.tracing import Tracing
 
@@ -22,6 +23,7 @@ EXECUTOR: web.AppKey["RefundExecutor"] = web.AppKey("executor")
 AUTH: web.AppKey["Authenticator"] = web.AppKey("auth")
 WEBHOOK_WAKE: web.AppKey[asyncio.Event] = web.AppKey("webhook_wake")  # set when an event was stored
 TRACING: web.AppKey["Tracing | None"] = web.AppKey("tracing")  # None: tracing is off
+DATABASE_GAUGES: web.AppKey["DatabaseGauges"] = web.AppKey("database_gauges")  # /metrics' reads of the database
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 CLIENT: web.RequestKey["ClientConfig"] = web.RequestKey("client")

@@ -19,6 +19,7 @@ from adapters.base import (
 )
 from gateway import metrics
 from gateway.db import store
+from gateway.logging import scrub_text
 from gateway.domain.refunds import (
     FINAL,
     BUCKET,
@@ -51,6 +52,12 @@ class Decision:
     lease_seconds: float = 0.0  # for a refund moved to `sending`: how long the caller holds it
 
 
+def said(text: str | None) -> str | None:
+    """A processor's words as stored, shown to operators and sent to the billing core: without
+    anything shaped like a key or a card number (a processor may echo what it was sent), bounded."""
+    return scrub_text(text)[:500] if text else text
+
+
 def decide(answer: RefundResult | BaseException) -> Decision:
     if isinstance(answer, RefundResult):
         failure_code = failure_message = None
@@ -61,18 +68,18 @@ def decide(answer: RefundResult | BaseException) -> Decision:
             failure_code, failure_message = "unrecognised_processor_status", answer.message
         elif answer.outcome is Outcome.CANCELED:
             failure_code, failure_message = answer.processor_code or "canceled", answer.message
-        return Decision(target_for(answer.outcome), answer.psp_refund_id, failure_code, failure_message,
+        return Decision(target_for(answer.outcome), answer.psp_refund_id, failure_code, said(failure_message),
                         answer.details)
     attention = Status.REQUIRES_ATTENTION
     if isinstance(answer, TransientProcessorError):
         return Decision(Target(attention, Stage.NOT_SENT), failure_code="retries_exhausted",
-                        failure_message=str(answer))
+                        failure_message=said(str(answer)))
     if isinstance(answer, OutcomeUnknownError):
         return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="outcome_unknown",
-                        failure_message=str(answer))
+                        failure_message=said(str(answer)))
     if isinstance(answer, ProcessorProtocolError):
         return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="processor_protocol_error",
-                        failure_message=str(answer))
+                        failure_message=said(str(answer)))
     return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="internal_error",
                     failure_message=f"unexpected {type(answer).__name__} while calling the processor")
 

@@ -131,6 +131,26 @@ async def database_families(pool: asyncpg.Pool, *, stuck_after_seconds: float, o
     return families
 
 
+class DatabaseGauges:
+    """One reading of the database gauges at a time, per process: scrapes that arrive while one is
+    running share its answer, so that however many scrapers there are (/metrics may be open), the
+    metrics take at most one of the pool's connections."""
+
+    def __init__(self) -> None:
+        self._running: asyncio.Future[list[Metric]] | None = None
+
+    async def read(self, pool: asyncpg.Pool, *, stuck_after_seconds: float, outbox: bool,
+                   timeout: float) -> list[Metric]:
+        if self._running is None:
+            self._running = asyncio.ensure_future(database_families(
+                pool, stuck_after_seconds=stuck_after_seconds, outbox=outbox, timeout=timeout))
+            self._running.add_done_callback(self._done)
+        return await asyncio.shield(self._running)  # a scraper that goes away cancels only its own wait
+
+    def _done(self, _: asyncio.Future) -> None:
+        self._running = None
+
+
 def _process_metrics() -> CollectorRegistry:
     """This process's metrics, or every server process's when they share a multiprocess folder."""
     if not os.environ.get(MULTIPROCESS_DIR):
@@ -140,9 +160,9 @@ def _process_metrics() -> CollectorRegistry:
     return registry
 
 
-async def exposition(pool: asyncpg.Pool, *, stuck_after_seconds: float, outbox: bool, timeout: float) -> bytes:
+async def exposition(pool: asyncpg.Pool, gauges: DatabaseGauges, *, stuck_after_seconds: float, outbox: bool,
+                     timeout: float) -> bytes:
     """The text exposition for one scrape."""
     observe_pool(pool)
-    families = await database_families(pool, stuck_after_seconds=stuck_after_seconds, outbox=outbox,
-                                       timeout=timeout)
+    families = await gauges.read(pool, stuck_after_seconds=stuck_after_seconds, outbox=outbox, timeout=timeout)
     return generate_latest(_process_metrics()) + generate_latest(_Families(families))

@@ -31,6 +31,16 @@ def wanted(settings: Settings, environ: Mapping[str, str] = os.environ) -> bool:
     return any(environ.get(name) for name in _ENDPOINTS)
 
 
+def require_sdk() -> None:
+    """Raises ConfigError, saying what to install, when tracing is wanted and the SDK is missing."""
+    try:
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError:
+        raise ConfigError("otel_enabled: tracing is switched on but OpenTelemetry is not installed "
+                          "(pip install 'psp-gateway[otel]')") from None
+
+
 class Tracing:
     def __init__(self, provider: "TracerProvider", *, owned: bool = False):
         from opentelemetry import trace
@@ -44,14 +54,12 @@ class Tracing:
     @classmethod
     def from_settings(cls, settings: Settings) -> "Tracing":
         """The SDK with an OTLP/HTTP exporter, configured by the standard OTEL_* variables."""
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-            from opentelemetry.sdk.resources import Resource
-            from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        except ImportError:
-            raise ConfigError("otel_enabled: tracing is switched on but OpenTelemetry is not installed "
-                              "(pip install 'psp-gateway[otel]')") from None
+        require_sdk()
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
         provider = TracerProvider(resource=Resource.create(
             {"service.name": os.environ.get("OTEL_SERVICE_NAME") or "psp-gateway"}))
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

@@ -87,10 +87,7 @@ async def _database(settings: Settings) -> dict[str, str]:
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as e:
         return {"status": "unreachable", "detail": scrub_text(str(e)) or type(e).__name__}
     try:
-        try:
-            version = await current_version(conn)
-        except asyncpg.UndefinedTableError:
-            version = 0
+        version = await current_version(conn)
     finally:
         await conn.close()
     latest = latest_version()

@@ -64,10 +64,7 @@ async def opened(settings: Settings) -> AsyncIterator[Session]:
 
 async def _check_schema(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
-        try:
-            version = await current_version(conn)
-        except asyncpg.UndefinedTableError:
-            version = 0
+        version = await current_version(conn)
     if version < latest_version():
         raise errors.ServiceUnavailable(f"the database schema is at version {version} and this gateway needs "
                                         f"{latest_version()}: run `psp-gateway migrate` first",

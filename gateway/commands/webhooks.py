@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     reprocess = actions.add_parser(
         "reprocess", parents=[json], help="apply one event again, or every unmatched or failed one",
         description="Apply stored events again, now: one by its id (from `webhooks list`), or with --all "
-                    "every event with --status unmatched or failed, oldest first.")
+                    "the newest --limit events with --status unmatched or failed, applied oldest first.")
     reprocess.add_argument("id", nargs="?", help="the event's id (a number), or --all")
     reprocess.add_argument("--all", action="store_true", help="every event with --status")
     reprocess.add_argument("--status", choices=("unmatched", "failed"), help="with --all: which events")

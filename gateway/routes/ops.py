@@ -45,7 +45,8 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
         expected = f"Bearer {settings.metrics_token.get_secret_value()}".encode()
         if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
             raise errors.Unauthorized("GET /metrics needs Authorization: Bearer <metrics token>")
-    body = await metrics.exposition(request.app[keys.POOL], stuck_after_seconds=settings.stuck_after_seconds,
+    body = await metrics.exposition(request.app[keys.POOL], request.app[keys.DATABASE_GAUGES],
+                                    stuck_after_seconds=settings.stuck_after_seconds,
                                     outbox=bool(settings.callback_url),
                                     timeout=settings.metrics_database_timeout_seconds)
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})

@@ -290,7 +290,11 @@ async def test_an_incoming_request_id_reaches_the_processor_and_the_billing_core
         await eventually(both_delivered)
         got = {event["type"]: request_id for event, request_id in core.received if event["refund_id"] == refund["id"]}
         assert got == {"refund.created": "obs-req-42", "refund.succeeded": "obs-req-42"}
-        after = await scrape(api)
+
+        def delivered(samples) -> bool:  # counted once the gateway has recorded the delivery, a moment later
+            return total(samples, "gateway_callback_deliveries_total", result="delivered") - total(
+                before, "gateway_callback_deliveries_total", result="delivered") >= 2
+        after = await eventually(lambda: _scrape_when(api, delivered))
     assert total(after, "gateway_callback_deliveries_total", result="failed") - total(
         before, "gateway_callback_deliveries_total", result="failed") == 1
     assert total(after, "gateway_callback_deliveries_total", result="delivered") - total(

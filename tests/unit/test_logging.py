@@ -203,3 +203,19 @@ def test_field_whose_name_merely_contains_pan_stays_readable(logs, log):
 def test_credentials_inside_free_text_never_reach_the_log(logs, log, text, secret):
     log.info("db_error", detail=text)
     assert secret not in logs()
+
+
+def test_what_a_processor_said_is_stored_without_keys_or_card_numbers():
+    # Processors echo what they were sent; failure messages and attempt rows reach operators,
+    # the console and the billing core's callbacks.
+    from adapters.base import RefundResult, TransientProcessorError
+    from gateway.domain.refunds import Outcome
+    from gateway.ledger import decide
+
+    declined = decide(RefundResult(Outcome.DECLINED, message="Invalid API Key provided: sk_live_4eC39HqLyjWDarjtT1zdp7dc"))
+    transient = decide(TransientProcessorError("card 4242 4242 4242 4242 was refused; retry"))
+    for decision in (declined, transient):
+        assert "4eC39HqLyjWDarjtT1zdp7dc" not in decision.failure_message
+        assert "4242 4242 4242 4242" not in decision.failure_message
+    assert transient.failure_message.endswith("was refused; retry")
+    assert len(decide(TransientProcessorError("x" * 5000)).failure_message) == 500

@@ -35,9 +35,16 @@ def test_tracing_is_off_unless_switched_on_or_given_an_endpoint(setting, environ
     assert tracing.wanted(Settings(otel_enabled=setting), environ) is on
 
 
-def test_switched_on_tracing_builds_its_exporter_and_flushes_at_the_end():
+def test_switched_on_tracing_builds_its_exporter_and_flushes_at_the_end(monkeypatch):
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "gw-test")
     traces = tracing.Tracing.from_settings(Settings(otel_enabled=True))
+    provider = traces._provider
+    [processor] = provider._active_span_processor._span_processors
+    exporter = processor._batch_processor._exporter  # SDK internals: there is no public accessor
+    assert type(exporter).__name__ == "OTLPSpanExporter" and not exporter._shutdown
+    assert provider.resource.attributes["service.name"] == "gw-test"
     traces.shutdown()
+    assert exporter._shutdown  # flushed and closed
 
 
 def test_switched_on_tracing_without_the_otel_extra_stops_the_start_naming_the_fix(monkeypatch):
@@ -77,3 +84,28 @@ async def test_a_scrape_with_the_database_away_reports_only_database_up_zero_and
     text = generate_latest(metrics._Families(families)).decode()
     parsed = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert parsed == {"gateway_database_up": 0.0}
+
+
+class _SlowPool:
+    """A pool that counts its connections and answers slowly: readings must not pile up on it."""
+
+    def __init__(self):
+        self.acquired = 0
+
+    def acquire(self):
+        @contextlib.asynccontextmanager
+        async def slow():
+            self.acquired += 1
+            await asyncio.sleep(0.05)
+            raise ConnectionRefusedError("no database here")
+            yield None
+        return slow()
+
+
+async def test_concurrent_scrapes_share_one_database_reading():
+    pool, gauges = _SlowPool(), metrics.DatabaseGauges()
+    readings = await asyncio.gather(*(gauges.read(pool, stuck_after_seconds=900, outbox=False, timeout=1)
+                                      for _ in range(20)))
+    assert pool.acquired == 1 and all(r is readings[0] for r in readings)
+    await gauges.read(pool, stuck_after_seconds=900, outbox=False, timeout=1)
+    assert pool.acquired == 2  # a later scrape reads again: nothing is cached
