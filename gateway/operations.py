@@ -124,6 +124,14 @@ async def replay_candidates(pool: asyncpg.Pool, *, limit: int, stuck_older_than:
     return [r["id"] for r in rows[:limit]]
 
 
+async def record_dry_run(pool: asyncpg.Pool, candidates: list[str], *, actor: str, reason: str,
+                         request: dict[str, Any], request_id: str | None) -> None:
+    """A bulk replay's dry run changes nothing, but who looked, and at what, is audited too."""
+    async with pool.acquire() as conn:
+        await audit(conn, actor=actor, action="refund.replay.dry_run", target=None, reason=reason, request=request,
+                    request_id=request_id, result={"would_replay": candidates})
+
+
 async def replay_many(pool: asyncpg.Pool, executor: RefundExecutor, refund_ids: Sequence[str], *, actor: str,
                       reason: str, lease_seconds: float, request_id: str | None,
                       on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:

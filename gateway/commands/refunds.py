@@ -206,10 +206,9 @@ async def _replay_stuck(s: Session, args: argparse.Namespace) -> int:
                                                     processor=args.processor)
     request = {"filter": {"stuck": True, "processor": args.processor}, "dry_run": args.dry_run, "limit": args.limit}
     if args.dry_run:
+        await operations.record_dry_run(s.pool, candidates, actor=s.actor, reason=args.reason, request=request,
+                                        request_id=s.request_id)
         async with s.pool.acquire() as conn:
-            await operations.audit(conn, actor=s.actor, action="refund.replay.dry_run", target=None,
-                                   reason=args.reason, request=request, request_id=s.request_id,
-                                   result={"would_replay": candidates})
             rows = await store.list_refunds(conn, ids=candidates, starting_after=None, limit=len(candidates))
         if args.json:
             output.print_json({"dry_run": True, "would_replay": candidates, "count": len(candidates)})

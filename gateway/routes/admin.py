@@ -72,10 +72,8 @@ async def replay_refunds(request: web.Request) -> web.Response:
         app[keys.POOL], limit=body.limit, stuck_older_than=app[keys.SETTINGS].stuck_after_seconds if f.stuck else None,
         ids=f.ids, status=f.status, processor=f.processor, failure_code=f.failure_code)
     if body.dry_run:
-        async with app[keys.POOL].acquire() as conn:
-            await operations.audit(conn, actor=actor, action="refund.replay.dry_run", target=None, reason=body.reason,
-                                   request=body.model_dump(mode="json"), request_id=request[keys.REQUEST_ID],
-                                   result={"would_replay": candidates})
+        await operations.record_dry_run(app[keys.POOL], candidates, actor=actor, reason=body.reason,
+                                        request=body.model_dump(mode="json"), request_id=request[keys.REQUEST_ID])
         return json_response({"dry_run": True, "would_replay": candidates, "count": len(candidates)})
     results = await operations.replay_many(app[keys.POOL], app[keys.EXECUTOR], candidates, actor=actor,
                                            reason=body.reason, lease_seconds=app[keys.SETTINGS].lease_seconds,

@@ -27,7 +27,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-from aiohttp import web
 
 from adapters.bridgepay_sim import SimConfig as BridgePayConfig
 from adapters.bridgepay_sim.testing import running_simulator as bridgepay_simulator

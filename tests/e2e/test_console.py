@@ -13,9 +13,8 @@ import orjson
 import pytest
 
 from gateway import keys
-from tests.conftest import ADMIN_KEY, WRITER_KEY, Api, make_settings, start_api
+from tests.conftest import ADMIN_KEY, WRITER_KEY, Api, eventually, make_settings, start_api
 from tests.e2e.test_admin import audit_rows, refund_now, unresolvable
-from tests.e2e.test_stripe_flow import eventually
 
 CONSOLE = "/admin/console"
 MOCK_WEBHOOK_SECRET = "whsec_console_0123456789"

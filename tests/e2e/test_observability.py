@@ -4,7 +4,6 @@ billing core, and OpenTelemetry spans when tracing is on."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import os
@@ -34,7 +33,7 @@ from gateway import embedded, keys
 from gateway.app import create_app
 from gateway.db.migrate import migrate
 from gateway.db.pool import connect
-from tests.conftest import ADMIN_KEY, READER_KEY, WRITER_KEY, Api, make_settings, start_api
+from tests.conftest import ADMIN_KEY, READER_KEY, WRITER_KEY, Api, eventually, make_settings, start_api
 
 WHSEC = "whsec_observability_0123456789"
 CALLBACK_SECRET = "cb_observability_0123456789"
@@ -65,16 +64,6 @@ async def scrape(api: Api, **headers: str) -> Samples:
     assert resp.status == 200, await resp.text()
     assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     return parse(await resp.text())
-
-
-async def eventually(check, timeout: float = 15.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from adapters.stripe_sim import SimConfig
 from adapters.stripe_sim.testing import RunningSimulator, running_simulator
 from gateway import keys
-from tests.conftest import Api, make_settings, start_api
+from tests.conftest import Api, eventually, make_settings, start_api
 
 SIM_KEY = "sk_test_sim_e2e_0123"
 WHSEC = "whsec_e2e_0123456789"
@@ -61,18 +61,6 @@ class StripeWorld:
                 left = await conn.fetchval("SELECT count(*) FROM webhook_events WHERE status IN ('received', 'failed')")
             return left == 0 or None
         await eventually(inbox_empty)
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
-    """Poll until `check` returns something truthy; bounded."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
