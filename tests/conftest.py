@@ -90,6 +90,19 @@ async def database_url(pg_server: str, template_db: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def empty_database(pg_server: str) -> AsyncIterator[str]:
+    """A database of its own with nothing in it, not even the migrations."""
+    name = f"gw_empty_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(pg_server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(pg_server, name)
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     p = await create_pool(database_url, min_size=1, max_size=60)
     yield p

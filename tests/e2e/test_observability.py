@@ -55,6 +55,11 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
 
 
+def grown(after: Samples, before: Samples, name: str, **labels: str) -> float:
+    """How much `name` (over the samples with `labels`) grew from `before` to `after`."""
+    return total(after, name, **labels) - total(before, name, **labels)
+
+
 def has(samples: Samples, name: str) -> bool:
     return any(n == name for n, _ in samples)
 
@@ -90,21 +95,18 @@ async def test_refunds_through_the_mock_show_by_processor_and_status_with_call_l
     assert (await api.refund(tx, 8001))["status"] == "requires_attention"  # stuck at once
     after = await scrape(api)
 
-    def grew(name: str, **labels: str) -> float:
-        return total(after, name, **labels) - total(before, name, **labels)
-
-    assert grew("gateway_refund_transitions_total", processor="mock", status="pending") == 4
-    assert grew("gateway_refund_transitions_total", processor="mock", status="succeeded") == 2
-    assert grew("gateway_refund_transitions_total", processor="mock", status="failed") == 1
-    assert grew("gateway_refund_transitions_total", processor="mock", status="requires_attention") == 1
+    assert grown(after, before, "gateway_refund_transitions_total", processor="mock", status="pending") == 4
+    assert grown(after, before, "gateway_refund_transitions_total", processor="mock", status="succeeded") == 2
+    assert grown(after, before, "gateway_refund_transitions_total", processor="mock", status="failed") == 1
+    assert grown(after, before, "gateway_refund_transitions_total", processor="mock", status="requires_attention") == 1
     calls = "gateway_processor_call_duration_seconds_count"
-    assert grew(calls, processor="mock", operation="refund", outcome="succeeded") == 2
-    assert grew(calls, processor="mock", operation="refund", outcome="declined") == 1
-    assert grew(calls, processor="mock", operation="refund", outcome="transient") == 1
-    assert grew(calls, processor="mock", operation="refund", outcome="needs_attention") == 1
-    assert grew("gateway_processor_call_duration_seconds_bucket", processor="mock", operation="refund",
+    assert grown(after, before, calls, processor="mock", operation="refund", outcome="succeeded") == 2
+    assert grown(after, before, calls, processor="mock", operation="refund", outcome="declined") == 1
+    assert grown(after, before, calls, processor="mock", operation="refund", outcome="transient") == 1
+    assert grown(after, before, calls, processor="mock", operation="refund", outcome="needs_attention") == 1
+    assert grown(after, before, "gateway_processor_call_duration_seconds_bucket", processor="mock", operation="refund",
                 outcome="succeeded", le="+Inf") == 2
-    assert grew("gateway_processor_retries_total", processor="mock", error_class="transient") == 1
+    assert grown(after, before, "gateway_processor_retries_total", processor="mock", error_class="transient") == 1
     # Read from this test's database at scrape time: exact, not deltas.
     assert total(after, "gateway_database_up") == 1
     assert total(after, "gateway_refunds_stuck", reason="requires_attention:unrecognised_processor_status") == 1
@@ -128,10 +130,8 @@ async def test_a_fault_that_outlasts_the_request_counts_a_durable_retry(api):
         return body["status"] == "succeeded"
     await eventually(settled)  # the janitor's retry went through
     after = await scrape(api)
-    assert (total(after, "gateway_durable_retries_scheduled_total", processor="mock")
-            - total(before, "gateway_durable_retries_scheduled_total", processor="mock")) == 1
-    assert (total(after, "gateway_processor_retries_total", processor="mock")
-            - total(before, "gateway_processor_retries_total", processor="mock")) == 2
+    assert grown(after, before, "gateway_durable_retries_scheduled_total", processor="mock") == 1
+    assert grown(after, before, "gateway_processor_retries_total", processor="mock") == 2
 
 
 def mock_webhook(refund: dict, status: str, secret: str = WHSEC) -> tuple[bytes, dict[str, str]]:
@@ -161,14 +161,11 @@ async def test_webhook_events_are_counted_by_status_with_their_apply_lag(databas
         s, "gateway_webhook_events_total", processor="mock", status="applied")
         > total(before, "gateway_webhook_events_total", processor="mock", status="applied")))
 
-    def grew(name: str, **labels: str) -> float:
-        return total(after, name, **labels) - total(before, name, **labels)
-
-    assert grew("gateway_webhook_events_total", processor="mock", status="received") == 1
-    assert grew("gateway_webhook_events_total", processor="mock", status="duplicate") == 1
-    assert grew("gateway_webhook_events_total", processor="mock", status="rejected") == 1
-    assert grew("gateway_webhook_events_total", processor="mock", status="applied") == 1
-    assert grew("gateway_webhook_apply_lag_seconds_count", processor="mock") == 1
+    assert grown(after, before, "gateway_webhook_events_total", processor="mock", status="received") == 1
+    assert grown(after, before, "gateway_webhook_events_total", processor="mock", status="duplicate") == 1
+    assert grown(after, before, "gateway_webhook_events_total", processor="mock", status="rejected") == 1
+    assert grown(after, before, "gateway_webhook_events_total", processor="mock", status="applied") == 1
+    assert grown(after, before, "gateway_webhook_apply_lag_seconds_count", processor="mock") == 1
     assert total(after, "gateway_webhook_events_open") == 0  # nothing left to apply
 
 
@@ -281,13 +278,10 @@ async def test_an_incoming_request_id_reaches_the_processor_and_the_billing_core
         assert got == {"refund.created": "obs-req-42", "refund.succeeded": "obs-req-42"}
 
         def delivered(samples) -> bool:  # counted once the gateway has recorded the delivery, a moment later
-            return total(samples, "gateway_callback_deliveries_total", result="delivered") - total(
-                before, "gateway_callback_deliveries_total", result="delivered") >= 2
+            return grown(samples, before, "gateway_callback_deliveries_total", result="delivered") >= 2
         after = await eventually(lambda: _scrape_when(api, delivered))
-    assert total(after, "gateway_callback_deliveries_total", result="failed") - total(
-        before, "gateway_callback_deliveries_total", result="failed") == 1
-    assert total(after, "gateway_callback_deliveries_total", result="delivered") - total(
-        before, "gateway_callback_deliveries_total", result="delivered") == 2
+    assert grown(after, before, "gateway_callback_deliveries_total", result="failed") == 1
+    assert grown(after, before, "gateway_callback_deliveries_total", result="delivered") == 2
 
 
 @pytest.mark.parametrize("incoming", ["sk_live_abcdefgh123", "4242-4242-4242-4242", "two words", "x" * 129])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import asyncpg
 import pytest
@@ -11,19 +10,6 @@ import pytest
 from gateway.db import migrate as migrate_module
 from gateway.db.migrate import current_version, latest_version, migrate
 from gateway.db.pool import connect
-from tests.conftest import with_database
-
-
-@pytest.fixture
-async def empty_database(pg_server):
-    name = f"gw_empty_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(pg_server)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(pg_server, name)
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_replicas_migrating_at_once_apply_each_version_once(empty_database):

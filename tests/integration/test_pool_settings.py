@@ -4,29 +4,15 @@ gateway serves but is not ready until `migrate` has run."""
 
 from __future__ import annotations
 
-import uuid
 
-import asyncpg
 import pytest
 
 from gateway import keys
 from gateway.db.migrate import migrate
 from gateway.db.pool import connect, create_pool
-from tests.conftest import WRITER_KEY, make_settings, start_api, with_database
+from tests.conftest import Api, make_settings, start_api
 
 NAMED = "SELECT count(*) FROM pg_prepared_statements"
-
-
-@pytest.fixture
-async def empty_database(pg_server):
-    name = f"gw_empty_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(pg_server)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(pg_server, name)
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.mark.parametrize("cache_size, named_left", [(0, False), (100, True)])
@@ -48,14 +34,9 @@ async def test_the_gateway_pool_follows_the_statement_cache_setting(database_url
     settings = make_settings(database_url, database_statement_cache_size=cache_size, db_pool_min=1, db_pool_max=1)
     client = await start_api(settings)
     try:
-        headers = {"Authorization": f"Bearer {WRITER_KEY}"}
-        tx = await client.post("/v1/transactions", headers=headers, json={
-            "processor": "mock", "psp_reference": "ch_cache", "invoice_id": "INV-CACHE", "amount": 1000,
-            "currency": "EUR"})
-        assert tx.status == 201, await tx.text()
-        refund = await client.post("/v1/refunds", headers=headers, json={
-            "invoice_id": "INV-CACHE", "amount": 100, "currency": "EUR"})
-        assert (await refund.json())["status"] == "succeeded"
+        api = Api(client)
+        tx = await api.transaction(amount=1000)  # 201, or it fails here
+        assert (await api.refund(tx, 100))["status"] == "succeeded"
         async with client.server.app[keys.POOL].acquire() as conn:
             assert (await conn.fetchval(NAMED) > 0) is named_left
     finally:
