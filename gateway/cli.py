@@ -26,6 +26,8 @@ from gateway.commands import webhooks as webhook_commands
 from gateway.db.migrate import migrate
 from gateway.db.pool import connect
 from gateway.logging import configure
+from gateway.middleware import error_middleware
+from gateway.routes import ops
 from gateway.settings import ConfigError, Settings, load_settings
 
 
@@ -110,18 +112,34 @@ def _serve_many(settings: Settings, workers: int) -> int:
     return 0 if stopping else 1
 
 
-async def _work(settings: Settings) -> None:
-    """The background work alone: the same application, started without an HTTP listener."""
+def _metrics_only(gateway: web.Application) -> web.Application:
+    """GET /metrics of `gateway` and nothing else: a worker's listener serves no API."""
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/metrics", lambda request: ops.render_metrics(gateway, request))
+    return app
+
+
+async def _work(settings: Settings, metrics_port: int | None) -> None:
+    """The background work alone: the same application, started without the HTTP API; with
+    `metrics_port`, a listener on settings.host that answers GET /metrics only."""
     runner = web.AppRunner(create_app(settings), handle_signals=False)
     await runner.setup()
+    scrape: web.AppRunner | None = None
+    if metrics_port is not None:
+        scrape = web.AppRunner(_metrics_only(runner.app), handle_signals=False, access_log=None)
+        await scrape.setup()
+        await web.TCPSite(scrape, settings.host, metrics_port).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print("psp-gateway worker running (janitor, pending checks, webhook inbox, callbacks)", flush=True)
+    listening = f"; metrics on http://{settings.host}:{metrics_port}/metrics" if scrape else ""
+    print(f"psp-gateway worker running (janitor, pending checks, webhook inbox, callbacks){listening}", flush=True)
     try:
         await stop.wait()
     finally:
+        if scrape is not None:
+            await scrape.cleanup()
         await runner.cleanup()
 
 
@@ -152,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="listen address (default GATEWAY_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default GATEWAY_PORT or 8080)")
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
-    sub.add_parser("worker", help="run only the background work (no HTTP), next to or instead of serve")
+    worker = sub.add_parser("worker", help="run only the background work (no API), next to or instead of serve")
+    worker.add_argument("--metrics-port", type=int,
+                        help="answer GET /metrics on this port (and GATEWAY_HOST); off by default")
     sub.add_parser("migrate", help="apply database migrations and exit")
     check_config.add_parser(sub)
     refund_commands.add_parser(sub)
@@ -180,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"applied migrations: {applied or 'none (up to date)'}")
         elif args.command == "worker":
             _fast_loop()
-            asyncio.run(_work(settings))
+            asyncio.run(_work(settings, args.metrics_port))
         elif args.workers > 1:
             with _shared_metrics():
                 return _serve_many(settings, args.workers)

@@ -38,14 +38,19 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def prometheus_metrics(request: web.Request) -> web.Response:
+    return await render_metrics(request.app, request)
+
+
+async def render_metrics(app: web.Application, request: web.Request) -> web.Response:
     """Open like /healthz (it holds counts by processor and status, never an id or a secret),
-    unless `metrics_token` is set."""
-    settings = request.app[keys.SETTINGS]
+    unless `metrics_token` is set. `app` is the gateway's application: `psp-gateway worker
+    --metrics-port` answers from a listener of its own (gateway.cli)."""
+    settings = app[keys.SETTINGS]
     if settings.metrics_token is not None:
         expected = f"Bearer {settings.metrics_token.get_secret_value()}".encode()
         if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
             raise errors.Unauthorized("GET /metrics needs Authorization: Bearer <metrics token>")
-    body = await metrics.exposition(request.app[keys.POOL], request.app[keys.DATABASE_GAUGES],
+    body = await metrics.exposition(app[keys.POOL], app[keys.DATABASE_GAUGES],
                                     stuck_after_seconds=settings.stuck_after_seconds,
                                     outbox=bool(settings.callback_url),
                                     timeout=settings.metrics_database_timeout_seconds)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import GatewayProcess
+from tests.processes import GatewayProcess, free_port
 
 KEY = "sk_workers_metrics_0123456789"
 CONFIG = f"""
@@ -66,3 +66,19 @@ def test_two_server_processes_report_every_refund_once_and_the_database_gauges_o
         exit_code = gateway.stop()
     assert exit_code == 0
     assert not list(tmp_path.glob("psp-gateway-metrics-*")), "the shared metrics folder outlived the gateway"
+
+
+def test_a_worker_answers_metrics_on_its_own_port_and_nothing_else(tmp_path, database_url):
+    port = free_port()
+    worker = GatewayProcess(tmp_path, CONFIG, "worker", extra_args=["--metrics-port", str(port)], port=port,
+                            GATEWAY_DATABASE_URL=database_url, GATEWAY_DB_POOL_MIN="2")
+    try:
+        worker.wait_working()
+        worker.wait_until(lambda: value(scrape(worker.url), "gateway_db_pool_connections", state="size") >= 2,
+                          "its pool in /metrics")
+        assert value(scrape(worker.url), "gateway_database_up") == 1
+        with httpx.Client(base_url=worker.url, timeout=10) as client:
+            assert client.get("/readyz").status_code == 404  # the API is not served here
+            assert client.post("/v1/refunds", json={}).status_code == 404
+    finally:
+        assert worker.stop() == 0
