@@ -38,6 +38,7 @@ class Plan:
         self.amount = plan.get("amount", 100)
         self.whsec = plan.get("webhook_secret", "").encode()
         self._next = 0
+        self.wrapped = False
 
     def request(self) -> tuple[str, bytes, dict[str, str]]:
         if self.kind == "webhooks":
@@ -49,6 +50,8 @@ class Plan:
             t = int(time.time())
             sig = hmac.new(self.whsec, b"%d." % t + body, hashlib.sha256).hexdigest()
             return "/v1/webhooks/stripe", body, {"Stripe-Signature": f"t={t},v1={sig}"}
+        if self._next >= len(self.transactions):
+            self.wrapped = True  # a transaction refunded twice: the run outgrew its plan
         tx = self.transactions[self._next % len(self.transactions)]
         self._next += 1
         body = json.dumps({"invoice_id": tx["invoice_id"], "transaction_id": tx["id"], "amount": self.amount,
@@ -104,7 +107,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
             "p95_ms": round(percentile(latencies, 0.95) * 1000, 2),
             "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}, "transport_errors": dict(errors)}
+            "statuses": {str(k): v for k, v in sorted(statuses.items())}, "transport_errors": dict(errors),
+            "plan_wrapped": plan.wrapped}
 
 
 def main() -> None:

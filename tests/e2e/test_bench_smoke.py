@@ -7,7 +7,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.timeout(300)
 def test_quick_bench_runs_every_scenario_and_never_over_refunds(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "tests.bench", "--quick", "--out", str(out)],
@@ -20,3 +23,7 @@ def test_quick_bench_runs_every_scenario_and_never_over_refunds(tmp_path):
     assert hot["over_refunded"] == 0 and hot["unexpected_statuses"] == {}
     assert all(r["rps"] > 0 for r in report["scenarios"])
     assert report["machine"]["postgres"] and "req/s" in done.stdout
+    assert hot["refunds_made"] == hot["balance_for"]  # the balance ran out, to the unit and no further
+    webhooks = report["scenarios"][4]
+    assert 0 < webhooks["applied_per_s"] <= webhooks["rps"]  # end to end, counted after the backlog drained
+    assert not any(r.get("plan_wrapped") for r in report["scenarios"])
