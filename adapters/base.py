@@ -23,6 +23,8 @@ class Capabilities:
     webhooks: bool
     lookup: bool  # can find a refund again by our id (resolves an unknown outcome)
     idempotency_keys: bool  # the processor deduplicates on our key: a resend is safe
+    # How long the processor keeps a key (Stripe: at least 24 h); a resend after that may execute again.
+    idempotency_key_window_seconds: float = 24 * 3600
     voids_while_unsettled: bool = False  # one void, not refunds, until the payment's batch settles
     currencies: frozenset[str] | None = None  # the only currencies it refunds in; None: any
 
@@ -155,7 +157,18 @@ class ProcessorProtocolError(ProcessorError):
 
 
 class WebhookVerificationError(Exception):
-    """A webhook whose signature or shape fails verification; nothing of it may be applied."""
+    """A webhook whose signature fails verification (or that cannot be verified at all): it may
+    not come from the processor, so nothing of it is stored as an event or applied."""
+
+
+class WebhookPayloadError(Exception):
+    """A webhook whose signature verified but whose body the adapter cannot read: it is the
+    processor's, so it is kept (failed, to be parsed again), not refused. Carries what could be
+    read of it: the processor's event id and type, or None."""
+
+    def __init__(self, message: str, *, event_id: str | None = None, event_type: str | None = None):
+        super().__init__(message)
+        self.event_id, self.event_type = event_id, event_type
 
 
 class ProcessorAdapter(Protocol):
@@ -170,7 +183,12 @@ class ProcessorAdapter(Protocol):
         """Find the refund at the processor; None when the processor has no record of it."""
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
-        """Verify and parse a webhook; raises WebhookVerificationError."""
+        """Verify and parse a webhook; raises WebhookVerificationError for the signature, then
+        WebhookPayloadError for a verified body it cannot read."""
+
+    def parse_webhook_body(self, body: bytes) -> WebhookEvent:
+        """Parse a body whose signature was verified when it arrived (a stored event parsed again);
+        raises WebhookPayloadError."""
 
     async def check_credentials(self) -> CredentialCheck:
         """Try the account's credentials with a cheap read that moves no money; never raises for

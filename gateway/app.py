@@ -62,7 +62,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         return await check_due_pending(pool, executor, settings.lease_seconds) >= PENDING_BATCH
 
     async def inbox() -> bool:
-        return await webhooks.process_due(pool, recheck_seconds=settings.pending_poll_seconds) >= webhooks.BATCH
+        return await webhooks.process_due(pool, recheck_seconds=settings.pending_poll_seconds,
+                                          adapters=app[keys.ADAPTERS]) >= webhooks.BATCH
 
     async def janitor() -> bool:
         return await recover_due(pool, executor, settings.lease_seconds) >= RECOVERY_BATCH

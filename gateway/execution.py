@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Awaitable, Mapping
 
@@ -66,6 +66,13 @@ class RunReport:
     looked_up: bool
     found: str | None
     resent: bool
+
+
+def _key_forgotten(refund: Mapping, adapter: ProcessorAdapter) -> bool:
+    """Whether the processor may have forgotten the refund's idempotency key: the refund was
+    created (no later than its first send) longer ago than the processor keeps keys."""
+    age = (datetime.now(timezone.utc) - refund["created_at"]).total_seconds()
+    return age > adapter.capabilities.idempotency_key_window_seconds
 
 
 def refund_request(refund: Mapping, transaction: Mapping, request_id: str | None = None) -> RefundRequest:
@@ -130,6 +137,12 @@ class RefundExecutor:
         if unresolved and not can_look_up and not deduplicates:
             answer = OutcomeUnknownError("an earlier call may have been carried out, and this processor can "
                                          "neither look refunds up nor deduplicate a resend", code="unresolvable")
+        elif unresolved and not can_look_up and _key_forgotten(refund, adapter):
+            hours = adapter.capabilities.idempotency_key_window_seconds / 3600
+            answer = OutcomeUnknownError(
+                f"an earlier call may have been carried out, this processor cannot look refunds up, and the "
+                f"refund was made more than {hours:g} h ago, longer than the processor keeps "
+                "idempotency keys: a resend could refund twice", code="idempotency_key_expired")
         try:
             async for attempt in retrying:
                 if answer is not None:
@@ -159,24 +172,38 @@ class RefundExecutor:
             # The last failure came after an unknown outcome nobody resolved: that is what the refund is.
             answer = OutcomeUnknownError(f"unresolved after: {answer}", code=answer.code)
         calls = sum(1 for a in attempts if a.call == "refund")
-        decision = self._decision(answer, refund["attempts"] + calls, adapter)
+        # The durable budget counts every processor call, look-ups included: a processor whose
+        # look-ups keep failing must not keep a refund going round for ever.
+        total_calls = len(attempts)
+        if self._retryable(answer, adapter):
+            async with self._pool.acquire() as conn:
+                total_calls += await store.processor_calls(conn, refund["id"])
+        decision = self._decision(answer, total_calls, adapter)
         row = await self.record(refund, answer, attempts, event=event, request_id=request_id, refund_calls=calls,
                                 decision=decision, current_truth=answer is looked_up)
         return RunReport(row, looked_up=looked_up != "not asked",
                          found=looked_up.outcome.value if isinstance(looked_up, RefundResult) else None,
                          resent=calls > 0)
 
+    @staticmethod
+    def _retryable(answer: RefundResult | BaseException, adapter: ProcessorAdapter) -> bool:
+        """A fault that may still clear, and that a later round can act on without risk."""
+        return isinstance(answer, TransientProcessorError) or (
+            isinstance(answer, OutcomeUnknownError) and answer.code not in ("unresolvable", "idempotency_key_expired")
+            and (adapter.capabilities.lookup or adapter.capabilities.idempotency_keys))
+
     def _decision(self, answer: RefundResult | BaseException, total_calls: int,
                   adapter: ProcessorAdapter) -> ledger.Decision:
         """Where the answer takes the refund; a fault that may still clear becomes a durable retry
-        (a due time on the row, not a sleeping coroutine) until the retry budget is spent."""
+        (a due time on the row, not a sleeping coroutine) until the retry budget is spent:
+        `total_calls` processor calls (refunds and look-ups) made for it so far."""
         decision = ledger.decide(answer)
         s = self._settings
-        retryable = isinstance(answer, TransientProcessorError) or (
-            isinstance(answer, OutcomeUnknownError) and answer.code != "unresolvable"
-            and (adapter.capabilities.lookup or adapter.capabilities.idempotency_keys))
-        if not retryable or total_calls >= s.durable_retry_max_attempts:
+        if not self._retryable(answer, adapter):
             return decision
+        if total_calls >= s.durable_retry_max_attempts:
+            return replace(decision, failure_message=ledger.said(
+                f"retries spent after {total_calls} processor calls: {decision.failure_message}"))
         metrics.DURABLE_RETRIES.labels(adapter.id).inc()
         rounds = max(0, total_calls - s.retry_max_attempts)
         delay = min(s.durable_retry_max_seconds, s.durable_retry_initial_seconds * 2 ** min(rounds, 16))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import orjson
@@ -53,6 +54,34 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         return model.model_validate_json(body)
     except ValidationError as e:
         raise validation_error(e) from None
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    """The query string as one of gateway.models' query models (the first value of a repeated name)."""
+    try:
+        return model.model_validate({name: request.query[name] for name in request.query})
+    except ValidationError as e:
+        raise validation_error(e) from None
+
+
+# Path and query values: what a Ref in a body may hold (gateway.models.Ref), so that an id that
+# could never have been stored is refused here rather than by Postgres (which cannot hold U+0000).
+_URL_VALUE_MAX = 255
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+def check_url(request: web.Request) -> None:
+    """Refuse control characters and over-long values in the path's parameters, the query's values
+    and the path itself: 422 validation_error naming the parameter."""
+    values = [*request.match_info.items(), *request.query.items()]
+    for name, value in values:
+        if _CONTROL.search(value) or len(value) > _URL_VALUE_MAX:
+            raise errors.InvalidRequest(
+                f"{name} must be at most {_URL_VALUE_MAX} characters, without control characters",
+                errors=[{"field": name, "message": f"at most {_URL_VALUE_MAX} characters, no control characters"}])
+    if _CONTROL.search(request.path):
+        raise errors.InvalidRequest("the path must not contain control characters",
+                                    errors=[{"field": "path", "message": "contains control characters"}])
 
 
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -5,6 +5,7 @@ follows and an event row records the change. Processor answers and webhooks both
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Mapping
 
 import asyncpg
@@ -21,22 +22,30 @@ from gateway import metrics
 from gateway.db import store
 from gateway.logging import scrub_text
 from gateway.domain.refunds import (
+    DISAGREEMENT,
     FINAL,
     BUCKET,
+    REOPENED,
     Bucket,
     InvalidTransition,
     Outcome,
     Stage,
     Status,
     Target,
+    awaits_operator,
     balance_delta,
     check_transition,
+    contradicts,
+    is_reversal,
+    is_stale,
     target_for,
 )
 from gateway.ids import new_id
 from gateway.models import RefundOut
 
 log = structlog.get_logger(__name__)
+
+RESOLVE_EVENT = "admin_resolve"  # the event of an operator's settlement outside the processor
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +95,8 @@ def decide(answer: RefundResult | BaseException) -> Decision:
 
 async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *, event: str,
                 expect: tuple[str, str] | None = None, current_truth: bool = False, recheck_seconds: float,
-                refund_calls: int = 0, request_id: str | None = None,
-                detail: dict[str, Any] | None = None) -> tuple[asyncpg.Record, bool]:
+                refund_calls: int = 0, request_id: str | None = None, detail: dict[str, Any] | None = None,
+                snapshot_at: datetime | None = None, by_operator: bool = False) -> tuple[asyncpg.Record, bool]:
     """Apply a decision; returns (the refund as it now is, whether its state changed).
 
     `expect` is the (status, stage) the decision was made from. A decision drawn from the lack
@@ -96,16 +105,36 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     already refuses what would go backwards (pending after succeeded, succeeded after failed).
     Only `current_truth` (a webhook or a look-up: the processor's state now, not the answer to
     an earlier call) may turn a succeeded refund into a failed one, a reversal.
+
+    `snapshot_at` is the processor's time of a webhook's snapshot: one older than the last
+    applied to the refund is skipped. An answer that contradicts an operator's settlement (the
+    processor carried out a refund resolved as failed) reopens the refund for attention, where
+    only a decision `by_operator` (a replay, a resolution) moves it on.
     """
     current = await store.lock_refund(conn, refund_id)
     status, stage = Status(current["status"]), Stage(current["stage"])
+    if is_stale(snapshot_at, current["processor_snapshot_at"]):
+        log.info("refund_snapshot_stale", refund_id=refund_id, status=status, answer=decision.target.status,
+                 snapshot_at=snapshot_at, applied_at=current["processor_snapshot_at"], cause=event)
+        return current, False
+    contradicted = (expect is None and not by_operator and contradicts(status, decision.target.status)
+                    and await store.last_moved_by(conn, refund_id, status) == RESOLVE_EVENT)
+    if contradicted:
+        log.error("refund_processor_disagrees", refund_id=refund_id, processor=current["processor_id"],
+                  settled_as=status, processor_says=decision.target.status, cause=event)
+        detail = {**(detail or {}), "settled_as": status, "processor_says": decision.target.status}
+        decision = Decision(REOPENED, decision.psp_refund_id, DISAGREEMENT,
+                            f"the processor reports the refund {decision.target.status} after an operator "
+                            f"resolved it as {status}", decision.details)
     target = decision.target
     unchanged = (target.status, target.stage) == (status, stage)
     try:
         if expect is not None and (status, stage) != expect:
             raise InvalidTransition(status, target.status)
+        if not by_operator and awaits_operator(status, current["failure_code"]):
+            raise InvalidTransition(status, target.status)
         if not unchanged:
-            check_transition(status, target.status)
+            check_transition(status, target.status, contradicted=contradicted)
             if status is Status.SUCCEEDED and not current_truth:
                 raise InvalidTransition(status, target.status)
     except InvalidTransition:
@@ -117,13 +146,20 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
             current = await store.add_attempts(conn, refund_id, refund_calls)
         return current, False
     delta = balance_delta(status, target.status, current["amount"])
+    # The janitor's claim moves a refund to `sending` without telling the billing core: a round
+    # that leaves it as the billing core last saw it (an unknown outcome still unknown, the same
+    # words) is no news, and gets no new version and no callback.
+    quiet = (not unchanged and stage is Stage.SENDING and target.status == status
+             and _no_news(await store.last_published(conn, refund_id), decision, current, refund_calls))
     # One statement: the compare-and-set, the balance move and the event row (none while unchanged).
     updated = await store.update_refund_state(
         conn, refund_id, from_status=status, from_stage=stage, status=target.status, stage=target.stage,
         psp_refund_id=decision.psp_refund_id, failure_code=decision.failure_code,
         failure_message=decision.failure_message, attempts=refund_calls, recheck_seconds=recheck_seconds,
-        version_step=0 if unchanged else 1, retry_in=decision.retry_in, lease_seconds=decision.lease_seconds,
+        version_step=0 if unchanged or quiet else 1, retry_in=decision.retry_in,
+        lease_seconds=decision.lease_seconds,
         reserved_delta=delta.reserved, refunded_delta=delta.refunded, event=None if unchanged else event,
+        snapshot_at=snapshot_at, reversed=is_reversal(status, target.status),
         request_id=request_id, event_detail={"failure_code": decision.failure_code,
                                              "psp_refund_id": decision.psp_refund_id,
                                              **(decision.details or {}), **(detail or {})})
@@ -137,8 +173,22 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     return updated, True
 
 
+def _no_news(published: Mapping[str, Any] | None, decision: Decision, current: asyncpg.Record,
+             refund_calls: int) -> bool:
+    """Whether the refund, once `decision` is applied, reads as the billing core was last told."""
+    if published is None:
+        return False
+    after = {"status": decision.target.status, "stage": decision.target.stage,
+             "psp_refund_id": decision.psp_refund_id if decision.psp_refund_id is not None
+             else current["psp_refund_id"],
+             "failure_code": decision.failure_code, "failure_message": decision.failure_message,
+             "attempts": current["attempts"] + refund_calls}
+    return all(published.get(field) == value for field, value in after.items())
+
+
 async def record_external(conn: asyncpg.Connection, transaction: asyncpg.Record, snapshot: RefundSnapshot, *,
-                          event: str, request_id: str | None = None) -> asyncpg.Record:
+                          event: str, request_id: str | None = None,
+                          snapshot_at: datetime | None = None) -> asyncpg.Record:
     """Record a refund the processor reports but the gateway never made (e.g. from a dashboard)."""
     decision = decide(snapshot.result())
     target = decision.target
@@ -147,7 +197,7 @@ async def record_external(conn: asyncpg.Connection, transaction: asyncpg.Record,
         conn, id=refund_id, transaction_id=transaction["id"], processor_id=transaction["processor_id"],
         invoice_id=transaction["invoice_id"], amount=snapshot.amount, currency=transaction["currency"],
         status=target.status, stage=target.stage, psp_refund_id=snapshot.psp_refund_id,
-        failure_code=decision.failure_code, failure_message=decision.failure_message)
+        failure_code=decision.failure_code, failure_message=decision.failure_message, snapshot_at=snapshot_at)
     await publish(conn, row, previous_status=None, request_id=request_id)
     bucket = BUCKET[target.status]
     await store.move_balance(conn, transaction["id"], snapshot.amount if bucket is Bucket.RESERVED else 0,
@@ -167,6 +217,7 @@ async def publish(conn: asyncpg.Connection, refund: asyncpg.Record, *, previous_
     """Write the callback for a refund's new state into the outbox, in the caller's transaction,
     with the id of the request (or round of background work) that caused it."""
     event_type = "refund.created" if previous_status is None else (
+        "refund.reversed" if is_reversal(Status(previous_status), Status(refund["status"])) else
         f"refund.{refund['status']}" if refund["status"] != previous_status else "refund.updated")
     payload = {"type": event_type, "refund_id": refund["id"], "version": refund["version"],
                "previous_status": previous_status, "data": RefundOut.from_row(refund).model_dump(mode="json")}

@@ -18,7 +18,8 @@ _SECRET_WORDS = frozenset({"password", "passwd", "secret", "secrets", "token", "
 _SECRET_NAMES = frozenset({"api_key", "x_api_key", "database_url", "dsn"})
 # Card-number-like digit runs (13-19 digits, spaces or dashes allowed), bearer/basic credentials,
 # key-shaped strings, passwords in URLs and `password=...` in free text.
-_PAN = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+# Digits, not word boundaries, delimit it: "evt_4111111111111111" holds a card number too.
+_PAN = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;\"']+")
 _KEYLIKE = re.compile(r"\b(?:sk|rk|pk|whsec)_[A-Za-z0-9_]{6,}\b")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
@@ -77,9 +78,28 @@ def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return {k: scrub(v, k) if k != "event" else scrub_text(str(v)) for k, v in event.items()}
 
 
+class _StdlibHandler(logging.StreamHandler):
+    """The one handler configure() puts on the root logger (and replaces when called again)."""
+
+
 def configure(log_format: str = "json", level: str = "info", stream: Any = None) -> None:
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if log_format == "console"
                      else structlog.processors.JSONRenderer())
+    # The libraries' own loggers (aiohttp, asyncpg, httpx) go through the same redaction and format:
+    # aiohttp's parser errors quote the raw header line, API key included. Their warnings and
+    # errors only: their info lines are one per request.
+    handler = _StdlibHandler(stream or sys.stdout)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.stdlib.add_log_level,
+                           structlog.stdlib.add_logger_name,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True)],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, _redact, renderer]))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level.upper()]))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -120,9 +120,14 @@ async def database_families(pool: asyncpg.Pool, *, stuck_after_seconds: float, o
         stuck_refunds.add_metric([reason], count)
     open_webhooks = GaugeMetricFamily("gateway_webhook_events_open", "Webhook events not applied now (received, "
                                       "failed, unmatched)", labels=["processor", "status"])
+    oldest_webhooks = GaugeMetricFamily(
+        "gateway_webhook_oldest_open_seconds", "Age of the oldest webhook event not applied now, from when it was "
+        "stored (received: waiting for the inbox, failed: failing since; unmatched: waiting for its payment)",
+        labels=["processor", "status"])
     for r in webhooks:
         open_webhooks.add_metric([r["processor_id"], r["status"]], r["count"])
-    families: list[Metric] = [up, open_refunds, stuck_refunds, open_webhooks]
+        oldest_webhooks.add_metric([r["processor_id"], r["status"]], r["oldest_seconds"])
+    families: list[Metric] = [up, open_refunds, stuck_refunds, open_webhooks, oldest_webhooks]
     if backlog is not None:
         families.append(GaugeMetricFamily("gateway_outbox_undelivered", "Refund events not yet delivered to the "
                                           "billing core", value=backlog["count"]))

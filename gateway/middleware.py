@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 
 from gateway import errors, keys
 from gateway.db import store
-from gateway.http import problem_response
+from gateway.http import check_url, problem_response
 from gateway.ids import new_id
 from gateway.logging import scrub_text
 
@@ -27,6 +27,7 @@ _PROTECTED = ("/v1/", "/admin/")
 _DATABASE_AWAY = (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
                   asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, asyncpg.ConnectionDoesNotExistError,
                   ConnectionError, OSError)
+_CLAIM_ATTEMPTS = 3  # claim, read, claim again: a key released in between is claimed on the next try
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "malformed_request"}
 
 
@@ -78,6 +79,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path.startswith(_PROTECTED) and not request.path.startswith("/v1/webhooks/"):
         request[keys.CLIENT] = request.app[keys.AUTH].authenticate(request)
         structlog.contextvars.bind_contextvars(client_id=request[keys.CLIENT].id)
+    check_url(request)  # before anything stores the path (Idempotency-Key) or looks an id up
     return await handler(request)
 
 
@@ -113,9 +115,16 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     settings = request.app[keys.SETTINGS]
     lock_seconds = settings.refund_response_budget_seconds + 30
     async with pool.acquire() as conn:
-        claimed = await store.claim_key(conn, client_id, key, request.method, request.path, digest, lock_seconds)
-        if not claimed:
-            row = await store.get_key(conn, client_id, key)
+        for _ in range(_CLAIM_ATTEMPTS):
+            claimed = await store.claim_key(conn, client_id, key, request.method, request.path, digest, lock_seconds)
+            row = None if claimed else await store.get_key(conn, client_id, key)
+            if claimed or row is not None:
+                break
+            # The first request released the key between our claim and our read: claim it again.
+        else:
+            raise errors.Conflict("a request with this Idempotency-Key is still being processed",
+                                  code="idempotency_key_in_use", headers={"Retry-After": "1"})
+        if row is not None:
             if bytes(row["request_hash"]) != digest:
                 raise errors.Conflict("this Idempotency-Key was used with a different request",
                                       code="idempotency_key_reused")

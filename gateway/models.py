@@ -10,6 +10,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 from pydantic_core import PydanticCustomError
 
 from gateway.domain import money
+from gateway.domain.refunds import Outcome, Stage, Status
 
 
 def _amount(value: Any) -> int:
@@ -35,12 +36,45 @@ Metadata = Annotated[
 ]
 
 
+# --- examples: in the OpenAPI document and on /docs; tests/e2e/test_openapi.py validates each
+# against its model, so an example cannot drift from what the server takes or sends.
+
+_TX_ID, _RF_ID = "tx_01hz3v6r1k8m2q4w6y8a0c2e4g", "rf_01hz3v7c9p1r3t5v7x9z1b3d5f"
+TRANSACTION_EXAMPLE = {
+    "id": _TX_ID, "processor": "stripe", "psp_reference": "ch_3PqRstUvWxYz0123", "invoice_id": "INV-2024-0042",
+    "customer_id": "cus_QabcDEF123", "amount": 4200, "currency": "EUR", "refunded_amount": 1500,
+    "reserved_amount": 0, "refundable_amount": 2700, "captured_at": "2024-06-10T06:13:20Z",
+    "settled_at": "2024-06-12T00:00:00Z", "metadata": {"billing_account": "acct-77"},
+    "created_at": "2024-06-10T06:13:21.004000Z", "updated_at": "2024-06-11T09:00:03.120000Z"}
+REFUND_EXAMPLE = {
+    "id": _RF_ID, "status": "succeeded", "stage": "done", "amount": 1500, "currency": "EUR",
+    "transaction_id": _TX_ID, "processor": "stripe", "invoice_id": "INV-2024-0042", "credit_note_id": "CN-2024-0007",
+    "reason": "requested_by_customer", "psp_refund_id": "re_3PqRstUvWxYz0456", "failure_code": None,
+    "failure_message": None, "attempts": 1, "metadata": {"ticket": "SUP-311"},
+    "created_at": "2024-06-11T09:00:02.871000Z", "updated_at": "2024-06-11T09:00:03.120000Z", "reversed_at": None}
+DECLINED_REFUND_EXAMPLE = {
+    **REFUND_EXAMPLE, "status": "failed", "failure_code": "expired_or_canceled_card",
+    "failure_message": "refund failed: expired_or_canceled_card"}
+PENDING_REFUND_EXAMPLE = {**REFUND_EXAMPLE, "status": "requires_attention", "stage": "outcome_unknown",
+                          "psp_refund_id": None, "failure_code": "outcome_unknown",
+                          "failure_message": "Stripe 503: timed out", "attempts": 3}
+
+
+def _examples(*examples: Any) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": list(examples)})
+
+
 class _Request(BaseModel):
     # strict: "100" is not an amount and "yes" is not a boolean.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class TransactionCreate(_Request):
+    model_config = _examples({
+        "processor": "stripe", "psp_reference": "ch_3PqRstUvWxYz0123", "invoice_id": "INV-2024-0042",
+        "customer_id": "cus_QabcDEF123", "amount": 4200, "currency": "EUR", "captured_at": "2024-06-10T06:13:20Z",
+        "settled": True, "metadata": {"billing_account": "acct-77"}})
+
     processor: Ref
     psp_reference: Ref
     invoice_id: Ref
@@ -55,6 +89,9 @@ class TransactionCreate(_Request):
 class RefundTarget(_Request):
     """What the invoice refund endpoint takes (the seeds' shape); the invoice comes from the path."""
 
+    model_config = _examples({"credit_note_id": "CN-2024-0007", "amount": 1500, "reason": "requested_by_customer"},
+                             {"credit_note_id": "CN-2024-0008"})
+
     credit_note_id: Ref | None = None
     transaction_id: Ref | None = None
     psp_reference: Ref | None = None
@@ -67,11 +104,18 @@ class RefundTarget(_Request):
 
 
 class RefundCreate(RefundTarget):
+    model_config = _examples(
+        {"invoice_id": "INV-2024-0042", "currency": "EUR", "amount": 1500, "credit_note_id": "CN-2024-0007",
+         "reason": "requested_by_customer", "metadata": {"ticket": "SUP-311"}},
+        {"invoice_id": "INV-2024-0042", "currency": "EUR", "transaction_id": _TX_ID, "credit_note_id": "CN-2024-0008"})
+
     invoice_id: Ref
     currency: Currency
 
 
 class TransactionOut(BaseModel):
+    model_config = _examples(TRANSACTION_EXAMPLE)
+
     id: str
     processor: str
     psp_reference: str
@@ -100,9 +144,11 @@ class TransactionOut(BaseModel):
 
 
 class RefundOut(BaseModel):
+    model_config = _examples(REFUND_EXAMPLE, DECLINED_REFUND_EXAMPLE)
+
     id: str
-    status: str
-    stage: str
+    status: Status
+    stage: Stage
     amount: int
     currency: str
     transaction_id: str
@@ -117,6 +163,9 @@ class RefundOut(BaseModel):
     metadata: dict[str, str]
     created_at: datetime
     updated_at: datetime
+    reversed_at: datetime | None = Field(
+        default=None, description="when a succeeded refund failed at its processor afterwards (a reversal: the "
+                                  "money came back and the amount is refundable again); null otherwise")
 
     @classmethod
     def from_row(cls, row: Any) -> "RefundOut":
@@ -125,7 +174,7 @@ class RefundOut(BaseModel):
                    invoice_id=row["invoice_id"], credit_note_id=row["credit_note_id"], reason=row["reason"],
                    psp_refund_id=row["psp_refund_id"], failure_code=row["failure_code"],
                    failure_message=row["failure_message"], attempts=row["attempts"], metadata=row["metadata"],
-                   created_at=row["created_at"], updated_at=row["updated_at"])
+                   created_at=row["created_at"], updated_at=row["updated_at"], reversed_at=row.get("reversed_at"))
 
 
 # --- operator requests ----------------------------------------------------------------------------
@@ -134,6 +183,8 @@ Reason = Annotated[str, Field(min_length=3, max_length=1000)]
 
 
 class ReplayRequest(_Request):
+    model_config = _examples({"reason": "processor outage INC-4411 is over"})
+
     reason: Reason
 
 
@@ -146,6 +197,11 @@ class RefundFilter(_Request):
 
 
 class BulkReplayRequest(_Request):
+    model_config = _examples(
+        {"reason": "processor outage INC-4411 is over", "filter": {"stuck": True, "processor": "stripe"},
+         "dry_run": True},
+        {"reason": "resend the refunds of INC-4411", "filter": {"ids": [_RF_ID]}, "limit": 10})
+
     reason: Reason
     filter: RefundFilter
     dry_run: bool = False
@@ -153,16 +209,344 @@ class BulkReplayRequest(_Request):
 
 
 class ResolveRequest(_Request):
+    model_config = _examples({"resolution": "refunded_offline", "reason": "refunded by bank transfer",
+                              "external_reference": "SEPA-2024-06-11-0042"})
+
     resolution: Literal["refunded_offline", "failed", "canceled"]
     reason: Reason
     external_reference: Ref | None = None
 
 
 class ReprocessRequest(_Request):
+    model_config = _examples({"reason": "the payment is registered now"})
+
     reason: Reason
 
 
 class BulkReprocessRequest(_Request):
+    model_config = _examples({"reason": "the payments are registered now", "status": "unmatched",
+                              "processor": "stripe"})
+
     reason: Reason
     status: Literal["unmatched", "failed"]
     processor: Ref | None = None
+
+
+# --- queries: GET parameters, validated like bodies but lax (a query value is always a string) -----
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def _limit(default: int, most: int) -> Any:
+    return Field(default, ge=1, le=most, description=f"at most this many (default {default})")
+
+
+class TransactionQuery(_Query):
+    invoice_id: Ref = Field(description="the invoice whose payments to list", examples=["INV-2024-0042"])
+
+
+class RefundQuery(_Query):
+    invoice_id: Ref | None = Field(None, description="only this invoice's refunds", examples=["INV-2024-0042"])
+    status: Status | None = Field(None, description="only refunds in this status")
+    limit: int = _limit(20, 100)
+    starting_after: Ref | None = Field(None, description="the last refund id of the previous page",
+                                       examples=[_RF_ID])
+
+
+class EventQuery(_Query):
+    after: int = Field(0, ge=0, le=2**62, description="the id of the last event received (0: from the start)",
+                       examples=[1042])
+    limit: int = _limit(100, 1000)
+
+
+class AdminRefundQuery(_Query):
+    stuck: bool = Field(False, description="only refunds pending or requiring attention for longer than "
+                                           "older_than_seconds")
+    status: Status | None = None
+    processor: Ref | None = Field(None, examples=["stripe"])
+    failure_code: Ref | None = Field(None, examples=["outcome_unknown"])
+    older_than_seconds: int | None = Field(None, ge=0, le=10**8, description="what counts as stuck (default: the "
+                                           "stuck_after_seconds setting); also for stuck_counts")
+    limit: int = _limit(50, 500)
+    starting_after: Ref | None = Field(None, description="the last refund id of the previous page")
+
+
+WebhookEventStatus = Literal["received", "applied", "unmatched", "failed", "ignored"]
+
+
+class WebhookEventQuery(_Query):
+    status: WebhookEventStatus | None = None
+    processor: Ref | None = Field(None, examples=["stripe"])
+    limit: int = _limit(50, 500)
+    starting_after: int = Field(0, ge=0, le=2**62, description="the last event id of the previous page (0: none)")
+
+
+# --- responses ------------------------------------------------------------------------------------
+# Built by the handlers that send them, so the document describes what is sent. Unknown fields are
+# an error here: a key added on the way out without its description fails the tests, not a client.
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TransactionList(_Response):
+    model_config = _examples({"data": [TRANSACTION_EXAMPLE], "has_more": False})
+
+    data: list[TransactionOut]
+    has_more: bool
+
+
+class RefundList(_Response):
+    model_config = _examples({"data": [REFUND_EXAMPLE], "has_more": True})
+
+    data: list[RefundOut]
+    has_more: bool = Field(description="more after the last one: ask again with starting_after")
+
+
+class AdminRefundList(RefundList):
+    model_config = _examples({"data": [PENDING_REFUND_EXAMPLE], "has_more": False,
+                              "stuck_counts": {"requires_attention:outcome_unknown": 1, "pending:sending": 2},
+                              "stuck_total": 3})
+
+    stuck_counts: dict[str, int] = Field(description="stuck refunds (older than older_than_seconds) by reason: "
+                                                     "`pending:<stage>` or `requires_attention:<failure_code>`, "
+                                                     "whatever the other filters")
+    stuck_total: int
+
+
+# Every type publish (gateway.ledger) gives an event: refund.<status> when the status changed.
+EVENT_EXAMPLE = {"id": 1042, "created_at": "2024-06-11T09:00:03.125000Z", "type": "refund.succeeded",
+                 "refund_id": _RF_ID, "version": 3, "previous_status": "pending", "data": REFUND_EXAMPLE}
+EVENT_TYPES = ("refund.created", "refund.updated", "refund.reversed", *(f"refund.{s}" for s in Status))
+
+
+class Event(_Response):
+    """A refund's change, as the gateway POSTs it to the billing core (a callback) and serves it from
+    GET /v1/events: at least once, in version order per refund."""
+
+    model_config = _examples(EVENT_EXAMPLE)
+
+    id: int = Field(description="the event's id: a delivery's Gateway-Event-Id, the cursor of GET /v1/events")
+    created_at: datetime
+    type: Literal[EVENT_TYPES] = Field(  # type: ignore[valid-type]
+        description="refund.created for a new refund, refund.<status> when its status changed, refund.reversed "
+                    "when a succeeded refund failed later, refund.updated otherwise")
+    refund_id: str
+    version: int = Field(description="the refund's version after this change: keep the highest seen")
+    previous_status: Status | None = Field(description="null for refund.created")
+    data: RefundOut = Field(description="the refund after this change")
+
+
+class EventList(_Response):
+    model_config = _examples({"data": [EVENT_EXAMPLE], "has_more": False})
+
+    data: list[Event]
+    has_more: bool
+
+
+class _ReplayReport(_Response):
+    found: str = Field(description="what the processor has: its status for the refund, 'no record at the "
+                                   "processor', or 'not looked up'", examples=["succeeded"])
+    action: Literal["resent with the same idempotency key", "recorded what the processor reported", "nothing"]
+    status: Status
+    stage: Stage
+
+
+class ReplayResult(_ReplayReport):
+    model_config = _examples({"found": "succeeded", "action": "recorded what the processor reported",
+                              "status": "succeeded", "stage": "done", "refund": REFUND_EXAMPLE})
+
+    refund: RefundOut
+
+
+class ReplayOutcome(_ReplayReport):
+    id: str
+
+
+class ReplayRefusal(_Response):
+    id: str
+    error: str = Field(description="the problem code the single replay would have answered", examples=["refund_final"])
+    detail: str
+
+
+class BulkReplayPreview(_Response):
+    model_config = _examples({"dry_run": True, "would_replay": [_RF_ID], "count": 1})
+
+    dry_run: Literal[True]
+    would_replay: list[str] = Field(description="the refund ids a replay would replay, newest first")
+    count: int
+
+
+class BulkReplayResult(_Response):
+    model_config = _examples({"dry_run": False, "count": 2, "results": [
+        {"id": _RF_ID, "found": "no record at the processor", "action": "resent with the same idempotency key",
+         "status": "succeeded", "stage": "done"},
+        {"id": "rf_01hz3v7c9p1r3t5v7x9z1b3d60", "error": "refund_final",
+         "detail": "a succeeded refund cannot be replayed"}]})
+
+    dry_run: Literal[False]
+    results: list[ReplayOutcome | ReplayRefusal] = Field(description="one per refund, in the order replayed")
+    count: int
+
+
+WEBHOOK_EVENT_EXAMPLE = {
+    "id": 42, "processor_id": "stripe", "event_id": "evt_3PqRstUvWxYz0789", "event_type": "charge.refund.updated",
+    "status": "unmatched", "attempts": 1, "last_error": None, "match_keys": ["ch_3PqRstUvWxYz0123",
+                                                                              "re_3PqRstUvWxYz0456"],
+    "received_at": "2024-06-11T09:00:04.002000Z", "processed_at": None, "signature": "verified", "parsed": True}
+
+
+class WebhookEventOut(_Response):
+    model_config = _examples(WEBHOOK_EVENT_EXAMPLE)
+
+    id: int
+    processor_id: str
+    event_id: str
+    event_type: str
+    status: WebhookEventStatus = Field(description="unmatched: names no payment or refund the gateway knows (yet)")
+    attempts: int
+    last_error: str | None
+    match_keys: list[str] = Field(description="the payment and refund ids it names")
+    received_at: datetime
+    processed_at: datetime | None
+    signature: str = Field(description="the signature check's result, stored with the raw headers and body: "
+                                       "verified (what fails it is rejected, not stored here)")
+    parsed: bool = Field(description="false: verified but not an event the adapter could read (failed, with the "
+                                     "reason in last_error); reprocessing parses the stored body again")
+
+
+class WebhookEventList(_Response):
+    model_config = _examples({"data": [WEBHOOK_EVENT_EXAMPLE], "has_more": False})
+
+    data: list[WebhookEventOut]
+    has_more: bool
+
+
+class ReprocessResult(_Response):
+    model_config = _examples({"id": 42, "event_id": "evt_3PqRstUvWxYz0789", "status": "applied"})
+
+    id: int
+    event_id: str
+    status: WebhookEventStatus
+
+
+class Queued(_Response):
+    model_config = _examples({"queued": 7})
+
+    queued: int = Field(description="how many events were queued again")
+
+
+class WebhookReceipt(_Response):
+    model_config = _examples({"received": True, "event_id": "evt_3PqRstUvWxYz0789", "duplicate": False})
+
+    received: Literal[True]
+    event_id: str
+    duplicate: bool = Field(description="stored before: acknowledged, not applied again")
+
+
+class Health(_Response):
+    model_config = _examples({"status": "ok"})
+
+    status: Literal["ok"]
+
+
+class Readiness(_Response):
+    model_config = _examples({"status": "ready", "schema_version": 7})
+
+    status: Literal["ready"]
+    schema_version: int
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+class ProblemField(BaseModel):
+    field: str = Field(description="the field, dotted (`filter.ids.0`), a parameter's name, or `body`")
+    message: str
+    type: str | None = None
+
+
+class Candidate(BaseModel):
+    transaction_id: str
+    processor: str
+    psp_reference: str
+    currency: str
+    refundable_amount: int
+
+
+class Problem(BaseModel):
+    """An error as application/problem+json (RFC 9457). Branch on `code`, never on `detail`; some
+    codes add the fields named below."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="https://errors.psp-gateway.dev/<code>")
+    title: str
+    status: int
+    code: str = Field(description="stable, for code to branch on")
+    detail: str = Field(description="for people; may change")
+    errors: list[ProblemField] | None = Field(None, description="validation errors: one per field")
+    required_scope: str | None = Field(None, description="forbidden: the scope the key lacks")
+    refundable_amount: int | None = Field(None, description="amount_exceeds_refundable: what is left")
+    candidates: list[Candidate] | None = Field(None, description="ambiguous_transaction, amount_exceeds_refundable: "
+                                                                 "the invoice's payments")
+    transaction_currency: str | None = Field(None, description="currency_mismatch")
+    transaction_id: str | None = Field(None, description="transaction_conflict: the registered payment")
+    conflicting_fields: list[str] | None = Field(None, description="transaction_conflict: what differs")
+    status_now: Status | None = Field(None, description="refund_final: the refund's status")
+
+
+# --- processor webhooks: what the processors POST to /v1/webhooks/{processor_id}. Their adapters
+# parse them; these describe them (a test checks them against the simulators' events).
+
+class StripeEventData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    object: dict[str, Any] = Field(description="a snapshot: a Refund (refund.*, charge.refund.updated), a Charge "
+                                               "(charge.refunded with its refunds, charge.succeeded) or a "
+                                               "PaymentIntent (payment_intent.succeeded)")
+    previous_attributes: dict[str, Any] | None = None
+
+
+class StripeEvent(BaseModel):
+    """Stripe's event envelope, signed in `Stripe-Signature` (t=<unix>,v1=<HMAC-SHA256 of "t.body">).
+    The gateway acts on refund.created, refund.updated, refund.failed, charge.refund.updated,
+    charge.refunded, charge.succeeded and payment_intent.succeeded; other types are stored and ignored."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "id": "evt_3PqRstUvWxYz0789", "object": "event", "api_version": "2024-06-20", "created": 1718096403,
+        "livemode": False, "type": "charge.refund.updated", "data": {"object": {
+            "id": "re_3PqRstUvWxYz0456", "object": "refund", "amount": 1500, "charge": "ch_3PqRstUvWxYz0123",
+            "currency": "eur", "status": "succeeded", "metadata": {"refund_id": _RF_ID,
+                                                                   "invoice_id": "INV-2024-0042"}},
+            "previous_attributes": {"status": "pending"}}}]})
+
+    id: str
+    object: Literal["event"]
+    type: str
+    created: int = Field(description="unix seconds")
+    livemode: bool = False
+    api_version: str | None = None
+    data: StripeEventData
+
+
+class MockWebhookRefund(BaseModel):
+    id: str = Field(description="the processor's refund id")
+    refund_id: str | None = Field(None, description="ours, if it knows it")
+    payment: str = Field(description="the payment's psp_reference")
+    amount: int
+    currency: str
+    status: Outcome
+
+
+class MockWebhook(BaseModel):
+    """The `mock` processor's event, signed as hex HMAC-SHA256 of the body in `Mock-Signature`."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "mev_0001", "type": "refund.updated", "refund": {
+            "id": "mre_00000001", "refund_id": _RF_ID, "payment": "ch_3PqRstUvWxYz0123", "amount": 1500,
+            "currency": "EUR", "status": "succeeded"}}]})
+
+    id: str
+    type: str
+    refund: MockWebhookRefund

@@ -6,8 +6,9 @@ API and the `psp-gateway refunds` / `webhooks` commands both act through here.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timezone
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, AsyncIterator, Callable, Literal, Mapping, Sequence
 
 import asyncpg
 import structlog
@@ -35,6 +36,20 @@ async def audit(conn: asyncpg.Connection, *, actor: str, action: str, target: st
     return audit_id
 
 
+@contextlib.asynccontextmanager
+async def audited_refusal(pool: asyncpg.Pool, *, actor: str, action: str, target: str | None, reason: str | None,
+                          request: dict[str, Any], request_id: str | None) -> AsyncIterator[None]:
+    """An action refused (no such refund, a final one, a call in flight) is audited too: in a
+    transaction of its own, as the action's own is rolled back, with `{"refused": <code>}`."""
+    try:
+        yield
+    except errors.GatewayError as e:
+        async with pool.acquire() as conn:
+            await audit(conn, actor=actor, action=action, target=target, reason=reason, request=request,
+                        request_id=request_id, result={"refused": e.code, **e.extra})
+        raise
+
+
 async def _lock_open_refund(conn: asyncpg.Connection, refund_id: str, verb: str) -> asyncpg.Record:
     refund = await store.lock_refund(conn, refund_id)
     if refund is None:
@@ -59,7 +74,9 @@ def _adapter(executor: RefundExecutor, processor_id: str) -> ProcessorAdapter:
 async def replay(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, *, actor: str, reason: str,
                  lease_seconds: float, request_id: str | None) -> dict[str, Any]:
     """Resync with the processor, then resend with the refund's own key only if it has no record."""
-    async with pool.acquire() as conn, conn.transaction():
+    refused = audited_refusal(pool, actor=actor, action="refund.replay", target=refund_id, reason=reason,
+                              request={}, request_id=request_id)
+    async with refused, pool.acquire() as conn, conn.transaction():
         refund = await _lock_open_refund(conn, refund_id, "replayed")
         before = {"status": refund["status"], "stage": refund["stage"]}
         audit_id = await audit(conn, actor=actor, action="refund.replay", target=refund_id, reason=reason,
@@ -68,7 +85,7 @@ async def replay(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, *
         if refund["stage"] != Stage.PENDING_AT_PROCESSOR:
             refund, _ = await ledger.apply(
                 conn, refund_id, ledger.Decision(Target(Status.PENDING, Stage.SENDING), lease_seconds=lease_seconds),
-                event="admin_replay", recheck_seconds=1, request_id=request_id,
+                event="admin_replay", recheck_seconds=1, request_id=request_id, by_operator=True,
                 detail={"actor": actor, "reason": reason})
         transaction = await store.get_transaction(conn, refund["transaction_id"])
     if refund["stage"] == Stage.PENDING_AT_PROCESSOR:
@@ -98,13 +115,16 @@ async def resolve(pool: asyncpg.Pool, refund_id: str, resolution: Resolution, *,
     if resolution == "refunded_offline" and not external_reference:
         raise errors.InvalidRequest("refunded_offline needs the external_reference of the offline refund",
                                     errors=[{"field": "external_reference", "message": "required"}])
-    async with pool.acquire() as conn, conn.transaction():
+    refused = audited_refusal(pool, actor=actor, action=f"refund.resolve.{resolution}", target=refund_id,
+                              reason=reason, request={"external_reference": external_reference},
+                              request_id=request_id)
+    async with refused, pool.acquire() as conn, conn.transaction():
         refund = await _lock_open_refund(conn, refund_id, "resolved")
         failure_code = None if resolution == "refunded_offline" else f"resolved_{resolution}"
         row, _ = await ledger.apply(
             conn, refund_id, ledger.Decision(Target(Status(resolution), Stage.DONE), failure_code=failure_code,
                                              failure_message=f"resolved by {actor}: {reason}" if failure_code else None),
-            event="admin_resolve", recheck_seconds=1, request_id=request_id,
+            event=ledger.RESOLVE_EVENT, recheck_seconds=1, request_id=request_id, by_operator=True,
             detail={"actor": actor, "reason": reason, "external_reference": external_reference})
         await audit(conn, actor=actor, action=f"refund.resolve.{resolution}", target=refund_id, reason=reason,
                     request={"before": {"status": refund["status"], "stage": refund["stage"]},
@@ -154,16 +174,26 @@ async def replay_many(pool: asyncpg.Pool, executor: RefundExecutor, refund_ids: 
     return list(await asyncio.gather(*(one(i) for i in refund_ids)))
 
 
+def _row_id(raw: str) -> bool:
+    """A bigint row id: ASCII digits only ("²".isdigit() is true too), short enough to fit."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= 18
+
+
 async def reprocess_webhook_event(pool: asyncpg.Pool, event_row_id: int | str, *, actor: str, reason: str,
-                                  recheck_seconds: float, request_id: str | None) -> dict[str, Any]:
-    """Apply one stored webhook event again, now (whatever its status, unless a worker holds it)."""
+                                  recheck_seconds: float, request_id: str | None,
+                                  adapters: Mapping[str, ProcessorAdapter] | None = None) -> dict[str, Any]:
+    """Apply one stored webhook event again, now (whatever its status, unless a worker holds it);
+    one stored unread is parsed again by its processor's adapter in `adapters`."""
     raw_id = str(event_row_id)
-    async with pool.acquire() as conn:
-        row = await store.claim_webhook_event(conn, int(raw_id), webhooks.LEASE_SECONDS) if raw_id.isdigit() else None
-    if row is None:
-        raise errors.NotFound(f"no webhook event {raw_id!r} that can be reprocessed now",
-                              code="webhook_event_not_found")
-    status = await webhooks.process_row(pool, row, recheck_seconds=recheck_seconds, request_id=request_id)
+    refused = audited_refusal(pool, actor=actor, action="webhook_event.reprocess", target=f"webhook_event:{raw_id}",
+                              reason=reason, request={}, request_id=request_id)
+    async with refused, pool.acquire() as conn:
+        row = await store.claim_webhook_event(conn, int(raw_id), webhooks.LEASE_SECONDS) if _row_id(raw_id) else None
+        if row is None:
+            raise errors.NotFound(f"no webhook event {raw_id!r} that can be reprocessed now",
+                                  code="webhook_event_not_found")
+    status = await webhooks.process_row(pool, row, recheck_seconds=recheck_seconds, request_id=request_id,
+                                        adapters=adapters)
     async with pool.acquire() as conn:
         await audit(conn, actor=actor, action="webhook_event.reprocess", target=f"webhook_event:{row['id']}",
                     reason=reason, request={}, result={"status": status}, request_id=request_id)

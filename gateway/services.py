@@ -25,18 +25,18 @@ log = structlog.get_logger(__name__)
 
 
 async def register_transaction(conn: asyncpg.Connection, body: TransactionCreate) -> tuple[asyncpg.Record, bool]:
-    """Insert the payment, or return the one already registered under the same processor reference.
+    """Insert the payment, or return the one already known at that processor by that reference
+    (its own, or another id a webhook gave for it, such as a charge's payment intent).
 
     Returns (row, created). The same body again is not an error; a different one is a 409.
     """
     settled_at = datetime.now(timezone.utc) if body.settled else None
-    row = await _insert_transaction(
+    existing, created = await _register(
         conn, processor_id=body.processor, psp_reference=body.psp_reference, other_references=(),
         invoice_id=body.invoice_id, customer_id=body.customer_id, amount=body.amount, currency=body.currency,
         captured_at=body.captured_at, settled_at=settled_at, metadata=body.metadata, source="api")
-    if row is not None:
-        return row, True
-    existing = await store.get_transaction_by_reference(conn, body.processor, body.psp_reference)
+    if created:
+        return existing, True
     differs = [field for field, value in (
         ("invoice_id", body.invoice_id), ("customer_id", body.customer_id), ("amount", body.amount),
         ("currency", body.currency), ("metadata", body.metadata),
@@ -52,26 +52,54 @@ async def register_transaction(conn: asyncpg.Connection, body: TransactionCreate
     return existing, False
 
 
-async def register_payment(conn: asyncpg.Connection, processor_id: str, payment: PaymentSnapshot) -> None:
-    """Register a payment a processor's webhook announced, unless it is already known."""
-    await _insert_transaction(
+async def register_payment(conn: asyncpg.Connection, processor_id: str,
+                           payment: PaymentSnapshot) -> tuple[asyncpg.Record, bool]:
+    """Register a payment a processor's webhook announced, or add the ids it gives to the
+    transaction that already knows it by one of them. Returns (row, created)."""
+    currency = money.normalise_currency(payment.currency)
+    row, created = await _register(
         conn, processor_id=processor_id, psp_reference=payment.psp_reference,
         other_references=payment.other_references, invoice_id=payment.invoice_id, customer_id=payment.customer_id,
-        amount=payment.amount, currency=money.normalise_currency(payment.currency), captured_at=None,
-        settled_at=None, metadata=payment.metadata, source="webhook")
+        amount=payment.amount, currency=currency, captured_at=None, settled_at=None, metadata=payment.metadata,
+        source="webhook")
+    if not created and (row["amount"], row["currency"], row["invoice_id"]) != (payment.amount, currency,
+                                                                              payment.invoice_id):
+        log.warning("webhook_payment_differs", transaction_id=row["id"], processor=processor_id,
+                    psp_reference=payment.psp_reference, amount=payment.amount, currency=currency,
+                    invoice_id=payment.invoice_id)
+    return row, created
 
 
-async def _insert_transaction(conn: asyncpg.Connection, *, processor_id: str, psp_reference: str,
-                              other_references: Sequence[str], source: str, **values) -> asyncpg.Record | None:
-    row = await store.insert_transaction(conn, id=new_id("tx"), processor_id=processor_id,
-                                         psp_reference=psp_reference, **values)
-    if row is not None:
-        # Webhooks that arrived before this payment was known can be applied now.
-        woken = await store.wake_unmatched(conn, processor_id, [psp_reference, *other_references])
+async def _register(conn: asyncpg.Connection, *, processor_id: str, psp_reference: str,
+                    other_references: Sequence[str], source: str, **values) -> tuple[asyncpg.Record, bool]:
+    """The transaction that knows the payment by any of its ids, or a new one; (row, created).
+
+    The ids are claimed first, for a transaction not written yet. When another registration of
+    the same payment (the charge's webhook and the payment intent's, applied at once) holds one,
+    the claim waits for it to commit; the payment is then known and takes the ids claimed here.
+    """
+    references = list(dict.fromkeys([psp_reference, *other_references]))
+    transaction_id = new_id("tx")
+    async with conn.transaction():
+        claimed = await store.claim_references(conn, processor_id, references, transaction_id)
+        # Only a transaction already written joins: the one these claims are for is not, yet.
+        row = await store.transaction_by_any_reference(conn, processor_id, references)
+        created = row is None
+        if created:
+            row = await store.insert_transaction(conn, id=transaction_id, processor_id=processor_id,
+                                                 psp_reference=psp_reference, **values)
+        elif claimed:
+            await store.move_references(conn, processor_id, claimed, transaction_id, row["id"])
+        # Webhooks that arrived before the payment was known by these ids can be applied now.
+        woken = await store.wake_unmatched(conn, processor_id, claimed) if claimed else 0
+    if created:
         log.info("transaction_registered", transaction_id=row["id"], processor=processor_id, source=source,
                  invoice_id=row["invoice_id"], amount=row["amount"], currency=row["currency"],
                  webhooks_woken=woken)
-    return row
+    elif claimed:
+        log.info("transaction_references_added", transaction_id=row["id"], processor=processor_id, source=source,
+                 references=claimed, webhooks_woken=woken)
+    return row, created
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,7 +152,7 @@ class Settings(BaseSettings):
     callback_initial_backoff_seconds: float = Field(default=1.0, gt=0)
     callback_max_backoff_seconds: float = Field(default=3600.0, gt=0)
     callback_poll_seconds: float = Field(default=1.0, gt=0)
-    # A pending refund that has not moved for this long counts as stuck.
+    # A refund still pending this long after it was created counts as stuck.
     stuck_after_seconds: float = Field(default=900.0, gt=0)
     # GET /metrics: open, like /healthz, unless a token is set (then `Authorization: Bearer <token>`);
     # its database gauges give up after this long, and the scrape still answers.

@@ -2,18 +2,22 @@
 
 An event that names a payment or refund the gateway does not know yet is parked as
 `unmatched` and woken when that payment is registered; an event that fails to apply is
-retried with backoff. Nothing verified is dropped.
+retried with backoff. Nothing verified is dropped: a verified body the adapter cannot read
+is stored raw as `failed` and parsed again on each retry or reprocess.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Mapping
 
 import asyncpg
 import structlog
 
-from adapters.base import ProcessorAdapter, RefundSnapshot, WebhookEvent
+from adapters.base import ProcessorAdapter, RefundSnapshot, WebhookEvent, WebhookPayloadError
 from gateway import ledger, metrics, services
 from gateway.db import store
 from gateway.ids import new_id
@@ -30,13 +34,29 @@ def storable_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {str(k): v for k, v in headers.items() if k.lower() not in _UNSTORED_HEADERS}
 
 
-async def receive(pool: asyncpg.Pool, adapter: ProcessorAdapter, headers: Mapping[str, str],
-                  body: bytes) -> tuple[WebhookEvent, bool]:
-    """Verify and store an event; returns (event, stored) where stored is False for a duplicate.
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    event_id: str
+    stored: bool  # False: stored before (a duplicate), acknowledged and not applied again
+    unreadable: bool = False  # verified, but the adapter could not read it: stored as failed
 
-    Raises WebhookVerificationError, and then nothing is stored.
+
+def body_event_id(body: bytes) -> str:
+    """The id of an event whose own cannot be read: the same body sent again is the same event."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+async def receive(pool: asyncpg.Pool, adapter: ProcessorAdapter, headers: Mapping[str, str],
+                  body: bytes) -> Receipt:
+    """Verify and store an event.
+
+    Raises WebhookVerificationError, and then nothing is stored. A verified body the adapter
+    cannot read is stored anyway, raw, as `failed` with the reason.
     """
-    event = adapter.parse_webhook(headers, body)
+    try:
+        event = adapter.parse_webhook(headers, body)
+    except WebhookPayloadError as e:
+        return await _keep_unreadable(pool, adapter, headers, body, e)
     async with pool.acquire() as conn:
         row_id = await store.insert_webhook_event(
             conn, processor_id=adapter.id, event_id=event.event_id, event_type=event.type,
@@ -45,13 +65,32 @@ async def receive(pool: asyncpg.Pool, adapter: ProcessorAdapter, headers: Mappin
     log.info("webhook_received", processor=adapter.id, event_id=event.event_id, event_type=event.type,
              duplicate=row_id is None)
     metrics.WEBHOOK_EVENTS.labels(adapter.id, "received" if row_id is not None else "duplicate").inc()
-    return event, row_id is not None
+    return Receipt(event.event_id, row_id is not None)
+
+
+async def _keep_unreadable(pool: asyncpg.Pool, adapter: ProcessorAdapter, headers: Mapping[str, str], body: bytes,
+                           error: WebhookPayloadError) -> Receipt:
+    # Answered 2xx: the processor would only send the same bytes again, for days. Kept here, it is
+    # listed as failed, retried (a new release may read it) and can be reprocessed by an operator.
+    event_id = error.event_id or body_event_id(body)
+    async with pool.acquire() as conn:
+        row_id = await store.insert_unreadable_webhook_event(
+            conn, processor_id=adapter.id, event_id=event_id, event_type=error.event_type or "unknown",
+            headers=storable_headers(headers), body=body, error=f"unreadable: {error}"[:500])
+    log.warning("webhook_unreadable", processor=adapter.id, event_id=event_id, event_type=error.event_type,
+                reason=str(error)[:200], duplicate=row_id is None)
+    metrics.WEBHOOK_EVENTS.labels(adapter.id, "received" if row_id is not None else "duplicate").inc()
+    if row_id is not None:
+        metrics.WEBHOOK_EVENTS.labels(adapter.id, "failed").inc()
+    return Receipt(event_id, row_id is not None, unreadable=True)
 
 
 async def apply_event(conn: asyncpg.Connection, processor_id: str, event: WebhookEvent, *,
                       recheck_seconds: float, request_id: str | None = None) -> str:
     """Apply one event inside the caller's transaction; returns the event's new status."""
     cause = f"webhook:{event.type}"
+    # The processor's time of the event's snapshots: an older one never overwrites a newer state.
+    snapshot_at = datetime.fromtimestamp(event.created, timezone.utc) if event.created is not None else None
     for payment in event.payments:
         if payment.invoice_id is None:
             log.info("webhook_payment_without_invoice", processor=processor_id, psp_reference=payment.psp_reference)
@@ -69,14 +108,15 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
             # Under the lock, again: another event about the same refund may have recorded it meanwhile.
             refund = await _known_refund(conn, processor_id, snapshot)
             if refund is None:
-                await ledger.record_external(conn, transaction, snapshot, event=cause, request_id=request_id)
+                await ledger.record_external(conn, transaction, snapshot, event=cause, request_id=request_id,
+                                             snapshot_at=snapshot_at)
                 continue
         if refund["amount"] != snapshot.amount:
             log.warning("webhook_refund_amount_differs", refund_id=refund["id"], ours=refund["amount"],
                         processor_amount=snapshot.amount)
         await ledger.apply(conn, refund["id"], ledger.decide(snapshot.result()), event=cause, current_truth=True,
                            recheck_seconds=recheck_seconds, detail={"event_id": event.event_id},
-                           request_id=request_id)
+                           request_id=request_id, snapshot_at=snapshot_at)
     if unmatched:
         return "unmatched"
     return "applied" if event.payments or event.refunds else "ignored"
@@ -93,37 +133,56 @@ async def _known_refund(conn: asyncpg.Connection, processor_id: str,
     return refund
 
 
-async def process_due(pool: asyncpg.Pool, *, recheck_seconds: float) -> int:
-    """Apply every event that is due; returns how many were looked at."""
+async def process_due(pool: asyncpg.Pool, *, recheck_seconds: float,
+                      adapters: Mapping[str, ProcessorAdapter] | None = None) -> int:
+    """Apply every event that is due; returns how many were looked at. `adapters` parse again the
+    stored bodies that could not be read when they came."""
     async with pool.acquire() as conn:
         due = await store.claim_due_webhook_events(conn, BATCH, LEASE_SECONDS)
-    # Several at once: two events about one refund are serialised by its row lock, and the state
-    # machine refuses an older snapshot whichever order they land in.
+    # Several at once: two events about one refund are serialised by its row lock, and an older
+    # snapshot (by the processor's time, else by the state machine) is skipped whichever lands first.
     semaphore = asyncio.Semaphore(APPLY_CONCURRENCY)
 
     async def one(row: asyncpg.Record) -> None:
         async with semaphore:
-            await process_row(pool, row, recheck_seconds=recheck_seconds)
+            await process_row(pool, row, recheck_seconds=recheck_seconds, adapters=adapters)
 
     await asyncio.gather(*(one(r) for r in due))
     return len(due)
 
 
 async def process_row(pool: asyncpg.Pool, row: asyncpg.Record, *, recheck_seconds: float,
-                      request_id: str | None = None) -> str:
+                      request_id: str | None = None, adapters: Mapping[str, ProcessorAdapter] | None = None) -> str:
     """Apply one claimed event; a failure is recorded on the event and retried with backoff.
     Applied in the background, it gets a request id of its own (an operator's reprocess passes theirs)."""
     request_id = request_id or new_id("req")
     with structlog.contextvars.bound_contextvars(request_id=request_id):
-        status = await _process_row(pool, row, recheck_seconds=recheck_seconds, request_id=request_id)
+        status = await _process_row(pool, row, recheck_seconds=recheck_seconds, request_id=request_id,
+                                    adapters=adapters or {})
     metrics.WEBHOOK_EVENTS.labels(row["processor_id"], status).inc()
     return status
 
 
-async def _process_row(pool: asyncpg.Pool, row: asyncpg.Record, *, recheck_seconds: float, request_id: str) -> str:
-    event = WebhookEvent.model_validate(row["event"])
+async def _parse_stored(pool: asyncpg.Pool, row: asyncpg.Record,
+                        adapters: Mapping[str, ProcessorAdapter]) -> WebhookEvent:
+    """The event of a row stored unread: its body, verified when it came, parsed by today's adapter."""
+    adapter = adapters.get(row["processor_id"])
+    if adapter is None:
+        raise WebhookPayloadError(f"no adapter for processor {row['processor_id']!r} here to parse it")
+    async with pool.acquire() as conn:
+        body = await store.webhook_event_body(conn, row["id"])
+    return adapter.parse_webhook_body(bytes(body))
+
+
+async def _process_row(pool: asyncpg.Pool, row: asyncpg.Record, *, recheck_seconds: float, request_id: str,
+                       adapters: Mapping[str, ProcessorAdapter]) -> str:
+    unread = row["event"] is None
     try:
+        event = await _parse_stored(pool, row, adapters) if unread else WebhookEvent.model_validate(row["event"])
         async with pool.acquire() as conn, conn.transaction():
+            if unread:
+                await store.set_webhook_event_parsed(conn, row["id"], event.type, event.model_dump(mode="json"),
+                                                     event.match_keys())
             status = await apply_event(conn, row["processor_id"], event, recheck_seconds=recheck_seconds,
                                        request_id=request_id)
             waited = await store.finish_webhook_event(conn, row["id"], status)
@@ -131,6 +190,12 @@ async def _process_row(pool: asyncpg.Pool, row: asyncpg.Record, *, recheck_secon
             metrics.WEBHOOK_LAG.labels(row["processor_id"]).observe(max(0.0, waited))
         log.info("webhook_processed", processor=row["processor_id"], event_id=row["event_id"], status=status)
         return status
+    except WebhookPayloadError as e:  # still unreadable: no traceback, the reason says it all
+        log.warning("webhook_unreadable", processor=row["processor_id"], event_id=row["event_id"],
+                    attempts=row["attempts"], reason=str(e)[:200])
+        async with pool.acquire() as conn:
+            await store.fail_webhook_event(conn, row["id"], f"unreadable: {e}"[:500])
+        return "failed"
     except Exception as e:
         log.exception("webhook_failed", processor=row["processor_id"], event_id=row["event_id"],
                       attempts=row["attempts"])

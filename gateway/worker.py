@@ -30,7 +30,11 @@ async def check_due_pending(pool: asyncpg.Pool, executor: RefundExecutor, lease_
         # Background work has no incoming request: each refund's round gets a request id of its own.
         request_id = new_id("req")
         with structlog.contextvars.bound_contextvars(request_id=request_id):
-            await executor.check_pending(refund, request_id)
+            try:
+                await executor.check_pending(refund, request_id)
+            except Exception:  # one refund's failure (an adapter bug, say) must not hold up the rest
+                # The claim already scheduled its next check.
+                log.exception("pending_check_error", refund_id=refund["id"], processor=refund["processor_id"])
     return len(due)
 
 

@@ -20,6 +20,7 @@ from adapters.base import (
     RefundResult,
     TransientProcessorError,
     WebhookEvent,
+    WebhookPayloadError,
     WebhookVerificationError,
 )
 from adapters.bridgepay import transformers
@@ -127,6 +128,9 @@ class BridgePayAdapter:
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         raise WebhookVerificationError("BridgePay sends no webhooks")
+
+    def parse_webhook_body(self, body: bytes) -> WebhookEvent:
+        raise WebhookPayloadError("BridgePay sends no webhooks")
 
     async def aclose(self) -> None:
         await self._client.aclose()

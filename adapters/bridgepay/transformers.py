@@ -49,6 +49,10 @@ TRANSIENT_MESSAGES = {"E02"}  # network unavailable
 REQUEST_ERRORS = {"10001", "10022", "10024", "10028", "10029", "99999"}
 INVALID_CREDENTIALS = "10024"
 PING_REQUEST_TYPE = "099"
+# The Reporting API's TransactionType of an executed refund of ours, and what we call it. Any other
+# type but a sale under our invoice number is ours too, under a name we do not know: found, for a
+# person to look at (reporting nothing would send the refund again).
+REPORTED_REFUND_TYPES = {"refund": "refund", "credit": "refund", "void": "void"}
 # An invoice number no refund of ours can have (ours are refund ids): a Reporting API query for it
 # finds nothing, and only checks that the query is allowed.
 CREDENTIALS_CHECK_INVOICE = "psp-gateway-credentials-check"
@@ -204,12 +208,18 @@ def lookup_answer(envelope: bytes, refund_id: str) -> RefundResult | None:
     for row in (rows if rows is not None else []):
         def field(tag: str) -> str | None:
             return _text(row, f"{{{REPORTING_NS}}}{tag}")
-        if (field("InvoiceNumber") == refund_id and field("TransactionType") in ("Refund", "Void")
-                and field("ResponseCode") == "00000"):
-            found.append(RefundResult(
-                Outcome.SUCCEEDED, psp_refund_id=field("TransactionId"), processor_code="reporting",
-                details={"bridgepay_type": (field("TransactionType") or "").lower(),
-                         "remaining_amount": field("RemainingAmount") or ""}))
+        reported = field("TransactionType") or ""
+        if field("InvoiceNumber") != refund_id or reported.lower() == "sale" or field("ResponseCode") != "00000":
+            continue
+        kind = REPORTED_REFUND_TYPES.get(reported.lower())
+        details = {"bridgepay_type": kind or reported, "remaining_amount": field("RemainingAmount") or ""}
+        if kind is None:
+            found.append(RefundResult(Outcome.NEEDS_ATTENTION, psp_refund_id=field("TransactionId"),
+                                      processor_code="reporting", details=details,
+                                      message=f"BridgePay reports our refund with TransactionType {reported!r}"))
+        else:
+            found.append(RefundResult(Outcome.SUCCEEDED, psp_refund_id=field("TransactionId"),
+                                      processor_code="reporting", details=details))
     if len(found) > 1:
         # Our refund id went out twice and both were carried out: a person must sort out the money.
         return RefundResult(Outcome.NEEDS_ATTENTION, psp_refund_id=found[0].psp_refund_id,

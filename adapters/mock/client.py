@@ -30,6 +30,7 @@ from adapters.base import (
     RefundSnapshot,
     TransientProcessorError,
     WebhookEvent,
+    WebhookPayloadError,
     WebhookVerificationError,
 )
 from gateway.domain.refunds import Outcome
@@ -165,6 +166,10 @@ class MockAdapter:
         if not self._secrets or not any(
                 hmac.compare_digest(hmac.new(s, body, hashlib.sha256).hexdigest(), signature) for s in self._secrets):
             raise WebhookVerificationError("bad or missing Mock-Signature")
+        return self.parse_webhook_body(body)
+
+    def parse_webhook_body(self, body: bytes) -> WebhookEvent:
+        payload = None
         try:
             payload = orjson.loads(body)
             refund = payload["refund"]
@@ -174,7 +179,11 @@ class MockAdapter:
                 outcome=Outcome(refund["status"]), processor_code=refund["status"])
             return WebhookEvent(event_id=str(payload["id"]), type=str(payload["type"]), refunds=[snapshot])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise WebhookVerificationError(f"malformed mock webhook: {e}") from None
+            known = payload if isinstance(payload, dict) else {}
+            event_id, event_type = known.get("id"), known.get("type")
+            raise WebhookPayloadError(f"malformed mock webhook: {e}",
+                                      event_id=event_id if isinstance(event_id, str) else None,
+                                      event_type=event_type if isinstance(event_type, str) else None) from None
 
     async def check_credentials(self) -> CredentialCheck:
         return CredentialCheck(CredentialStatus.NOT_CHECKED, "in-process mock: no credentials to try")

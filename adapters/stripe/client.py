@@ -99,5 +99,8 @@ class StripeAdapter:
         transformers.verify_signature(headers.get("Stripe-Signature"), body, self._secrets)
         return transformers.parse_event(body)
 
+    def parse_webhook_body(self, body: bytes) -> WebhookEvent:
+        return transformers.parse_event(body)
+
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -21,6 +21,7 @@ from adapters.base import (
     RefundSnapshot,
     TransientProcessorError,
     WebhookEvent,
+    WebhookPayloadError,
     WebhookVerificationError,
 )
 from gateway.domain.refunds import Outcome
@@ -204,7 +205,8 @@ def _payment(obj: Mapping[str, Any], *, reference: str, others: list[str], amoun
 
 
 def parse_event(body: bytes) -> WebhookEvent:
-    """Reduce a verified Stripe event to the payments and refunds it describes."""
+    """Reduce a verified Stripe event to the payments and refunds it describes; raises
+    WebhookPayloadError for a body that is not one."""
     data = _json(body)
     try:
         event_id, event_type, obj = data["id"], data["type"], data["data"]["object"]
@@ -224,4 +226,10 @@ def parse_event(body: bytes) -> WebhookEvent:
         return WebhookEvent(event_id=str(event_id), type=str(event_type),
                             created=created if isinstance(created, int) else None, payments=payments, refunds=refunds)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise WebhookVerificationError(f"not a Stripe event: {type(e).__name__}: {e}") from None
+        known = data if isinstance(data, dict) else {}
+        raise WebhookPayloadError(f"not a Stripe event: {type(e).__name__}: {e}",
+                                  event_id=_text(known.get("id")), event_type=_text(known.get("type"))) from None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -32,8 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     listing = actions.add_parser("list", parents=[json], help="refunds, newest first")
     listing.add_argument("--stuck", action="store_true",
-                         help="only stuck ones: requires_attention, or pending and unmoved for longer than "
-                              "GATEWAY_STUCK_AFTER_SECONDS")
+                         help="only stuck ones: requires_attention, or still pending longer than "
+                              "GATEWAY_STUCK_AFTER_SECONDS after it was created")
     listing.add_argument("--status", choices=[s.value for s in Status])
     listing.add_argument("--processor", metavar="ID")
     listing.add_argument("--limit", type=bounded_int(1, 500), default=50, help="at most this many (default 50)")

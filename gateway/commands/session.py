@@ -10,11 +10,12 @@ import contextlib
 import getpass
 import os
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import asyncpg
 from pydantic import TypeAdapter, ValidationError
 
+from adapters.base import ProcessorAdapter
 from adapters.registry import build_adapters, close_adapters
 from gateway import errors
 from gateway.commands.output import error, print_json
@@ -35,6 +36,7 @@ class Session:
     executor: RefundExecutor
     actor: str  # `cli:<os user>`, written to the audit with every action
     request_id: str  # one per command, on every audit row and refund event it writes
+    adapters: Mapping[str, ProcessorAdapter]  # the executor's: a stored webhook body is parsed again by its own
 
 
 def actor() -> str:
@@ -54,7 +56,7 @@ async def opened(settings: Settings) -> AsyncIterator[Session]:
         adapters = build_adapters(settings.processors)
         executor = RefundExecutor(pool, adapters, settings)
         try:
-            yield Session(settings, pool, executor, actor(), new_id("cli"))
+            yield Session(settings, pool, executor, actor(), new_id("cli"), adapters)
         finally:
             await executor.aclose(settings.shutdown_grace_seconds)
             await close_adapters(adapters)

@@ -84,7 +84,7 @@ def reprocess_events(args: argparse.Namespace, settings: Settings) -> int:
 async def _reprocess_one(s: Session, args: argparse.Namespace) -> int:
     result = await operations.reprocess_webhook_event(s.pool, args.id, actor=s.actor, reason=args.reason,
                                                       recheck_seconds=s.settings.pending_poll_seconds,
-                                                      request_id=s.request_id)
+                                                      request_id=s.request_id, adapters=s.adapters)
     if args.json:
         output.print_json(result)
     else:
@@ -101,7 +101,8 @@ async def _reprocess_all(s: Session, args: argparse.Namespace) -> int:
             try:
                 results.append(await operations.reprocess_webhook_event(
                     s.pool, event_id, actor=s.actor, reason=args.reason,
-                    recheck_seconds=s.settings.pending_poll_seconds, request_id=s.request_id))
+                    recheck_seconds=s.settings.pending_poll_seconds, request_id=s.request_id,
+                    adapters=s.adapters))
             except errors.NotFound as e:  # taken by a worker meanwhile: it applies it
                 results.append({"id": event_id, "error": e.code, "detail": e.detail})
             bar.update()

@@ -11,18 +11,38 @@ Row = asyncpg.Record
 
 # --- transactions -----------------------------------------------------------------------------
 
+# The transaction and its own reference (services claimed it already, before they got here).
 INSERT_TRANSACTION = """
-INSERT INTO transactions (id, processor_id, psp_reference, invoice_id, customer_id, amount, currency,
-                          captured_at, settled_at, metadata)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (processor_id, psp_reference) DO NOTHING
-RETURNING *"""
+WITH t AS (
+    INSERT INTO transactions (id, processor_id, psp_reference, invoice_id, customer_id, amount, currency,
+                              captured_at, settled_at, metadata)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    RETURNING *
+), ref AS (
+    INSERT INTO transaction_references (processor_id, reference, transaction_id)
+    SELECT processor_id, psp_reference, id FROM t
+    ON CONFLICT (processor_id, reference) DO NOTHING
+)
+SELECT * FROM t"""
 
-GET_TRANSACTION_BY_REFERENCE = "SELECT * FROM transactions WHERE processor_id = $1 AND psp_reference = $2"
+# Every id of one payment, claimed for a transaction about to be written. In one order for
+# everyone: two registrations of one payment under different ids wait for each other (the
+# second then finds the first's transaction) instead of deadlocking.
+CLAIM_REFERENCES = """
+INSERT INTO transaction_references (processor_id, reference, transaction_id)
+SELECT $1, reference, $3 FROM unnest($2::text[]) AS reference ORDER BY reference
+ON CONFLICT (processor_id, reference) DO NOTHING
+RETURNING reference"""
+MOVE_REFERENCES = """
+UPDATE transaction_references SET transaction_id = $4
+WHERE processor_id = $1 AND reference = ANY($2::text[]) AND transaction_id = $3"""
+
 GET_TRANSACTION = "SELECT * FROM transactions WHERE id = $1"
 LOCK_TRANSACTION = "SELECT * FROM transactions WHERE id = $1 FOR UPDATE"
 TRANSACTIONS_BY_INVOICE = "SELECT * FROM transactions WHERE invoice_id = $1 ORDER BY id"
-TRANSACTIONS_BY_REFERENCE = "SELECT * FROM transactions WHERE psp_reference = $1 ORDER BY id"
+TRANSACTIONS_BY_REFERENCE = """
+SELECT t.* FROM transaction_references r JOIN transactions t ON t.id = r.transaction_id
+WHERE r.reference = $1 ORDER BY t.id"""
 
 MOVE_BALANCE = """
 UPDATE transactions
@@ -32,13 +52,18 @@ WHERE id = $1"""
 
 async def insert_transaction(conn, *, id: str, processor_id: str, psp_reference: str, invoice_id: str,
                              customer_id: str | None, amount: int, currency: str, captured_at: datetime | None,
-                             settled_at: datetime | None, metadata: dict[str, str]) -> Row | None:
+                             settled_at: datetime | None, metadata: dict[str, str]) -> Row:
     return await conn.fetchrow(INSERT_TRANSACTION, id, processor_id, psp_reference, invoice_id, customer_id, amount,
                                currency, captured_at, settled_at, metadata)
 
 
-async def get_transaction_by_reference(conn, processor_id: str, psp_reference: str) -> Row | None:
-    return await conn.fetchrow(GET_TRANSACTION_BY_REFERENCE, processor_id, psp_reference)
+async def claim_references(conn, processor_id: str, references: Sequence[str], transaction_id: str) -> list[str]:
+    return [r["reference"] for r in await conn.fetch(CLAIM_REFERENCES, processor_id, list(references),
+                                                     transaction_id)]
+
+
+async def move_references(conn, processor_id: str, references: Sequence[str], from_id: str, to_id: str) -> None:
+    await conn.execute(MOVE_REFERENCES, processor_id, list(references), from_id, to_id)
 
 
 async def get_transaction(conn, transaction_id: str) -> Row | None:
@@ -82,13 +107,17 @@ SELECT * FROM r"""
 GET_REFUND = "SELECT * FROM refunds WHERE id = $1"
 LOCK_REFUND = "SELECT * FROM refunds WHERE id = $1 FOR UPDATE"
 REFUND_BY_PSP_ID = "SELECT * FROM refunds WHERE processor_id = $1 AND psp_refund_id = $2"
+# The payment known by any of these ids; the first id that names one wins.
 TRANSACTION_BY_ANY_REFERENCE = """
-SELECT * FROM transactions WHERE processor_id = $1 AND psp_reference = ANY($2::text[]) ORDER BY id LIMIT 1"""
+SELECT t.* FROM unnest($2::text[]) WITH ORDINALITY AS given (reference, n)
+JOIN transaction_references r ON r.processor_id = $1 AND r.reference = given.reference
+JOIN transactions t ON t.id = r.transaction_id
+ORDER BY given.n LIMIT 1"""
 
 INSERT_EXTERNAL_REFUND = """
 INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, amount, currency, status, stage,
-                     idempotency_key, psp_refund_id, failure_code, failure_message, origin)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'external:' || $3 || ':' || $9, $9, $10, $11, 'external')
+                     idempotency_key, psp_refund_id, failure_code, failure_message, origin, processor_snapshot_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'external:' || $3 || ':' || $9, $9, $10, $11, 'external', $12)
 RETURNING *"""
 REFUND_BY_CREDIT_NOTE = "SELECT * FROM refunds WHERE transaction_id = $1 AND credit_note_id = $2"
 REFUND_BY_INVOICE_CREDIT_NOTE = """
@@ -105,6 +134,9 @@ WITH u AS (
         failure_code = $7, failure_message = $8,
         attempts = attempts + $9,
         version = version + $11,
+        -- The processor's time of the newest webhook snapshot applied ($19; NULL: not a webhook).
+        processor_snapshot_at = greatest(processor_snapshot_at, $19::timestamptz),
+        reversed_at = CASE WHEN $20::bool THEN now() ELSE reversed_at END,
         lease_expires_at = CASE WHEN $5 = 'sending' THEN now() + make_interval(secs => $13) END,
         -- A refund pending at its processor is re-checked less often as it ages (a tenth of its
         -- age, at least $10 seconds, at most an hour): card refunds can stay pending for days.
@@ -151,6 +183,14 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"""
 INSERT_ATTEMPTS = """
 INSERT INTO refund_attempts (refund_id, call, started_at, latency_ms, outcome, error_class, processor_code, message)
 SELECT $1, * FROM unnest($2::text[], $3::timestamptz[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[])"""
+# Every processor call (refunds and look-ups) made for a refund since an operator last replayed
+# it: what its durable retries spend. A replay starts a new budget.
+PROCESSOR_CALLS = """
+SELECT count(*) FROM refund_attempts
+WHERE refund_id = $1
+  AND started_at > coalesce((SELECT max(created_at) FROM admin_audit
+                             WHERE target = $1 AND action = 'refund.replay' AND NOT result ? 'refused'),
+                            '-infinity')"""
 
 # Refunds pending at their processor whose next check is due; the claim pushes the next check
 # out (a lease), so that concurrent pollers never check the same refund at once.
@@ -189,6 +229,16 @@ async def add_attempts(conn, refund_id: str, calls: int) -> Row:
                                refund_id, calls)
 
 
+# The event that last moved a refund into `status` ($2): an operator's settlement, say.
+LAST_MOVED_BY = """
+SELECT event FROM refund_events WHERE refund_id = $1 AND to_status = $2 AND from_status IS DISTINCT FROM $2
+ORDER BY id DESC LIMIT 1"""
+
+
+async def last_moved_by(conn, refund_id: str, status: str) -> str | None:
+    return await conn.fetchval(LAST_MOVED_BY, refund_id, status)
+
+
 async def refund_by_psp_id(conn, processor_id: str, psp_refund_id: str) -> Row | None:
     return await conn.fetchrow(REFUND_BY_PSP_ID, processor_id, psp_refund_id)
 
@@ -199,9 +249,10 @@ async def transaction_by_any_reference(conn, processor_id: str, references: Sequ
 
 async def insert_external_refund(conn, *, id: str, transaction_id: str, processor_id: str, invoice_id: str,
                                  amount: int, currency: str, status: str, stage: str, psp_refund_id: str,
-                                 failure_code: str | None, failure_message: str | None) -> Row:
+                                 failure_code: str | None, failure_message: str | None,
+                                 snapshot_at: datetime | None = None) -> Row:
     return await conn.fetchrow(INSERT_EXTERNAL_REFUND, id, transaction_id, processor_id, invoice_id, amount,
-                               currency, status, stage, psp_refund_id, failure_code, failure_message)
+                               currency, status, stage, psp_refund_id, failure_code, failure_message, snapshot_at)
 
 
 async def refund_by_credit_note(conn, transaction_id: str, credit_note_id: str) -> Row | None:
@@ -217,10 +268,12 @@ async def update_refund_state(conn, refund_id: str, *, from_status: str, from_st
                               attempts: int, recheck_seconds: float, version_step: int,
                               retry_in: float | None = None, lease_seconds: float = 0.0, reserved_delta: int = 0,
                               refunded_delta: int = 0, event: str | None = None, request_id: str | None = None,
-                              event_detail: dict[str, Any] | None = None) -> Row | None:
+                              event_detail: dict[str, Any] | None = None, snapshot_at: datetime | None = None,
+                              reversed: bool = False) -> Row | None:
     return await conn.fetchrow(UPDATE_REFUND_STATE, refund_id, from_status, from_stage, status, stage, psp_refund_id,
                                failure_code, failure_message, attempts, recheck_seconds, version_step, retry_in,
-                               lease_seconds, reserved_delta, refunded_delta, event, event_detail or {}, request_id)
+                               lease_seconds, reserved_delta, refunded_delta, event, event_detail or {}, request_id,
+                               snapshot_at, reversed)
 
 
 async def claim_recovery(conn, limit: int, lease_seconds: float) -> list[Row]:
@@ -240,6 +293,10 @@ async def insert_attempts(conn, refund_id: str, attempts: Sequence[Any]) -> None
                            [a.latency_ms for a in attempts], [a.outcome for a in attempts],
                            [a.error_class for a in attempts], [a.processor_code for a in attempts],
                            [a.message for a in attempts])
+
+
+async def processor_calls(conn, refund_id: str) -> int:
+    return await conn.fetchval(PROCESSOR_CALLS, refund_id)
 
 
 async def claim_due_pending(conn, limit: int, lease_seconds: float) -> list[Row]:
@@ -302,6 +359,18 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (processor_id, event_id) DO NOTHING
 RETURNING id"""
 
+# A verified event whose body the adapter could not read: kept raw with no parsed event, failed with
+# the reason. Its receipt was its first attempt; the inbox parses it again with the usual backoff.
+INSERT_UNREADABLE_WEBHOOK_EVENT = """
+INSERT INTO webhook_events (processor_id, event_id, event_type, headers, body, event, match_keys, status,
+                            last_error, attempts, next_attempt_at)
+VALUES ($1, $2, $3, $4, $5, NULL, '{}', 'failed', $6, 1, now() + interval '2 seconds')
+ON CONFLICT (processor_id, event_id) DO NOTHING
+RETURNING id"""
+WEBHOOK_EVENT_BODY = "SELECT body FROM webhook_events WHERE id = $1"
+# A stored body parsed at last: what the adapter made of it, as a readable event would have had.
+SET_WEBHOOK_EVENT_PARSED = "UPDATE webhook_events SET event_type = $2, event = $3, match_keys = $4 WHERE id = $1"
+
 # Events to (re)process, oldest first; the claim pushes the next attempt out (a lease), so that
 # concurrent workers never process one event at once.
 CLAIM_DUE_WEBHOOK_EVENTS = """
@@ -338,6 +407,21 @@ async def insert_webhook_event(conn, *, processor_id: str, event_id: str, event_
                                body: bytes, event: dict[str, Any], match_keys: list[str]) -> int | None:
     return await conn.fetchval(INSERT_WEBHOOK_EVENT, processor_id, event_id, event_type, headers, body, event,
                                match_keys)
+
+
+async def insert_unreadable_webhook_event(conn, *, processor_id: str, event_id: str, event_type: str,
+                                         headers: dict[str, str], body: bytes, error: str) -> int | None:
+    return await conn.fetchval(INSERT_UNREADABLE_WEBHOOK_EVENT, processor_id, event_id, event_type, headers, body,
+                               error)
+
+
+async def webhook_event_body(conn, event_row_id: int) -> bytes:
+    return await conn.fetchval(WEBHOOK_EVENT_BODY, event_row_id)
+
+
+async def set_webhook_event_parsed(conn, event_row_id: int, event_type: str, event: dict[str, Any],
+                                   match_keys: list[str]) -> None:
+    await conn.execute(SET_WEBHOOK_EVENT_PARSED, event_row_id, event_type, event, match_keys)
 
 
 async def claim_due_webhook_events(conn, limit: int, lease_seconds: float) -> list[Row]:
@@ -393,7 +477,26 @@ UPDATE outbox_events SET last_error = $2,
 WHERE id = $1"""
 INSERT_DELIVERY = """
 INSERT INTO callback_deliveries (outbox_id, url, status_code, error, latency_ms) VALUES ($1, $2, $3, $4, $5)"""
-EVENTS_AFTER = "SELECT * FROM outbox_events WHERE id > $1 ORDER BY id LIMIT $2"
+# GET /v1/events, in commit order: ids are drawn before commit, so they commit out of order. A row
+# is served only when its transaction, and every one older, has ended (xid below the snapshot's
+# xmin); anything that commits later has a larger xid and lands after the cursor. The cursor is
+# an event id, read as that event's (xid, id).
+EVENTS_FROM_START = """
+SELECT * FROM outbox_events WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY xid, id LIMIT $1"""
+EVENTS_AFTER = """
+SELECT e.* FROM outbox_events e, outbox_events c
+WHERE c.id = $1 AND (e.xid, e.id) > (c.xid, c.id) AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY e.xid, e.id LIMIT $2"""
+EVENT_EXISTS = "SELECT EXISTS (SELECT 1 FROM outbox_events WHERE id = $1)"
+
+
+# What the billing core was last told about a refund: the data of its newest event.
+LAST_PUBLISHED = "SELECT payload -> 'data' FROM outbox_events WHERE refund_id = $1 ORDER BY version DESC LIMIT 1"
+
+
+async def last_published(conn, refund_id: str) -> dict[str, Any] | None:
+    return await conn.fetchval(LAST_PUBLISHED, refund_id)
 
 
 async def insert_outbox(conn, refund_id: str, version: int, type: str, payload: dict[str, Any],
@@ -418,8 +521,14 @@ async def insert_delivery(conn, outbox_id: int, url: str, status_code: int | Non
     await conn.execute(INSERT_DELIVERY, outbox_id, url, status_code, error, latency_ms)
 
 
-async def events_after(conn, after: int, limit: int) -> list[Row]:
-    return await conn.fetch(EVENTS_AFTER, after, limit + 1)
+async def events_after(conn, after: int, limit: int) -> list[Row] | None:
+    """Up to limit + 1 events after the event `after` (0: from the start); None if there is no such event."""
+    if after == 0:
+        return await conn.fetch(EVENTS_FROM_START, limit + 1)
+    rows = await conn.fetch(EVENTS_AFTER, after, limit + 1)
+    if not rows and not await conn.fetchval(EVENT_EXISTS, after):
+        return None
+    return rows
 
 
 # --- operators --------------------------------------------------------------------------------
@@ -447,9 +556,11 @@ async def insert_rejection(conn, processor_id: str, reason: str, headers: dict[s
     await conn.execute(INSERT_REJECTION, processor_id, reason, headers, body[:64 * 1024], len(body), hourly_cap)
 
 
-# Stuck: needs attention, or pending and unmoved for longer than the threshold (parameter $n).
+# Stuck: needs attention, or pending for longer than the threshold (parameter $n) since it was
+# created. Not since updated_at: background work (a claim, a re-check, a retry) touches that on
+# every round, and a refund going round for days would never be listed.
 STUCK_WHERE = """(status = 'requires_attention'
- OR (status = 'pending' AND updated_at < now() - make_interval(secs => ${n}::float8)))"""
+ OR (status = 'pending' AND created_at < now() - make_interval(secs => ${n}::float8)))"""
 
 # Why a stuck refund is stuck: its failure code when it needs attention, else where it waits.
 STUCK_COUNTS = f"""
@@ -524,8 +635,11 @@ SELECT processor_id, status, stage, count(*) AS count FROM refunds
 WHERE status IN ('pending', 'requires_attention')
 GROUP BY 1, 2, 3"""
 
+# With the age of the oldest of each: an inbox that stalls shows here before any event is applied.
 OPEN_WEBHOOK_COUNTS = """
-SELECT processor_id, status, count(*) AS count FROM webhook_events
+SELECT processor_id, status, count(*) AS count,
+       greatest(0, extract(epoch FROM now() - min(received_at)))::float8 AS oldest_seconds
+FROM webhook_events
 WHERE status IN ('received', 'failed', 'unmatched')
 GROUP BY 1, 2"""
 
@@ -558,7 +672,8 @@ async def list_webhook_events(conn, *, status: str | None, processor: str | None
             filters.add(f"{column} = ${{n}}", value)
     return await conn.fetch(
         "SELECT id, processor_id, event_id, event_type, status, attempts, last_error, match_keys, received_at, "
-        f"processed_at FROM webhook_events {filters.page(starting_after, limit)}", *filters.args)
+        "processed_at, signature, event IS NOT NULL AS parsed "
+        f"FROM webhook_events {filters.page(starting_after, limit)}", *filters.args)
 
 
 async def claim_webhook_event(conn, event_row_id: int, lease_seconds: float) -> Row | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -64,9 +65,10 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     ),
     # A processor can fail a refund after reporting success (a reversal).
     Status.SUCCEEDED: frozenset({Status.FAILED}),
-    Status.FAILED: frozenset(),
-    Status.CANCELED: frozenset(),
-    Status.REFUNDED_OFFLINE: frozenset(),
+    # Final, but an operator's settlement reopens when the processor contradicts it (CONTRADICTED_BY).
+    Status.FAILED: frozenset({Status.REQUIRES_ATTENTION}),
+    Status.CANCELED: frozenset({Status.REQUIRES_ATTENTION}),
+    Status.REFUNDED_OFFLINE: frozenset({Status.REQUIRES_ATTENTION}),
 }
 
 FINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.REFUNDED_OFFLINE})
@@ -84,9 +86,23 @@ class BalanceDelta:
     refunded: int
 
 
-def check_transition(current: Status, target: Status) -> None:
-    if target not in TRANSITIONS[current]:
+def check_transition(current: Status, target: Status, *, contradicted: bool = False) -> None:
+    """Raises InvalidTransition unless the table allows the move. A final refund reopens only when
+    `contradicted`: the processor's answer contradicts an operator's settlement of it."""
+    reopens = current in FINAL and target not in FINAL
+    if target not in TRANSITIONS[current] or (reopens and not contradicted):
         raise InvalidTransition(current, target)
+
+
+def is_reversal(current: Status, target: Status) -> bool:
+    """A refund the processor reported succeeded, failed afterwards: its money came back."""
+    return current is Status.SUCCEEDED and target is Status.FAILED
+
+
+def is_stale(snapshot_at: datetime | None, last_applied_at: datetime | None) -> bool:
+    """Whether a processor's snapshot is older than the last one applied to the refund (webhooks
+    arrive out of order). Processors stamp whole seconds: a tie is left to the state machine."""
+    return snapshot_at is not None and last_applied_at is not None and snapshot_at < last_applied_at
 
 
 def balance_delta(current: Status, target: Status, amount: int) -> BalanceDelta:
@@ -117,3 +133,28 @@ OUTCOME_TARGET = {
 
 def target_for(outcome: Outcome) -> Target:
     return OUTCOME_TARGET[outcome]
+
+
+# An operator's settlement and the processor answers that contradict it: the processor carried
+# out a refund the operator released as failed or canceled (its amount could be refunded again),
+# or one the operator refunded offline (refunded twice). Such an answer is never dropped: the
+# refund reopens as requires_attention (`processor_disagrees`), its amount reserved again, until
+# an operator sorts it out. Anything else the processor says after a settlement changes nothing.
+CONTRADICTED_BY: dict[Status, frozenset[Status]] = {
+    Status.FAILED: frozenset({Status.SUCCEEDED}),
+    Status.CANCELED: frozenset({Status.SUCCEEDED}),
+    Status.REFUNDED_OFFLINE: frozenset({Status.SUCCEEDED}),
+}
+REOPENED = Target(Status.REQUIRES_ATTENTION, Stage.DONE)  # nothing is due at the processor: a person is
+DISAGREEMENT = "processor_disagrees"  # the reopened refund's failure code
+
+
+def contradicts(settled: Status, answer: Status) -> bool:
+    """Whether a processor's answer contradicts an operator's settlement `settled`."""
+    return answer in CONTRADICTED_BY.get(settled, frozenset())
+
+
+def awaits_operator(status: Status, failure_code: str | None) -> bool:
+    """A refund reopened by a disagreement moves only by an operator's hand (a replay asks the
+    processor; a resolution settles it): processor answers meanwhile would hide the dispute."""
+    return status is Status.REQUIRES_ATTENTION and failure_code == DISAGREEMENT

@@ -8,15 +8,24 @@ from aiohttp import web
 from gateway import errors, keys, operations
 from gateway.auth import require
 from gateway.db import store
-from gateway.domain.refunds import Status
-from gateway.http import json_response, model_response, parse_body, query_int
+from gateway.http import model_response, parse_body, parse_query
 from gateway.models import (
+    AdminRefundList,
+    AdminRefundQuery,
+    BulkReplayPreview,
     BulkReplayRequest,
+    BulkReplayResult,
     BulkReprocessRequest,
+    Queued,
     RefundOut,
     ReplayRequest,
+    ReplayResult,
     ReprocessRequest,
+    ReprocessResult,
     ResolveRequest,
+    WebhookEventList,
+    WebhookEventOut,
+    WebhookEventQuery,
 )
 
 routes = web.RouteTableDef()
@@ -29,23 +38,20 @@ def _actor(request: web.Request) -> str:
 @routes.get("/admin/refunds")
 async def list_refunds(request: web.Request) -> web.Response:
     _actor(request)
-    settings = request.app[keys.SETTINGS]
-    stuck = request.query.get("stuck", "false").lower() in ("true", "1", "yes")
-    status = request.query.get("status")
-    if status is not None and status not in {s.value for s in Status}:
-        raise errors.InvalidRequest(f"status must be one of {', '.join(Status)}",
-                                    errors=[{"field": "status", "message": "unknown status"}])
-    older_than = query_int(request, "older_than_seconds", int(settings.stuck_after_seconds), 0, 10**8)
-    limit = query_int(request, "limit", 50, 1, 500)
+    query = parse_query(request, AdminRefundQuery)
+    older_than = query.older_than_seconds
+    if older_than is None:
+        older_than = int(request.app[keys.SETTINGS].stuck_after_seconds)
+    limit = query.limit
     async with request.app[keys.POOL].acquire() as conn:
         rows = await store.list_refunds(
-            conn, stuck_older_than=older_than if stuck else None, status=status,
-            processor_id=request.query.get("processor"), failure_code=request.query.get("failure_code"),
-            starting_after=request.query.get("starting_after"), limit=limit)
+            conn, stuck_older_than=older_than if query.stuck else None, status=query.status,
+            processor_id=query.processor, failure_code=query.failure_code, starting_after=query.starting_after,
+            limit=limit)
         counts = await store.stuck_counts(conn, older_than)
-    return json_response({"data": [RefundOut.from_row(r).model_dump(mode="json") for r in rows[:limit]],
-                          "has_more": len(rows) > limit, "stuck_counts": counts,
-                          "stuck_total": sum(counts.values())})
+    return model_response(AdminRefundList(data=[RefundOut.from_row(r) for r in rows[:limit]],
+                                          has_more=len(rows) > limit, stuck_counts=counts,
+                                          stuck_total=sum(counts.values())))
 
 
 @routes.post("/admin/refunds/{id}/replay")
@@ -56,7 +62,7 @@ async def replay_refund(request: web.Request) -> web.Response:
     result = await operations.replay(app[keys.POOL], app[keys.EXECUTOR], request.match_info["id"], actor=actor,
                                      reason=body.reason, lease_seconds=app[keys.SETTINGS].lease_seconds,
                                      request_id=request[keys.REQUEST_ID])
-    return json_response(result)
+    return model_response(ReplayResult.model_validate(result))
 
 
 @routes.post("/admin/refunds/replay")
@@ -74,11 +80,12 @@ async def replay_refunds(request: web.Request) -> web.Response:
     if body.dry_run:
         await operations.record_dry_run(app[keys.POOL], candidates, actor=actor, reason=body.reason,
                                         request=body.model_dump(mode="json"), request_id=request[keys.REQUEST_ID])
-        return json_response({"dry_run": True, "would_replay": candidates, "count": len(candidates)})
+        return model_response(BulkReplayPreview(dry_run=True, would_replay=candidates, count=len(candidates)))
     results = await operations.replay_many(app[keys.POOL], app[keys.EXECUTOR], candidates, actor=actor,
                                            reason=body.reason, lease_seconds=app[keys.SETTINGS].lease_seconds,
                                            request_id=request[keys.REQUEST_ID])
-    return json_response({"dry_run": False, "results": results, "count": len(results)})
+    return model_response(BulkReplayResult.model_validate({"dry_run": False, "results": results,
+                                                           "count": len(results)}))
 
 
 @routes.post("/admin/refunds/{id}/resolve")
@@ -94,15 +101,13 @@ async def resolve_refund(request: web.Request) -> web.Response:
 @routes.get("/admin/webhook-events")
 async def list_webhook_events(request: web.Request) -> web.Response:
     _actor(request)
-    limit = query_int(request, "limit", 50, 1, 500)
-    after = request.query.get("starting_after")
+    query = parse_query(request, WebhookEventQuery)
+    limit = query.limit
     async with request.app[keys.POOL].acquire() as conn:
-        rows = await store.list_webhook_events(
-            conn, status=request.query.get("status"), processor=request.query.get("processor"),
-            starting_after=int(after) if after and after.isdigit() else None, limit=limit)
-    data = [{**dict(r), "received_at": r["received_at"].isoformat(),
-             "processed_at": r["processed_at"].isoformat() if r["processed_at"] else None} for r in rows[:limit]]
-    return json_response({"data": data, "has_more": len(rows) > limit})
+        rows = await store.list_webhook_events(conn, status=query.status, processor=query.processor,
+                                               starting_after=query.starting_after or None, limit=limit)
+    return model_response(WebhookEventList(data=[WebhookEventOut.model_validate(dict(r)) for r in rows[:limit]],
+                                           has_more=len(rows) > limit))
 
 
 @routes.post("/admin/webhook-events/{id}/reprocess")
@@ -111,8 +116,9 @@ async def reprocess_webhook_event(request: web.Request) -> web.Response:
     body = await parse_body(request, ReprocessRequest)
     result = await operations.reprocess_webhook_event(
         request.app[keys.POOL], request.match_info["id"], actor=actor, reason=body.reason,
-        recheck_seconds=request.app[keys.SETTINGS].pending_poll_seconds, request_id=request[keys.REQUEST_ID])
-    return json_response(result)
+        recheck_seconds=request.app[keys.SETTINGS].pending_poll_seconds, request_id=request[keys.REQUEST_ID],
+        adapters=request.app[keys.ADAPTERS])
+    return model_response(ReprocessResult.model_validate(result))
 
 
 @routes.post("/admin/webhook-events/reprocess")
@@ -125,4 +131,4 @@ async def reprocess_webhook_events(request: web.Request) -> web.Response:
                                reason=body.reason, request=body.model_dump(mode="json"), result={"queued": queued},
                                request_id=request[keys.REQUEST_ID])
     request.app[keys.WEBHOOK_WAKE].set()
-    return json_response({"queued": queued})
+    return model_response(Queued(queued=queued))

@@ -6,19 +6,22 @@ import asyncio
 import functools
 import hmac
 import html
+import re
 
+import orjson
 from aiohttp import web
 
 from gateway import errors, keys, metrics, openapi
 from gateway.db.migrate import current_version, latest_version
-from gateway.http import json_response
+from gateway.http import json_response, model_response
+from gateway.models import Health, Readiness
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return model_response(Health(status="ok"))
 
 
 @routes.get("/readyz")
@@ -33,7 +36,7 @@ async def readyz(request: web.Request) -> web.Response:
     if version < latest_version():
         raise errors.ServiceUnavailable(f"migrations pending: at {version}, need {latest_version()}",
                                         code="migrations_pending")
-    return json_response({"status": "ready", "schema_version": version})
+    return model_response(Readiness(status="ready", schema_version=version))
 
 
 @routes.get("/metrics")
@@ -67,18 +70,95 @@ async def openapi_json(request: web.Request) -> web.Response:
     return json_response(_document())
 
 
+# The page: every operation with its parameters, bodies, answers, problem codes and examples, the
+# callbacks and the schemas, drawn from the document itself. No script, nothing from elsewhere.
+_DOCS_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+                 "X-Content-Type-Options": "nosniff"}
+_STYLE = ("body{font:15px/1.45 sans-serif;margin:2em auto;max-width:70em;padding:0 1em}pre{background:#f6f6f6;"
+          "padding:.6em;overflow:auto;font-size:13px}section{border-top:1px solid #ccc;margin-top:1.5em}"
+          "td,th{padding:.2em .6em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}"
+          "code{background:#f0f0f0}h2 code{font-size:1em}")
+_SCHEMA_REF = re.compile(r"&quot;#/components/(schemas|examples)/(\w+)&quot;")
+_CODE = re.compile(r"`([^`]+)`")
+
+
+def _text(text: str) -> str:
+    return _CODE.sub(r"<code>\1</code>", html.escape(text))
+
+
+def _linked(text: str, codes) -> str:
+    """Text with each problem code in it linked to its example."""
+    for c in codes:
+        text = text.replace(f"<code>{c}</code>", f"<a href='#examples-{c}'><code>{c}</code></a>")
+    return text
+
+
+def _json(value: object) -> str:
+    text = html.escape(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+    return "<pre>" + _SCHEMA_REF.sub(r'<a href="#\1-\2">\2</a>', text) + "</pre>"
+
+
+def _media(content: dict) -> str:
+    parts = []
+    for media, body in content.items():
+        parts.append(f"<p><code>{html.escape(media)}</code></p>{_json(body['schema'])}")
+        parts += [f"<details><summary>{html.escape(name)}</summary>{_json(ex['value'])}</details>"
+                  for name, ex in body.get("examples", {}).items()]
+    return "".join(parts)
+
+
+def _operation(anchor: str, title: str, op: dict) -> str:
+    out = [f"<section id='{anchor}'><h2><code>{html.escape(title)}</code> {html.escape(op['summary'])}</h2>"]
+    if "description" in op:
+        out.append(f"<p>{_text(op['description'])}</p>")
+    if op.get("parameters"):
+        out.append("<table><tr><th>Parameter</th><th>In</th><th>Required</th><th>Schema</th><th>About</th></tr>")
+        out += [f"<tr><td><code>{html.escape(p['name'])}</code></td><td>{p['in']}</td>"
+                f"<td>{'yes' if p['required'] else ''}</td><td>{_json(p['schema'])}</td>"
+                f"<td>{_text(p.get('description', ''))}</td></tr>"
+                for p in op["parameters"]]
+        out.append("</table>")
+    if "requestBody" in op:
+        out.append(f"<h3>Body</h3>{_media(op['requestBody']['content'])}")
+    for status, answer in op["responses"].items():
+        content = answer.get("content", {})
+        problems = content.get("application/problem+json", {}).get("examples", {})
+        about = _linked(_text(answer["description"]), problems)
+        out.append(f"<h3>{status}</h3><p>{about}</p>{'' if problems else _media(content)}")
+    return "".join(out) + "</section>"
+
+
+def _docs_page(doc: dict) -> str:
+    ops = [(o["operationId"], f"{method.upper()} {path}", o) for path, item in doc["paths"].items()
+           for method, o in item.items()]
+    hooks = [(o["operationId"], f"{method.upper()} {{callback_url}} ({name})", o)
+             for name, item in doc["webhooks"].items() for method, o in item.items()]
+    components = doc["components"]
+    toc = "".join(f"<li><a href='#{a}'>{html.escape(t)}</a> {html.escape(o['summary'])}</li>" for a, t, o in ops)
+    code = components["schemas"]["Problem"]["properties"]["code"]
+    codes = "".join(f"<tr id='examples-{c}'><td><code>{c}</code></td><td>{e['value']['status']}</td>"
+                    f"<td>{_text(e['summary'])}<details><summary>example</summary>{_json(e['value'])}</details></td>"
+                    "</tr>" for c, e in components["examples"].items())
+    schemas = "".join(f"<h3 id='schemas-{name}'>{name}</h3>{_json(schema)}"
+                      for name, schema in components["schemas"].items())
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>psp-gateway API</title>"
+            f"<style>{_STYLE}</style></head><body><h1>psp-gateway API</h1><p>{_text(doc['info']['description'])}"
+            "</p><p>The same as OpenAPI 3.1: <a href='/openapi.json'>/openapi.json</a>. Authenticate with "
+            "<code>Authorization: Bearer &lt;key&gt;</code> or <code>X-API-Key</code>.</p><h2>Operations</h2>"
+            f"<ul>{toc}</ul><p><a href='#callbacks'>Callbacks</a> · <a href='#errors'>Problem codes</a> · "
+            "<a href='#schemas'>Schemas</a></p>" + "".join(_operation(*o) for o in ops)
+            + "<section id='callbacks'><h2>Callbacks to the billing core</h2></section>"
+            + "".join(_operation(*h) for h in hooks)
+            + f"<section id='errors'><h2>Problem codes</h2><p>{_linked(_text(code['description']), code['enum'])}"
+            f"</p><table><tr><th>code</th><th>status</th><th>meaning</th></tr>{codes}</table></section>"
+            f"<section id='schemas'><h2>Schemas</h2>{schemas}</section></body></html>")
+
+
+@functools.cache
+def _page() -> str:
+    return _docs_page(_document())
+
+
 @routes.get("/docs")
 async def docs(request: web.Request) -> web.Response:
-    rows = []
-    for op in openapi.OPERATIONS:
-        body = op.body.__name__ if op.body else ""
-        rows.append(f"<tr><td><code>{op.method.upper()} {html.escape(op.path)}</code></td>"
-                    f"<td>{html.escape(op.summary)}</td><td>{html.escape(op.scope or '-')}</td>"
-                    f"<td>{html.escape(body)}</td></tr>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>psp-gateway API</title>"
-            "<style>body{font-family:sans-serif;margin:2em}td{padding:.3em .8em;border-bottom:1px solid #ddd}"
-            "</style></head><body><h1>psp-gateway API</h1><p>The full description, with every request and "
-            "response schema: <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1).</p>"
-            "<table><tr><th>Operation</th><th>What it does</th><th>Scope</th><th>Body</th></tr>"
-            + "".join(rows) + "</table></body></html>")
-    return web.Response(text=page, content_type="text/html")
+    return web.Response(text=_page(), content_type="text/html", charset="utf-8", headers=_DOCS_HEADERS)

@@ -9,9 +9,8 @@ from aiohttp import web
 from gateway import errors, keys, services
 from gateway.auth import require
 from gateway.db import store
-from gateway.domain.refunds import Status
-from gateway.http import json_response, model_response, parse_body, query_int
-from gateway.models import RefundCreate, RefundOut, RefundTarget
+from gateway.http import model_response, parse_body, parse_query
+from gateway.models import RefundCreate, RefundList, RefundOut, RefundQuery, RefundTarget
 
 routes = web.RouteTableDef()
 
@@ -54,16 +53,26 @@ async def refund_invoice(request: web.Request) -> web.Response:
     invoice_id = request.match_info["invoice_id"]
     currency = target.currency
     if currency is None:
-        # The seeds' shape carries no currency: the refund takes the payment's.
+        # The seeds' shape carries no currency: the refund takes the payment's, the one pointed at if
+        # the body names one (found as services.create_refund will find it), else the invoice's.
+        pointer = target.transaction_id or target.psp_reference
         async with request.app[keys.POOL].acquire() as conn:
-            rows = await store.transactions_by_invoice(conn, invoice_id)
+            if target.transaction_id is not None:
+                row = await store.get_transaction(conn, target.transaction_id)
+                rows = [row] if row is not None else []
+            elif target.psp_reference is not None:
+                rows = await store.transactions_by_reference(conn, target.psp_reference)
+            else:
+                rows = await store.transactions_by_invoice(conn, invoice_id)
         currencies = {r["currency"] for r in rows}
         currency = currencies.pop() if len(currencies) == 1 else None
         if currency is None and rows:
-            raise errors.InvalidRequest("the invoice was paid in several currencies: give currency",
+            what = f"the payments {pointer!r} names were" if pointer else "the invoice was"
+            raise errors.InvalidRequest(f"{what} paid in several currencies: give currency",
                                         errors=[{"field": "currency", "message": "required for this invoice"}])
         if currency is None:
-            raise errors.NotFound(f"invoice {invoice_id!r} has no registered payment", code="transaction_not_found")
+            detail = f"no transaction {pointer!r}" if pointer else f"invoice {invoice_id!r} has no registered payment"
+            raise errors.NotFound(detail, code="transaction_not_found")
     cmd = RefundCreate.model_validate({**target.model_dump(exclude_none=True), "invoice_id": invoice_id,
                                        "currency": currency}, strict=False)
     return await _refund(request, cmd)
@@ -82,13 +91,9 @@ async def get_refund(request: web.Request) -> web.Response:
 @routes.get("/v1/refunds")
 async def list_refunds(request: web.Request) -> web.Response:
     require(request, "refunds:read")
-    status = request.query.get("status")
-    if status is not None and status not in {s.value for s in Status}:
-        raise errors.InvalidRequest(f"status must be one of {', '.join(Status)}",
-                                    errors=[{"field": "status", "message": "unknown status"}])
-    limit = query_int(request, "limit", 20, 1, 100)
+    query = parse_query(request, RefundQuery)
     async with request.app[keys.POOL].acquire() as conn:
-        rows = await store.list_refunds(conn, invoice_id=request.query.get("invoice_id"), status=status,
-                                        starting_after=request.query.get("starting_after"), limit=limit)
-    return json_response({"data": [RefundOut.from_row(r).model_dump(mode="json") for r in rows[:limit]],
-                          "has_more": len(rows) > limit})
+        rows = await store.list_refunds(conn, invoice_id=query.invoice_id, status=query.status,
+                                        starting_after=query.starting_after, limit=query.limit)
+    return model_response(RefundList(data=[RefundOut.from_row(r) for r in rows[:query.limit]],
+                                     has_more=len(rows) > query.limit))

@@ -7,8 +7,8 @@ from aiohttp import web
 from gateway import errors, keys, services
 from gateway.auth import require
 from gateway.db import store
-from gateway.http import json_response, model_response, parse_body
-from gateway.models import TransactionCreate, TransactionOut
+from gateway.http import model_response, parse_body, parse_query
+from gateway.models import TransactionCreate, TransactionList, TransactionOut, TransactionQuery
 
 routes = web.RouteTableDef()
 
@@ -45,11 +45,7 @@ async def get_transaction(request: web.Request) -> web.Response:
 @routes.get("/v1/transactions")
 async def list_transactions(request: web.Request) -> web.Response:
     require(request, "transactions:read")
-    invoice_id = request.query.get("invoice_id")
-    if not invoice_id:
-        raise errors.InvalidRequest("invoice_id is required",
-                                    errors=[{"field": "invoice_id", "message": "required"}])
+    query = parse_query(request, TransactionQuery)
     async with request.app[keys.POOL].acquire() as conn:
-        rows = await store.transactions_by_invoice(conn, invoice_id)
-    return json_response({"data": [TransactionOut.from_row(r).model_dump(mode="json") for r in rows],
-                          "has_more": False})
+        rows = await store.transactions_by_invoice(conn, query.invoice_id)
+    return model_response(TransactionList(data=[TransactionOut.from_row(r) for r in rows], has_more=False))

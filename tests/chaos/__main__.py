@@ -67,6 +67,11 @@ BRIDGEPAY_FAULTS = {
 }
 
 
+# From this many payments on, every fault kind above is expected to fire at least once (at 500, the
+# rarest, 2% of refund calls at one processor, is expected about 12 times).
+LONG_RUN_PAYMENTS = 500
+
+
 def gateway_config(stripe_url: str, bridgepay_url: str) -> str:
     return f"""
 [[processors]]
@@ -113,6 +118,8 @@ class Chaos:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.gateway: GatewayProcess | None = None
+        self.billing: BillingCore | None = None
+        self.payments_done = 0
 
     # -- the gateway process: started, killed and restarted on one port -----------------------------
 
@@ -137,9 +144,12 @@ class Chaos:
 
     async def kill_gateway(self) -> None:
         assert self.gateway is not None
+        in_flight = self.billing.in_flight if self.billing is not None else 0
         self.gateway.kill()  # SIGKILL, by its PID
         self.gateway.stop()  # closes its log
         self.counts["gateway killed (SIGKILL)"] += 1
+        if in_flight:
+            self.counts["gateway killed with refund commands in flight"] += 1
         self.start_gateway()
         await self.wait_ready()
 
@@ -150,15 +160,24 @@ class Chaos:
         self.pg = await asyncio.to_thread(embedded.start, self.folder / "pg")  # same data, same socket
         self.counts["Postgres restarted"] += 1
 
-    async def monkey(self, load_done: asyncio.Event) -> None:
-        """Kills the gateway `kills` times and stops Postgres once, at random moments while the load
-        runs (whatever is left once it has finished is done then, so every run has them all)."""
+    @staticmethod
+    async def wait_for(condition, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def monkey(self, load_done: asyncio.Event, billing: BillingCore) -> None:
+        """Kills the gateway `kills` times and stops Postgres once, at random points of the load
+        (when a random share of the payments is done, with refund commands in flight). Whatever is
+        left once the load has finished is done then, so every run has them all."""
         actions = ["kill"] * self.args.kills + ["postgres"]
         self.rng.shuffle(actions)
-        low, high = (2.0, 4.0) if self.args.quick else (4.0, 12.0)
-        for action in actions:
-            gap = self.rng.uniform(low, high) if not load_done.is_set() else 1.0
-            await asyncio.sleep(gap)
+        marks = sorted(self.rng.uniform(0.05, 0.75) * self.args.payments for _ in actions)
+        for action, mark in zip(actions, marks, strict=True):
+            await self.wait_for(lambda mark=mark: load_done.is_set() or self.payments_done >= mark, timeout=600)
+            await self.wait_for(lambda: load_done.is_set() or billing.in_flight > 0, timeout=10)
+            if load_done.is_set():
+                await asyncio.sleep(1.0)
             print(f"chaos: {action}", file=sys.stderr, flush=True)
             if action == "kill":
                 await self.kill_gateway()
@@ -176,8 +195,11 @@ class Chaos:
                     payment = billing.stripe_payment(self.stripe)
                 else:
                     payment = billing.bridgepay_payment(self.bridgepay, settled=self.rng.random() < 0.8)
-                if await billing.register(payment):
-                    await billing.refund_all(payment)
+                try:
+                    if await billing.register(payment):
+                        await billing.refund_all(payment)
+                finally:
+                    self.payments_done += 1
 
         await asyncio.gather(*(one(n) for n in range(self.args.payments)))
 
@@ -216,12 +238,33 @@ class Chaos:
             "outbox": await conn.fetch("SELECT refund_id, version, delivered_at FROM outbox_events"),
         }
 
+    def fault_counts(self, receiver: CallbackReceiver) -> Counter[str]:
+        deliveries = self.stripe.sim.deliverer.describe()
+        faults = Counter({f"stripe {k}": v for k, v in self.stripe.sim.faults.fired_counts.items()})
+        faults.update({f"bridgepay {k}": v for k, v in self.bridgepay.sim.faults.fired_counts.items()})
+        faults["stripe webhook duplicated"] = sum(1 for d in deliveries if d["duplicate"])
+        faults["stripe webhook delivery failed and retried"] = sum(max(0, d["attempts"] - 1) for d in deliveries)
+        faults["callback failed on purpose"] = receiver.failed_on_purpose
+        return faults
+
+    def faults_expected(self) -> list[str]:
+        """The fault kinds that must have fired: all that are configured, in a long enough run."""
+        if self.args.payments < LONG_RUN_PAYMENTS:
+            return []
+        return ([f"stripe {k}" for k in STRIPE_FAULTS if k != "webhooks"] + ["stripe webhook duplicated"]
+                + [f"bridgepay {k}" for k in BRIDGEPAY_FAULTS] + ["callback failed on purpose"])
+
     def check(self, data: dict[str, Any], billing: BillingCore, receiver: CallbackReceiver,
               settle_left: dict[str, int]) -> dict[str, list[str]]:
         refunds = data["refunds"]
         at_processor = (invariants.stripe_refunds(self.stripe.sim.world)
                         + invariants.bridgepay_refunds(self.bridgepay.sim.world))
         return {
+            "the load happened (commands, refunds, faults, webhooks, a kill mid-load)": invariants.load_happened(
+                commands=billing.commands, minimum_commands=self.args.payments, processors=("stripe", "bridgepay"),
+                transactions=data["transactions"], refunds=refunds, faults_fired=self.fault_counts(receiver),
+                faults_expected=self.faults_expected(), webhooks_stored=len(data["webhooks"]),
+                kills=self.args.kills, kills_in_flight=self.counts["gateway killed with refund commands in flight"]),
             "everything settled": [f"still left after the settle timeout: {settle_left}"] if settle_left else [],
             "processor totals equal gateway totals, none over-refunded, none executed twice":
                 invariants.money(data["transactions"], refunds, at_processor),
@@ -263,8 +306,9 @@ class Chaos:
         self.stripe.sim.faults.configure(STRIPE_FAULTS)
         self.bridgepay.sim.faults.configure(BRIDGEPAY_FAULTS)
         async with BillingCore(self.url, API_KEY, self.rng) as billing:
+            self.billing = billing
             load_done = asyncio.Event()
-            monkey = asyncio.create_task(self.monkey(load_done))
+            monkey = asyncio.create_task(self.monkey(load_done, billing))
             try:
                 await self.load(billing)
             finally:
@@ -292,12 +336,7 @@ class Chaos:
 
     def summary(self, billing: BillingCore, receiver: CallbackReceiver, data: dict[str, Any],
                 results: dict[str, list[str]], load_seconds: float, total_seconds: float) -> str:
-        deliveries = self.stripe.sim.deliverer.describe()
-        faults = Counter({f"stripe {k}": v for k, v in self.stripe.sim.faults.fired_counts.items()})
-        faults.update({f"bridgepay {k}": v for k, v in self.bridgepay.sim.faults.fired_counts.items()})
-        faults["stripe webhook duplicated"] = sum(1 for d in deliveries if d["duplicate"])
-        faults["stripe webhook delivery failed and retried"] = sum(max(0, d["attempts"] - 1) for d in deliveries)
-        faults["callback failed on purpose"] = receiver.failed_on_purpose
+        faults = self.fault_counts(receiver)
         outcomes = Counter(f"{r['status']}" + (f" ({r['failure_code']})" if r["failure_code"] else "")
                            for r in data["refunds"])
         lines = [f"chaos run: seed {self.args.seed}, {self.args.payments} payments, "

@@ -60,6 +60,7 @@ class BillingCore:
     commands: list[Command] = field(default_factory=list)
     payments: list[Payment] = field(default_factory=list)
     server_errors: list[str] = field(default_factory=list)  # 5xx other than 503: never expected
+    in_flight: int = 0  # refund commands sent and not answered yet
 
     async def __aenter__(self) -> "BillingCore":
         self.http = httpx.AsyncClient(base_url=self.url, timeout=15,
@@ -152,7 +153,11 @@ class BillingCore:
     async def refund(self, command: Command) -> None:
         self.commands.append(command)
         self.counts[f"commands ({command.kind})"] += 1
-        resp = await self.post("/v1/refunds", command.body, command.key)
+        self.in_flight += 1
+        try:
+            resp = await self.post("/v1/refunds", command.body, command.key)
+        finally:
+            self.in_flight -= 1
         if resp is None:
             self.counts["commands without a final answer"] += 1
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from tests.chaos.billing import Command
 
@@ -103,6 +103,27 @@ def callbacks(refunds: Iterable[Mapping[str, Any]], outbox: Iterable[Mapping[str
         heard = last_status.get(r["id"])
         if heard is None or heard[1] != r["status"]:
             violations.append(f"refund {r['id']} is {r['status']} but the billing core last heard {heard}")
+    return violations
+
+
+def load_happened(*, commands: Sequence[Command], minimum_commands: int, processors: Iterable[str],
+                  transactions: Iterable[Mapping[str, Any]], refunds: Iterable[Mapping[str, Any]],
+                  faults_fired: Mapping[str, int], faults_expected: Iterable[str], webhooks_stored: int,
+                  kills: int, kills_in_flight: int) -> list[str]:
+    """The run did what it set out to do: with nothing sent, every other check passes on empty lists.
+    Commands sent, refunds succeeded at each processor, every expected fault fired, webhooks stored,
+    and (if any kill was asked for) a kill landed while refund commands were in flight."""
+    violations = []
+    if len(commands) < minimum_commands:
+        violations.append(f"{len(commands)} refund commands sent, fewer than the {minimum_commands} expected")
+    processor_of = {tx["id"]: tx["processor_id"] for tx in transactions}
+    succeeded = Counter(processor_of.get(r["transaction_id"]) for r in refunds if r["status"] == "succeeded")
+    violations += [f"no refund succeeded at {p}" for p in processors if not succeeded[p]]
+    violations += [f"fault {kind!r} never fired" for kind in faults_expected if not faults_fired.get(kind)]
+    if webhooks_stored <= 0:
+        violations.append("no webhook event was stored")
+    if kills > 0 and kills_in_flight <= 0:
+        violations.append(f"none of the {kills} kills of the gateway happened with refund commands in flight")
     return violations
 
 

@@ -40,6 +40,10 @@ async def audit_rows(api) -> list:
         return await conn.fetch("SELECT * FROM admin_audit ORDER BY id")
 
 
+def audited(rows) -> list[tuple]:
+    return [(r["actor"], r["action"], r["target"], r["reason"], r["result"]) for r in rows]
+
+
 async def refund_events(api, refund_id: str) -> list:
     async with api.app[keys.POOL].acquire() as conn:
         return await conn.fetch("SELECT * FROM refund_events WHERE refund_id = $1 ORDER BY id", refund_id)
@@ -242,7 +246,33 @@ async def test_replay_is_refused_for_final_or_unknown_refunds_and_without_a_reas
 
     assert (await refund_now(api, lost["id"]))["status"] == "requires_attention"
     assert len(api.mock.executed) == 2
-    assert await audit_rows(api) == []  # refused actions did nothing
+    # Refused actions did nothing, and are audited as refused; a malformed request is no action.
+    assert audited(await audit_rows(api)) == [
+        ("ops", "refund.replay", done["id"], REASON, {"refused": "refund_final", "status_now": "succeeded"}),
+        ("ops", "refund.replay", "rf_nope", REASON, {"refused": "refund_not_found"}),
+    ]
+
+
+async def test_replay_and_resolve_of_a_refund_whose_call_is_in_flight_are_refused_and_audited(api):
+    tx3 = await api.transaction(amount=10_000, processor="mock3")
+    lost = await unresolvable(api, tx3)
+    async with api.app[keys.POOL].acquire() as conn:  # another process is calling the processor right now
+        await conn.execute("UPDATE refunds SET status = 'pending', stage = 'sending', "
+                           "lease_expires_at = now() + interval '1 minute' WHERE id = $1", lost["id"])
+
+    replay = await api.post(f"/admin/refunds/{lost['id']}/replay", {"reason": REASON}, key=ADMIN_KEY)
+    resolve = await api.post(f"/admin/refunds/{lost['id']}/resolve", {"resolution": "failed", "reason": REASON},
+                             key=ADMIN_KEY)
+
+    for resp in (replay, resolve):
+        assert (resp.status, (await resp.json())["code"]) == (409, "refund_in_flight")
+        assert resp.headers["Retry-After"] == "5"
+    assert ((await refund_now(api, lost["id"]))["stage"], len(api.app[keys.ADAPTERS]["mock3"].executed)) == (
+        "sending", 1)
+    assert audited(await audit_rows(api)) == [
+        ("ops", "refund.replay", lost["id"], REASON, {"refused": "refund_in_flight"}),
+        ("ops", "refund.resolve.failed", lost["id"], REASON, {"refused": "refund_in_flight"}),
+    ]
 
 
 
@@ -417,7 +447,104 @@ async def test_resolve_is_refused_without_a_reference_or_reason_and_for_final_re
     assert (await refund_now(api, lost["id"]))["status"] == "requires_attention"
     assert (await refund_now(api, done["id"]))["status"] == "succeeded"
     assert (await transaction_body(api, tx3))["reserved_amount"] == 6001
-    assert await audit_rows(api) == []
+    rows = await audit_rows(api)
+    assert audited(rows) == [
+        ("ops", "refund.resolve.failed", done["id"], REASON, {"refused": "refund_final", "status_now": "succeeded"}),
+        ("ops", "refund.resolve.failed", "rf_nope", REASON, {"refused": "refund_not_found"}),
+    ]
+    assert rows[0]["request"] == {"external_reference": None}
+
+
+# --- the processor answers after an operator resolved ------------------------------------------
+
+async def pending_at_stripe(stripe, amount: int = 1_000) -> tuple[dict, dict]:
+    """A 30.00 payment at the Stripe-like simulator with a refund of `amount` pending there."""
+    charge = await stripe.charge(3_000)
+    tx = await stripe.api.transaction(amount=3_000, psp_reference=charge["id"], processor="stripe")
+    await stripe.control.post("/_sim/refunds/behaviour", json={"status": "pending"})
+    refund = await stripe.api.refund(tx, amount)
+    assert (refund["status"], refund["stage"]) == ("pending", "pending_at_processor")
+    await stripe.settled()
+    return tx, refund
+
+
+async def callbacks_for(api, refund_id: str) -> list[dict]:
+    body = await (await api.get("/v1/events", params={"limit": "1000"})).json()
+    return [e for e in body["data"] if e["refund_id"] == refund_id]
+
+
+async def balance_of(api, tx: dict) -> tuple[int, int, int]:
+    body = await transaction_body(api, tx)
+    return body["refunded_amount"], body["reserved_amount"], body["refundable_amount"]
+
+
+async def test_processor_success_after_an_operator_resolved_failed_reopens_the_refund_with_its_amount_reserved(
+        stripe):
+    api = stripe.api
+    tx, refund = await pending_at_stripe(stripe)
+    status, body = await admin(api, "POST", f"/admin/refunds/{refund['id']}/resolve",
+                               {"resolution": "failed", "reason": REASON})
+    assert (status, body["status"]) == (200, "failed"), body
+    assert await balance_of(api, tx) == (0, 0, 3_000)  # released: refundable again
+
+    await stripe.control.post("/_sim/refunds/settle", json={"outcome": "succeeded"})  # the money went out after all
+    await stripe.settled()
+
+    now = await refund_now(api, refund["id"])
+    assert (now["status"], now["stage"], now["failure_code"]) == ("requires_attention", "done", "processor_disagrees")
+    assert "succeeded" in now["failure_message"] and "failed" in now["failure_message"]
+    assert await balance_of(api, tx) == (0, 1_000, 2_000)  # reserved again: it cannot be refunded twice
+    status, stuck = await admin(api, "GET", "/admin/refunds", params={"stuck": "true"})
+    assert [r["id"] for r in stuck["data"]] == [refund["id"]]
+    assert stuck["stuck_counts"] == {"requires_attention:processor_disagrees": 1}
+    last = (await callbacks_for(api, refund["id"]))[-1]
+    assert (last["type"], last["previous_status"], last["data"]["failure_code"]) == (
+        "refund.requires_attention", "failed", "processor_disagrees")
+    [reopened] = [e for e in await refund_events(api, refund["id"]) if e["from_status"] == "failed"]
+    assert (reopened["to_status"], reopened["detail"]["settled_as"], reopened["detail"]["processor_says"]) == (
+        "requires_attention", "failed", "succeeded")
+
+    # A replay asks the processor and records what it says.
+    status, body = await admin(api, "POST", f"/admin/refunds/{refund['id']}/replay", {"reason": REASON})
+    assert (status, body["found"], body["status"]) == (200, "succeeded", "succeeded"), body
+    assert await balance_of(api, tx) == (1_000, 0, 2_000)
+
+
+async def test_processor_success_after_an_operator_refunded_offline_is_a_visible_double_refund(stripe):
+    api = stripe.api
+    tx, refund = await pending_at_stripe(stripe)
+    status, body = await admin(api, "POST", f"/admin/refunds/{refund['id']}/resolve", {
+        "resolution": "refunded_offline", "reason": REASON, "external_reference": "BANK-TRF-7"})
+    assert (status, body["status"]) == (200, "refunded_offline"), body
+    assert await balance_of(api, tx) == (1_000, 0, 2_000)
+
+    await stripe.control.post("/_sim/refunds/settle", json={"outcome": "succeeded"})  # refunded a second time
+    await stripe.settled()
+
+    now = await refund_now(api, refund["id"])
+    assert (now["status"], now["failure_code"]) == ("requires_attention", "processor_disagrees")
+    assert await balance_of(api, tx) == (0, 1_000, 2_000)  # still counted once, and held
+    last = (await callbacks_for(api, refund["id"]))[-1]
+    assert (last["type"], last["previous_status"]) == ("refund.requires_attention", "refunded_offline")
+    status, stuck = await admin(api, "GET", "/admin/refunds", params={"stuck": "true"})
+    assert stuck["stuck_counts"] == {"requires_attention:processor_disagrees": 1}
+
+
+async def test_processor_failure_after_an_operator_resolved_canceled_changes_nothing(stripe):
+    api = stripe.api
+    tx, refund = await pending_at_stripe(stripe)
+    status, body = await admin(api, "POST", f"/admin/refunds/{refund['id']}/resolve",
+                               {"resolution": "canceled", "reason": REASON})
+    assert status == 200, body
+    before = await callbacks_for(api, refund["id"])
+
+    await stripe.control.post("/_sim/refunds/settle", json={"outcome": "failed"})  # the processor agrees
+    await stripe.settled()
+
+    now = await refund_now(api, refund["id"])
+    assert (now["status"], now["failure_code"]) == ("canceled", "resolved_canceled")
+    assert await balance_of(api, tx) == (0, 0, 3_000)
+    assert await callbacks_for(api, refund["id"]) == before
 
 
 # --- audit ---------------------------------------------------------------------------------------
@@ -451,7 +578,9 @@ async def test_every_admin_action_is_audited_with_actor_reason_result_and_reques
         ("ops", "refund.replay", stuck["id"], "bulk", "req-bulk"),
         ("ops", "refund.resolve.refunded_offline", stuck["id"], "paid by bank transfer", "req-resolve"),
         ("ops", "refund.resolve.canceled", other["id"], "customer withdrew", "req-cancel"),
+        ("ops", "refund.replay", lost["id"], "refused: final", "req-refused"),
     ]
+    assert rows[5]["result"] == {"refused": "refund_final", "status_now": "succeeded"}
     assert all(r["result"] for r in rows)
     assert rows[0]["result"] == {"found": "succeeded", "action": "recorded what the processor reported",
                                  "status": "succeeded", "stage": "done"}
@@ -475,7 +604,9 @@ async def test_webhook_event_admin_refuses_unknown_events_and_bad_statuses(api):
     assert (status, body["code"]) == (422, "validation_error")
     status, body = await admin(api, "GET", "/admin/webhook-events", params={"status": "unmatched"})
     assert (status, body) == (200, {"data": [], "has_more": False})
-    assert await audit_rows(api) == []
+    assert audited(await audit_rows(api)) == [
+        ("ops", "webhook_event.reprocess", target, REASON, {"refused": "webhook_event_not_found"})
+        for target in ("webhook_event:999999", "webhook_event:evt_x")]
 
 
 async def test_unmatched_webhook_events_are_listed_reprocessed_and_applied_once_the_payment_is_known(stripe):

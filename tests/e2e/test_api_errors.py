@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway import keys
-from tests.conftest import ADMIN_KEY, READER_KEY
+from tests.conftest import ADMIN_KEY, READER_KEY, WRITER_KEY
 
 
 async def _problem(resp, status: int, code: str) -> dict:
@@ -184,3 +184,80 @@ async def test_text_with_a_nul_character_is_a_validation_error_not_a_server_erro
                                           "reason": "bad\u0000reason", "metadata": {"k": "v\u0000"}})
     body = await _problem(resp, 422, "validation_error")
     assert "NUL" in body["detail"]
+
+
+NUL_REQUESTS = [
+    ("post", "/v1/invoices/a%00b/refund", "invoice_id", WRITER_KEY),
+    ("get", "/v1/refunds/a%00b", "id", WRITER_KEY),
+    ("get", "/v1/transactions/a%00b", "id", WRITER_KEY),
+    ("get", "/v1/transactions?invoice_id=a%00b", "invoice_id", WRITER_KEY),
+    ("get", "/v1/refunds?invoice_id=a%00b", "invoice_id", WRITER_KEY),
+    ("get", "/v1/refunds?starting_after=a%00b", "starting_after", WRITER_KEY),
+    ("get", "/v1/events?after=a%00b", "after", WRITER_KEY),
+    ("post", "/v1/webhooks/a%00b", "processor_id", None),
+    ("get", "/admin/refunds?processor=a%00b", "processor", ADMIN_KEY),
+    ("get", "/admin/refunds?failure_code=a%00b", "failure_code", ADMIN_KEY),
+    ("get", "/admin/refunds?starting_after=a%00b", "starting_after", ADMIN_KEY),
+    ("get", "/admin/webhook-events?status=a%00b", "status", ADMIN_KEY),
+    ("get", "/admin/webhook-events?processor=a%00b", "processor", ADMIN_KEY),
+    ("post", "/admin/refunds/a%00b/replay", "id", ADMIN_KEY),
+    ("post", "/admin/refunds/a%00b/resolve", "id", ADMIN_KEY),
+    ("post", "/admin/webhook-events/a%00b/reprocess", "id", ADMIN_KEY),
+    ("get", "/admin/console?x=a%00b", "x", ADMIN_KEY),
+]
+
+
+@pytest.mark.parametrize("idempotency_key", [None, "nul-key"])
+@pytest.mark.parametrize(("method", "path", "field", "key"), NUL_REQUESTS)
+async def test_nul_or_control_character_in_the_path_or_query_is_a_validation_error(api, method, path, field, key,
+                                                                                  idempotency_key):
+    """Postgres text cannot hold U+0000: a NUL in a URL is refused by name before any query runs
+    (a key, too: the Idempotency-Key row stores the path)."""
+    from yarl import URL
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    body = {"reason": "checking a bad id"} if "/admin/" in path and method == "post" else {}
+    for bad in (path, path.replace("%00", "%1F")):
+        resp = await api.http.request(method, URL(bad, encoded=True), json=body, headers=headers)
+        problem = await _problem(resp, 422, "validation_error")
+        assert [e["field"] for e in problem["errors"]] == [field]
+    assert await _row_counts(api) == (0, 0, 0)
+
+
+async def test_over_long_or_odd_ids_in_the_path_or_query_are_refused_not_a_server_error(api):
+    long = "x" * 256
+    for path in (f"/v1/refunds/{long}", f"/v1/transactions/{long}", f"/v1/invoices/{long}/refund"):
+        resp = await (api.post(path, {}) if path.endswith("/refund") else api.get(path))
+        problem = await _problem(resp, 422, "validation_error")
+        assert problem["errors"][0]["field"] in ("id", "invoice_id")
+    await _problem(await api.get("/v1/refunds", params={"invoice_id": long}), 422, "validation_error")
+    await _problem(await api.get("/v1/nothing%00here"), 422, "validation_error")
+    # Ids that could be stored but are not: plain 404s, and digits that are not ASCII are not numbers.
+    await _problem(await api.get(f"/v1/refunds/{'x' * 255}"), 404, "refund_not_found")
+    for after in ("²", "9" * 30, "-1"):
+        resp = await api.get("/admin/webhook-events", key=ADMIN_KEY, params={"starting_after": after})
+        await _problem(resp, 422, "validation_error")
+        resp = await api.post(f"/admin/webhook-events/{after}/reprocess", {"reason": "checking a bad id"},
+                              key=ADMIN_KEY)
+        await _problem(resp, 404, "webhook_event_not_found")
+
+
+async def test_invoice_refund_takes_the_currency_of_the_payment_the_body_points_at(api):
+    """An invoice paid in two currencies: with no pointer the currency is needed; with one, the
+    pointed-at payment's currency is the refund's."""
+    eur = await api.transaction(amount=1_000, currency="EUR", invoice_id="INV-2CUR", psp_reference="ch_2cur_eur")
+    usd = await api.transaction(amount=2_000, currency="USD", invoice_id="INV-2CUR", psp_reference="ch_2cur_usd")
+    body = await _problem(await api.post("/v1/invoices/INV-2CUR/refund", {"amount": 10}), 422, "validation_error")
+    assert body["errors"][0]["field"] == "currency"
+    resp = await api.post("/v1/invoices/INV-2CUR/refund", {"amount": 10, "transaction_id": usd["id"]})
+    assert resp.status == 201, await resp.text()
+    assert ((await resp.json())["currency"], (await resp.json())["transaction_id"]) == ("USD", usd["id"])
+    resp = await api.post("/v1/invoices/INV-2CUR/refund", {"amount": 20, "psp_reference": "ch_2cur_eur"})
+    assert resp.status == 201, await resp.text()
+    assert ((await resp.json())["currency"], (await resp.json())["transaction_id"]) == ("EUR", eur["id"])
+    await _problem(await api.post("/v1/invoices/INV-2CUR/refund", {"transaction_id": "tx_nope"}), 404,
+                   "transaction_not_found")
+    other = await api.transaction(amount=1_000, currency="GBP")
+    await _problem(await api.post("/v1/invoices/INV-2CUR/refund", {"amount": 1, "transaction_id": other["id"]}),
+                   422, "invoice_mismatch")

@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 
 from gateway import keys
-from tests.conftest import Api, make_settings, start_api
+from gateway.db import store
+from tests.conftest import Api, eventually, make_settings, start_api
 
 SECRET = "cb_secret_0123456789"
 
@@ -107,6 +108,63 @@ async def test_events_can_be_polled_after_a_cursor(api):
     rest = await (await api.get("/v1/events", params={"after": str(created["id"])})).json()
     assert [e["type"] for e in rest["data"]] == ["refund.succeeded"]
     assert rest["data"][0]["data"]["status"] == "succeeded" and rest["has_more"] is False
+
+
+async def events_after(api, after: int) -> list[dict]:
+    resp = await api.get("/v1/events", params={"after": str(after)})
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["data"]
+
+
+async def add_event(conn, refund_id: str, version: int) -> None:
+    await store.insert_outbox(conn, refund_id, version, "refund.updated",
+                              {"type": "refund.updated", "refund_id": refund_id, "version": version})
+
+
+async def test_polling_never_passes_an_event_whose_transaction_is_still_open(api):
+    tx = await api.transaction(amount=10_000)
+    refund = await api.refund(tx, 1_000)
+    cursor = (await events_after(api, 0))[-1]["id"]
+    pool = api.app[keys.POOL]
+    async with pool.acquire() as slow, pool.acquire() as quick:
+        open_transaction = slow.transaction()
+        await open_transaction.start()
+        await add_event(slow, refund["id"], 10)  # the lower id, still uncommitted
+        async with quick.transaction():
+            await add_event(quick, refund["id"], 11)  # a higher id, committed first
+        ids = await slow.fetch("SELECT id FROM outbox_events WHERE version IN (10, 11) ORDER BY version")
+        assert ids[0]["id"] < ids[1]["id"]
+        assert await events_after(api, cursor) == []  # not 11 alone: the cursor would pass 10
+        await open_transaction.commit()
+    served = await eventually(lambda: events_after(api, cursor))
+    assert [e["version"] for e in served] == [10, 11]
+
+
+async def test_event_committed_first_with_a_higher_id_is_served_before_an_open_lower_one(api):
+    tx = await api.transaction(amount=10_000)
+    refund = await api.refund(tx, 1_000)
+    cursor = (await events_after(api, 0))[-1]["id"]
+    pool = api.app[keys.POOL]
+    async with pool.acquire() as slow, pool.acquire() as quick:
+        quick_transaction = quick.transaction()
+        await quick_transaction.start()
+        await quick.fetchval("SELECT pg_current_xact_id()")  # the older transaction...
+        slow_transaction = slow.transaction()
+        await slow_transaction.start()
+        await add_event(slow, refund["id"], 20)  # ...and the younger one takes the lower id
+        await add_event(quick, refund["id"], 21)
+        await quick_transaction.commit()
+        served = await eventually(lambda: events_after(api, cursor))
+        assert [e["version"] for e in served] == [21]
+        cursor = served[-1]["id"]
+        await slow_transaction.commit()
+    served = await eventually(lambda: events_after(api, cursor))
+    assert [e["version"] for e in served] == [20]  # behind the cursor by id, after it in commit order
+
+
+async def test_polling_after_an_event_that_does_not_exist_is_refused(api):
+    resp = await api.get("/v1/events", params={"after": "987654"})
+    assert resp.status == 422 and (await resp.json())["code"] == "unknown_cursor"
 
 
 def test_callbacks_without_a_secret_are_refused_at_start():

@@ -230,6 +230,8 @@ async def test_console_actions_are_the_admin_actions_audited_with_the_client_id(
     assert [(r["actor"], r["action"], r["target"], r["reason"]) for r in rows] == [
         ("ops", "refund.replay", first["id"], REASON),
         ("ops", "refund.resolve.failed", second["id"], REASON),
-        ("ops", "webhook_event.reprocess", f"webhook_event:{parked['id']}", REASON)]
+        ("ops", "webhook_event.reprocess", f"webhook_event:{parked['id']}", REASON),
+        ("ops", "refund.replay", second["id"], REASON)]  # refused, and audited as such
+    assert rows[-1]["result"] == {"refused": "refund_final", "status_now": "failed"}
     page = await (await open_console(api)).text()
     assert first["id"] in page and second["id"] not in page  # resolved: no longer stuck

@@ -169,6 +169,20 @@ async def test_webhook_events_are_counted_by_status_with_their_apply_lag(databas
     assert total(after, "gateway_webhook_events_open") == 0  # nothing left to apply
 
 
+async def test_a_stalled_inbox_shows_the_age_of_its_oldest_open_event_before_any_is_applied(api):
+    assert not has(await scrape(api), "gateway_webhook_oldest_open_seconds")  # nothing open: no sample
+    async with api.app[keys.POOL].acquire() as conn:
+        for event_id, status, age in (("evt_old", "received", 600), ("evt_new", "received", 60),
+                                      ("evt_parked", "unmatched", 3600)):
+            await conn.execute(
+                "INSERT INTO webhook_events (processor_id, event_id, event_type, headers, body, event, match_keys, "
+                "status, received_at, next_attempt_at) VALUES ('mock', $1, 'refund.updated', '{}', '{}', '{}', '{}', "
+                "$2, now() - make_interval(secs => $3), now() + interval '1 hour')", event_id, status, age)
+    samples = await scrape(api)
+    assert 600 <= total(samples, "gateway_webhook_oldest_open_seconds", processor="mock", status="received") < 700
+    assert 3600 <= total(samples, "gateway_webhook_oldest_open_seconds", processor="mock", status="unmatched") < 3700
+
+
 async def _scrape_when(api: Api, condition) -> Samples | None:
     samples = await scrape(api)
     return samples if condition(samples) else None

@@ -261,7 +261,11 @@ async def test_replay_of_a_succeeded_refund_is_refused_with_a_message(cli, pool,
     assert unconfigured.code == 1  # a processor this configuration does not have
     assert unconfigured.err.strip().endswith("processor 'stripe-old' is not in this configuration [unknown_processor]")
     assert (await row(pool, "refunds", elsewhere))["status"] == "requires_attention"
-    assert await audit_rows(pool) == []
+    # Refused, and audited as refused, like the admin API's actions.
+    assert sorted((a["actor"], a["action"], a["target"], a["reason"], a["result"]["refused"])
+                  for a in await audit_rows(pool)) == sorted([
+        (ACTOR, "refund.replay", done, REASON, "refund_final"),
+        (ACTOR, "refund.replay", elsewhere, REASON, "unknown_processor")])
 
 
 async def test_resolve_settles_a_stuck_refund_offline_with_its_reference_and_audits_it(cli, pool):

@@ -78,9 +78,13 @@ async def test_gateway_killed_mid_call_resolves_the_refund_after_restart_with_on
         try:
             events = [r["event"] for r in await conn.fetch(
                 "SELECT event FROM refund_events WHERE refund_id = $1 ORDER BY id", refund["id"])]
+            calls = [(r["call"], r["outcome"]) for r in await conn.fetch(
+                "SELECT call, outcome FROM refund_attempts WHERE refund_id = $1 ORDER BY id", refund["id"])]
         finally:
             await conn.close()
         assert "recovery_claimed" in events
+        # The killed call left no row; the recovery asked Stripe and found it: no resend, even with the key.
+        assert calls == [("lookup", "succeeded")]
 
 
 async def test_three_gateway_processes_share_one_backlog_and_do_each_refund_once(gateways, database_url):

@@ -4,16 +4,24 @@ Stripe-like simulator, whose signed webhooks reach the gateway's webhook endpoin
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator
 
 import httpx
+import orjson
 import pytest
+from aiohttp import web
 
+from adapters.stripe.transformers import signature_header
 from adapters.stripe_sim import SimConfig
 from adapters.stripe_sim.testing import RunningSimulator, running_simulator
-from gateway import keys
+from gateway import callbacks, keys
 from tests.conftest import Api, eventually, make_settings, start_api
+from tests.e2e.test_callbacks import SECRET as CALLBACK_SECRET
+from tests.e2e.test_callbacks import BillingCore, valid_signature
 
 SIM_KEY = "sk_test_sim_e2e_0123"
 WHSEC = "whsec_e2e_0123456789"
@@ -63,15 +71,15 @@ class StripeWorld:
         await eventually(inbox_empty)
 
 
-@pytest.fixture
-async def stripe(database_url):
+@contextlib.asynccontextmanager
+async def stripe_world(database_url: str, **overrides) -> AsyncIterator[StripeWorld]:
     config = SimConfig(api_key=SIM_KEY, webhook_secrets=[WHSEC], seed=7, delivery_initial_backoff_seconds=0.05,
                        delivery_max_backoff_seconds=0.2)
     async with running_simulator(config) as sim:
         settings = make_settings(database_url, processors=[
             {"id": "stripe", "kind": "stripe", "base_url": sim.url, "api_key": SIM_KEY, "webhook_secrets": [WHSEC],
              "timeout_seconds": 0.5}],
-            webhook_poll_seconds=0.1, retry_max_attempts=6, retry_max_seconds=8.0)
+            **{"webhook_poll_seconds": 0.1, "retry_max_attempts": 6, "retry_max_seconds": 8.0, **overrides})
         client = await start_api(settings)
         control = httpx.AsyncClient(base_url=sim.url, headers={"Authorization": f"Bearer {SIM_KEY}"}, timeout=30)
         try:
@@ -82,6 +90,20 @@ async def stripe(database_url):
         finally:
             await control.aclose()
             await client.close()
+
+
+@pytest.fixture
+async def stripe(database_url):
+    async with stripe_world(database_url) as world:
+        yield world
+
+
+@pytest.fixture
+async def stripe_webhooks_only(database_url):
+    """The gateway never polls a refund pending at Stripe (a first check an hour away): only
+    Stripe's webhooks can move it."""
+    async with stripe_world(database_url, pending_poll_seconds=3600) as world:
+        yield world
 
 
 async def _refund(world: StripeWorld, tx: dict, amount: int | None = None, **extra) -> dict:
@@ -115,6 +137,75 @@ async def test_charge_webhook_registers_the_payment_and_two_partial_refunds_are_
         statuses = await conn.fetch("SELECT event_type, status FROM webhook_events ORDER BY id")
     assert {r["event_type"] for r in statuses} >= {"charge.succeeded", "refund.created", "charge.refunded"}
     assert {r["status"] for r in statuses} == {"applied"}
+
+
+async def test_billing_core_registers_a_payment_refunds_it_in_two_parts_and_stripes_webhooks_confirm_them(
+        stripe_webhooks_only):
+    stripe = stripe_webhooks_only
+    charge = await stripe.charge(10_000)  # no invoice in its metadata: the billing core registers it
+    resp = await stripe.api.post("/v1/transactions", {"processor": "stripe", "psp_reference": charge["id"],
+                                                      "invoice_id": "INV-S2", "amount": 10_000, "currency": "EUR"})
+    assert resp.status == 201, await resp.text()
+    tx = await resp.json()
+    # Stripe accepts each refund as pending; only its later webhooks say how they ended.
+    await stripe.control.post("/_sim/refunds/behaviour", json={"status": "pending"})
+    first = await _refund(stripe, tx, 3_000, credit_note_id="CN-1")
+    second = await _refund(stripe, tx, 2_000, credit_note_id="CN-2")
+    assert [(r["status"], r["stage"]) for r in (first, second)] == [("pending", "pending_at_processor")] * 2
+    await stripe.settled()  # refund.created and charge.refunded, both still pending
+    assert [(r["status"], r["stage"]) for r in [await stripe.refund_state(first["id"]),
+                                                await stripe.refund_state(second["id"])]] == [
+        ("pending", "pending_at_processor")] * 2
+    body = await (await stripe.api.get(f"/v1/transactions/{tx['id']}")).json()
+    assert (body["refunded_amount"], body["reserved_amount"], body["refundable_amount"]) == (0, 5_000, 5_000)
+
+    settled = await stripe.control.post("/_sim/refunds/settle", json={"outcome": "succeeded"})
+    assert len(settled.json()["settled"]) == 2
+    await stripe.settled()
+    for refund in (first, second):
+        state = await stripe.refund_state(refund["id"])
+        assert (state["status"], state["stage"], state["amount"]) == ("succeeded", "done", refund["amount"])
+    async with stripe.api.app[keys.POOL].acquire() as conn:
+        moved_by = await conn.fetch("SELECT DISTINCT event FROM refund_events WHERE refund_id = ANY($1::text[]) "
+                                    "AND to_status = 'succeeded'", [first["id"], second["id"]])
+    assert {r["event"] for r in moved_by} <= {"webhook:refund.updated", "webhook:charge.refund.updated"}
+    body = await (await stripe.api.get(f"/v1/transactions/{tx['id']}")).json()
+    assert (body["refunded_amount"], body["reserved_amount"], body["refundable_amount"]) == (5_000, 0, 5_000)
+    [sim_charge] = [c for c in (await stripe.state())["charges"] if c["id"] == charge["id"]]
+    assert (sim_charge["amount_refunded"], sim_charge["refund_executions"]) == (5_000, 2)
+    assert {r["status"] for r in sim_charge["refunds"]["data"]} == {"succeeded"}
+
+
+async def test_payment_intent_announced_by_both_its_webhooks_is_one_transaction_refundable_by_invoice(stripe):
+    resp = await stripe.control.post("/v1/payment_intents", data={
+        "amount": "8000", "currency": "eur", "confirm": "true", "metadata[invoice_id]": "INV-PI"})
+    intent = resp.json()
+    await stripe.settled()  # charge.succeeded and payment_intent.succeeded, both applied
+    async with stripe.api.app[keys.POOL].acquire() as conn:
+        applied = await conn.fetch("SELECT event_type, status FROM webhook_events")
+    assert {(r["event_type"], r["status"]) for r in applied} == {("charge.succeeded", "applied"),
+                                                                 ("payment_intent.succeeded", "applied")}
+    listed = await (await stripe.api.get("/v1/transactions", params={"invoice_id": "INV-PI"})).json()
+    [tx] = listed["data"]
+    assert tx["psp_reference"] in (intent["id"], intent["latest_charge"]) and tx["amount"] == 8_000
+    # The billing core naming the payment by either id gets that transaction back.
+    for reference in (intent["id"], intent["latest_charge"]):
+        again = await stripe.api.post("/v1/transactions", {"processor": "stripe", "psp_reference": reference,
+                                                           "invoice_id": "INV-PI", "amount": 8_000,
+                                                           "currency": "EUR", "metadata": {"invoice_id": "INV-PI"}})
+        assert again.status == 200, await again.text()
+        assert (await again.json())["id"] == tx["id"]
+
+    resp = await stripe.api.post("/v1/refunds", {"invoice_id": "INV-PI", "amount": 3_000, "currency": "EUR"})
+    assert resp.status == 201, await resp.text()
+    refund = await resp.json()
+    assert (refund["transaction_id"], refund["status"]) == (tx["id"], "succeeded")
+    await stripe.settled()  # the refund's webhooks name the charge and the payment intent
+    body = await (await stripe.api.get(f"/v1/transactions/{tx['id']}")).json()
+    assert (body["refunded_amount"], body["refundable_amount"]) == (3_000, 5_000)
+    listed = await (await stripe.api.get("/v1/refunds", params={"invoice_id": "INV-PI"})).json()
+    assert [r["id"] for r in listed["data"]] == [refund["id"]]
+    assert (await stripe.state())["refund_executions"] == {intent["latest_charge"]: 1}
 
 
 async def test_payment_registered_by_the_billing_core_matches_refund_webhooks_by_our_metadata(stripe):
@@ -190,6 +281,98 @@ async def test_refund_that_fails_after_succeeding_is_a_visible_reversal(stripe):
         events = await conn.fetch("SELECT from_status, to_status FROM refund_events WHERE refund_id = $1 ORDER BY id",
                                   refund["id"])
     assert ("succeeded", "failed") in [(e["from_status"], e["to_status"]) for e in events]
+    assert refund["reversed_at"] is not None
+    # The billing core is told in so many words: it has to take back what it recorded as refunded.
+    told = [e for e in await _callbacks_delivered(stripe.api) if e["refund_id"] == refund["id"]]
+    assert [e["type"] for e in told] == ["refund.created", "refund.succeeded", "refund.reversed"]
+    assert (told[-1]["previous_status"], told[-1]["data"]["status"], told[-1]["data"]["failure_code"]) == (
+        "succeeded", "failed", "expired_or_canceled_card")
+    assert told[-1]["data"]["reversed_at"] is not None and told[1]["data"]["reversed_at"] is None
+
+
+async def _callbacks_delivered(api: Api) -> list[dict]:
+    """Every event in the outbox as a billing core receives it: POSTed by the gateway's dispatcher
+    to an endpoint on loopback, each signed."""
+    core = BillingCore(failures=0)
+    runner = web.AppRunner(core.app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            while await callbacks.dispatch_due(api.app[keys.POOL], http, f"http://{host}:{port}/callbacks",
+                                               [CALLBACK_SECRET.encode()], initial_backoff=0.05, max_backoff=0.2):
+                pass
+    finally:
+        await runner.cleanup()
+    assert all(valid_signature(headers[callbacks.SIGNATURE_HEADER], body, CALLBACK_SECRET)
+               for _, headers, body in core.received)
+    return [event for event, _, _ in core.received]
+
+
+def _stripe_refund_event(event_type: str, refund: dict, charge: dict, status: str, created: int) -> bytes:
+    """A Stripe event about our refund, as Stripe would send it, stamped `created` (unix seconds)."""
+    return orjson.dumps({
+        "id": f"evt_{uuid.uuid4().hex[:24]}", "object": "event", "type": event_type, "created": created,
+        "livemode": False, "data": {"object": {
+            "id": refund["psp_refund_id"], "object": "refund", "amount": refund["amount"], "currency": "eur",
+            "charge": charge["id"], "status": status, "metadata": {"refund_id": refund["id"]}}}})
+
+
+async def _deliver_in_order(stripe: StripeWorld, *bodies: bytes) -> None:
+    """Each event signed and POSTed to the gateway, and applied, before the next is sent."""
+    for body in bodies:
+        resp = await stripe.api.post("/v1/webhooks/stripe", data=body, key=None, headers={
+            "Content-Type": "application/json",
+            "Stripe-Signature": signature_header(body, [WHSEC.encode()], int(time.time()))})
+        assert resp.status == 200, await resp.text()
+        await stripe.settled()
+
+
+async def _pending_refund_without_stripes_webhooks(stripe: StripeWorld) -> tuple[dict, dict]:
+    """A refund Stripe reports pending; Stripe's own webhooks are off: the test sends them."""
+    await stripe.control.post("/_sim/webhooks/endpoint", json={"url": None})
+    charge = await stripe.charge(3_000)
+    tx = await stripe.api.transaction(amount=3_000, psp_reference=charge["id"], processor="stripe")
+    await stripe.control.post("/_sim/refunds/behaviour", json={"status": "pending"})
+    refund = await _refund(stripe, tx, 1_000)
+    assert (refund["status"], refund["stage"]) == ("pending", "pending_at_processor")
+    return charge, refund
+
+
+async def test_stale_pending_snapshot_delivered_after_success_leaves_the_refund_succeeded(stripe):
+    charge, refund = await _pending_refund_without_stripes_webhooks(stripe)
+    t = int(time.time())
+
+    await _deliver_in_order(stripe, _stripe_refund_event("refund.updated", refund, charge, "succeeded", t + 2),
+                            _stripe_refund_event("refund.created", refund, charge, "pending", t + 1))
+
+    now = await stripe.refund_state(refund["id"])
+    assert (now["status"], now["stage"]) == ("succeeded", "done")
+    body = await (await stripe.api.get(f"/v1/transactions/{refund['transaction_id']}")).json()
+    assert (body["refunded_amount"], body["reserved_amount"]) == (1_000, 0)
+    async with stripe.api.app[keys.POOL].acquire() as conn:
+        applied_at = await conn.fetchval("SELECT processor_snapshot_at FROM refunds WHERE id = $1", refund["id"])
+    assert applied_at.timestamp() == t + 2
+
+
+async def test_stale_pending_snapshot_delivered_after_requires_action_keeps_the_refund_needing_attention(stripe):
+    charge, refund = await _pending_refund_without_stripes_webhooks(stripe)
+    t = int(time.time())
+
+    await _deliver_in_order(stripe, _stripe_refund_event("refund.updated", refund, charge, "requires_action", t + 2),
+                            _stripe_refund_event("refund.created", refund, charge, "pending", t + 1))
+
+    now = await stripe.refund_state(refund["id"])
+    assert now["status"] == "requires_attention"  # the older pending snapshot was skipped
+    told = [e["type"] for e in await _callbacks_delivered(stripe.api) if e["refund_id"] == refund["id"]]
+    assert told == ["refund.created", "refund.updated", "refund.requires_attention"]  # nothing for the stale one
+
+    # A newer snapshot does move it.
+    await _deliver_in_order(stripe, _stripe_refund_event("refund.updated", refund, charge, "pending", t + 3))
+    now = await stripe.refund_state(refund["id"])
+    assert (now["status"], now["stage"]) == ("pending", "pending_at_processor")
 
 
 async def test_refund_made_in_the_dashboard_is_recorded_against_its_transaction(stripe):
@@ -253,10 +436,12 @@ async def test_under_faults_every_refund_ends_once_at_stripe_and_the_totals_agre
                          "execute_then_timeout": None})
     await stripe.settled()
     state = await stripe.state()
+    finals = []
     for charge, tx in zip(charges, txs):
         [sim_charge] = [c for c in state["charges"] if c["id"] == charge["id"]]
         body = await (await stripe.api.get(f"/v1/transactions/{tx['id']}")).json()
         ours = [await stripe.refund_state(r["id"]) for r in results if r["transaction_id"] == tx["id"]]
+        finals.extend(ours)
         succeeded = sum(r["amount"] for r in ours if r["status"] == "succeeded")
         assert sim_charge["amount_refunded"] == succeeded == body["refunded_amount"], (sim_charge, ours)
         assert sim_charge["refund_executions"] == len(sim_charge["refunds"]["data"])
@@ -264,6 +449,10 @@ async def test_under_faults_every_refund_ends_once_at_stripe_and_the_totals_agre
         assert len(executed_ids) == len(set(executed_ids)), "a refund was executed twice at the processor"
         stuck = [r for r in ours if r["status"] not in ("succeeded", "failed")]
         assert all(r["status"] == "requires_attention" and r["failure_code"] for r in stuck)
+    # Retries and look-ups get most refunds through the faults: totals that agree only because
+    # nothing was refunded would prove nothing.
+    outcomes = [r["status"] for r in finals]
+    assert outcomes.count("succeeded") >= len(outcomes) * 3 // 4, outcomes
     async with stripe.api.app[keys.POOL].acquire() as conn:
         stored = await conn.fetchval("SELECT count(*) FROM webhook_events")
         faulted = await conn.fetch("SELECT DISTINCT processor_code FROM refund_attempts WHERE outcome = 'error'")

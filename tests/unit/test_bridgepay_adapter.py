@@ -350,6 +350,7 @@ DECLINES = {
     "refund not processed": ("30047", None, "refund_not_processed"),
     "invalid reference": ("10055", None, "invalid_reference"),
     "transaction not found": ("800011", None, "transaction_not_found"),
+    "invalid void request": ("10033", None, "invalid_void"),
 }
 
 
@@ -396,14 +397,27 @@ async def test_duplicate_flag_means_the_first_may_have_been_carried_out(adapter,
         await adapter.refund(make_request())
 
 
-@pytest.mark.parametrize("code", ["10024", "10028", "10001", "99999"],
-                         ids=["invalid credentials", "bad amount format", "missing reference", "unknown error"])
+@pytest.mark.parametrize("code", ["10024", "10028", "10001", "99999", "10022", "10029"],
+                         ids=["invalid credentials", "bad amount format", "missing reference", "unknown error",
+                              "invalid request type", "bad date/time"])
 async def test_bridgepay_refusing_our_request_is_a_protocol_error(adapter, bridgepay, code):
     bridgepay.post(PROCESS_URL).mock(return_value=refund_answer(code, None, root="ErrorResponse",
                                                                 with_message=False))
     with pytest.raises(ProcessorProtocolError) as info:
         await adapter.refund(make_request())
     assert info.value.code == code
+
+
+@pytest.mark.parametrize("code", ["30060", "00000"], ids=["refusal code", "success code"])
+async def test_e09_processing_error_needs_attention_never_a_decline_or_a_success(adapter, bridgepay, code):
+    # A processing error says nothing about whether the refund was carried out: failing it would
+    # release the balance for a second refund, and it cannot be counted as done either.
+    bridgepay.post(PROCESS_URL).mock(return_value=refund_answer(code, "E09 - Processing Error", trans_id=None))
+    result = await adapter.refund(make_request())
+    assert (result.outcome, result.processor_code) == (Outcome.NEEDS_ATTENTION, code if code != "00000" else "E09")
+    assert "E09" in result.message
+    decision = decide(result)
+    assert (decision.target.status, decision.target.stage) == (Status.REQUIRES_ATTENTION, Stage.OUTCOME_UNKNOWN)
 
 
 async def test_soap_fault_on_the_refund_is_a_protocol_error(adapter, bridgepay):
@@ -586,14 +600,26 @@ async def test_lookup_goes_to_the_reporting_base_url_when_one_is_configured(brid
     assert found is not None and found.psp_refund_id == NEW_ID
 
 
-@pytest.mark.parametrize("kind", ["Refund", "Void"])
-async def test_lookup_finds_our_executed_refund_or_void_as_succeeded(adapter, bridgepay, kind):
+@pytest.mark.parametrize(("kind", "bridgepay_type"), [("Refund", "refund"), ("Void", "void"), ("Credit", "refund"),
+                                                    ("CREDIT", "refund")])
+async def test_lookup_finds_our_executed_refund_void_or_credit_as_succeeded(adapter, bridgepay, kind, bridgepay_type):
     bridgepay.post(REPORTING_URL).mock(return_value=reporting_answer([
         row(SALE_ID, invoice="INV-2024-0042", type="Sale"), row("117150042", type=kind, remaining="3000")]))
     found = await adapter.lookup_refund(make_request(), None)
     assert found is not None
     assert (found.outcome, found.psp_refund_id) == (Outcome.SUCCEEDED, "117150042")
-    assert found.details == {"bridgepay_type": kind.lower(), "remaining_amount": "3000"}
+    assert found.details == {"bridgepay_type": bridgepay_type, "remaining_amount": "3000"}
+
+
+@pytest.mark.parametrize("kind", ["Return", ""], ids=["a type we do not know", "no type"])
+async def test_lookup_finding_our_refund_under_a_type_we_do_not_know_needs_attention_not_a_resend(adapter, bridgepay,
+                                                                                              kind):
+    bridgepay.post(REPORTING_URL).mock(return_value=reporting_answer([row("117150042", type=kind)]))
+    found = await adapter.lookup_refund(make_request(), None)
+    assert found is not None
+    assert (found.outcome, found.psp_refund_id) == (Outcome.NEEDS_ATTENTION, "117150042")
+    decision = decide(found)
+    assert (decision.target.status, decision.target.stage) == (Status.REQUIRES_ATTENTION, Stage.OUTCOME_UNKNOWN)
 
 
 LOOKUP_MISSES = {

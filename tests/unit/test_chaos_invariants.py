@@ -83,3 +83,45 @@ def test_duplicates_answered_differently_and_two_refunds_for_one_credit_note_are
     clean = [Command("tx_1", body, "k1", "partial", 201, "re_1"), Command("tx_1", body, "k1", "same_key", 201, "re_1"),
              Command("tx_1", body, "k2", "same_credit_note", 409, None, "conflict")]
     assert invariants.answers(clean, {"re_1": {}}) == []
+
+
+def _load(**overrides) -> dict:
+    """A run that did what it set out to do; each test takes one thing away."""
+    body = {"credit_note_id": "CN-1"}
+    txs = [TX, {**TX, "id": "tx_2", "processor_id": "bridgepay", "psp_reference": "bp_1"}]
+    values = dict(commands=[Command("tx_1", body, f"k{n}", "partial", 201, f"re_{n}") for n in range(3)],
+                  minimum_commands=2, processors=("stripe", "bridgepay"), transactions=txs,
+                  refunds=[refund("re_1", 600), refund("re_2", 100, transaction_id="tx_2")],
+                  faults_fired={"stripe drop": 2, "bridgepay network": 1}, faults_expected=["stripe drop",
+                                                                                           "bridgepay network"],
+                  webhooks_stored=4, kills=1, kills_in_flight=1)
+    return {**values, **overrides}
+
+
+def test_a_run_that_sent_its_load_passes_the_load_check():
+    assert invariants.load_happened(**_load()) == []
+
+
+def test_a_run_that_sent_nothing_fails_the_load_check_though_every_other_check_passes():
+    empty = _load(commands=[], transactions=[], refunds=[], faults_fired={}, webhooks_stored=0, kills_in_flight=0)
+    assert invariants.money([], [], []) == invariants.final_states([]) == invariants.answers([], {}) == []
+    assert invariants.load_happened(**empty) == [
+        "0 refund commands sent, fewer than the 2 expected", "no refund succeeded at stripe",
+        "no refund succeeded at bridgepay", "fault 'stripe drop' never fired", "fault 'bridgepay network' never fired",
+        "no webhook event was stored", "none of the 1 kills of the gateway happened with refund commands in flight"]
+
+
+def test_each_missing_part_of_the_load_is_found_on_its_own():
+    assert invariants.load_happened(**_load(minimum_commands=4)) == [
+        "3 refund commands sent, fewer than the 4 expected"]
+    failed_at_bridgepay = [refund("re_1", 600), refund("re_2", 100, "failed", transaction_id="tx_2")]
+    assert invariants.load_happened(**_load(refunds=failed_at_bridgepay)) == ["no refund succeeded at bridgepay"]
+    assert invariants.load_happened(**_load(faults_fired={"stripe drop": 2, "bridgepay network": 0})) == [
+        "fault 'bridgepay network' never fired"]
+    assert invariants.load_happened(**_load(webhooks_stored=0)) == ["no webhook event was stored"]
+    assert invariants.load_happened(**_load(kills_in_flight=0)) == [
+        "none of the 1 kills of the gateway happened with refund commands in flight"]
+
+
+def test_a_short_run_expects_no_fault_and_a_run_without_kills_no_kill():
+    assert invariants.load_happened(**_load(faults_fired={}, faults_expected=[], kills=0, kills_in_flight=0)) == []

@@ -219,3 +219,24 @@ def test_what_a_processor_said_is_stored_without_keys_or_card_numbers():
         assert "4242 4242 4242 4242" not in decision.failure_message
     assert transient.failure_message.endswith("was refused; retry")
     assert len(decide(TransientProcessorError("x" * 5000)).failure_message) == 500
+
+
+@pytest.mark.parametrize("text", [f"evt_{CARD}", f"ch_{CARD}x", f"pan:{CARD}", f"card{CARD[:4]} {CARD[4:]}"])
+def test_a_card_number_glued_to_letters_or_underscores_is_redacted_too(logs, log, text):
+    log.info("webhook_received", event_id=text)
+    assert CARD not in logs() and CARD[4:] not in logs()
+
+
+def test_the_libraries_stdlib_loggers_go_through_the_same_redaction_as_json(logs):
+    import logging
+
+    try:
+        raise ValueError(f"b'Authorization: Bearer {API_KEY}\\x01{CARD}'")
+    except ValueError:
+        logging.getLogger("aiohttp.server").exception("Error handling request from 127.0.0.1")
+    logging.getLogger("httpx").info(f"HTTP Request: POST /?card={CARD}")  # below the libraries' level
+    [record] = lines(logs())
+    assert (record["logger"], record["level"], record["event"]) == ("aiohttp.server", "error",
+                                                                    "Error handling request from 127.0.0.1")
+    assert "ValueError" in record["exception"] and API_KEY not in record["exception"]
+    assert CARD not in logs()

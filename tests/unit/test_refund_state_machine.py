@@ -8,6 +8,7 @@ from gateway.domain.refunds: a change to the product's table must show up here a
 from __future__ import annotations
 
 import itertools
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import settings
@@ -15,7 +16,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, multiple, rule
 
 from gateway.domain.refunds import (
+    DISAGREEMENT,
     FINAL,
+    REOPENED,
     TRANSITIONS,
     BalanceDelta,
     InvalidTransition,
@@ -23,8 +26,12 @@ from gateway.domain.refunds import (
     Stage,
     Status,
     Target,
+    awaits_operator,
     balance_delta,
     check_transition,
+    contradicts,
+    is_reversal,
+    is_stale,
     target_for,
 )
 
@@ -37,6 +44,9 @@ ALLOWED = {
     (S, F),  # a reversal reported after success
 }
 ALL_PAIRS = list(itertools.product(Status, Status))
+# An operator's settlement the processor contradicts (it carried the refund out after all) reopens it.
+CONTRADICTIONS = {(F, S), (C, S), (RO, S)}  # (settled as, the processor says)
+REOPENS = {(F, RA), (C, RA), (RO, RA)}
 
 # Where a refund's amount counts on its transaction while it has this status.
 RESERVED_WHILE = {P, RA}
@@ -97,6 +107,65 @@ def test_final_refund_never_goes_back_to_pending_or_attention():
         for target in (P, RA):
             with pytest.raises(InvalidTransition):
                 check_transition(current, target)
+
+
+# --- an operator's settlement that the processor contradicts ------------------------------------
+
+@pytest.mark.parametrize("pair", ALL_PAIRS, ids=_id)
+def test_only_a_processor_success_contradicts_an_operators_settlement(pair):
+    assert contradicts(*pair) is (pair in CONTRADICTIONS)
+
+
+@pytest.mark.parametrize("pair", ALL_PAIRS, ids=_id)
+def test_a_contradicted_settlement_reopens_only_to_requires_attention(pair):
+    current, target = pair
+    if pair in ALLOWED | REOPENS:
+        check_transition(current, target, contradicted=True)
+    else:
+        with pytest.raises(InvalidTransition):
+            check_transition(current, target, contradicted=True)
+
+
+@pytest.mark.parametrize("pair", sorted(REOPENS), ids=_id)
+def test_a_settlement_never_reopens_without_a_contradiction(pair):
+    with pytest.raises(InvalidTransition):
+        check_transition(*pair)
+
+
+def test_reopened_refund_needs_attention_with_its_amount_reserved_again():
+    assert (REOPENED.status, DISAGREEMENT) == (RA, "processor_disagrees")
+    assert balance_delta(F, RA, 700) == BalanceDelta(reserved=700, refunded=0)  # released, held again
+    assert balance_delta(C, RA, 700) == BalanceDelta(reserved=700, refunded=0)
+    assert balance_delta(RO, RA, 700) == BalanceDelta(reserved=700, refunded=-700)  # counted once, held
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_only_a_reopened_refund_waits_for_an_operator(status):
+    assert awaits_operator(status, "processor_disagrees") is (status is RA)
+    assert awaits_operator(status, "outcome_unknown") is False
+    assert awaits_operator(status, None) is False
+
+
+@pytest.mark.parametrize("pair", ALL_PAIRS, ids=_id)
+def test_only_succeeded_to_failed_is_a_reversal(pair):
+    assert is_reversal(*pair) is (pair == (S, F))
+
+
+# --- snapshot order ------------------------------------------------------------------------------
+
+T0 = datetime(2026, 1, 5, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(("snapshot_at", "applied_at", "stale"), [
+    (T0 - timedelta(seconds=1), T0, True),  # older than the last one applied: skipped
+    (T0, T0, False),  # the same second: left to the state machine
+    (T0 + timedelta(seconds=1), T0, False),
+    (None, T0, False),  # no processor time (a BridgePay event): the state machine alone
+    (T0, None, False),  # nothing applied from a webhook yet
+    (None, None, False),
+], ids=["older", "same_second", "newer", "no_snapshot_time", "none_applied_yet", "neither"])
+def test_snapshot_older_than_the_last_applied_is_stale(snapshot_at, applied_at, stale):
+    assert is_stale(snapshot_at, applied_at) is stale
 
 
 # --- balance ----------------------------------------------------------------------------------

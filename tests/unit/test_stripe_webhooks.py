@@ -10,7 +10,7 @@ import pytest
 import stripe
 from pydantic import SecretStr
 
-from adapters.base import PaymentSnapshot, WebhookEvent, WebhookVerificationError
+from adapters.base import PaymentSnapshot, WebhookEvent, WebhookPayloadError, WebhookVerificationError
 from adapters.stripe import StripeAdapter
 from adapters.stripe.transformers import parse_event, signature_header, verify_signature
 from gateway.domain.refunds import Outcome
@@ -298,10 +298,13 @@ async def test_parse_webhook_of_a_processor_without_webhook_secrets_rejects_ever
         await adapter.aclose()
 
 
-def test_valid_signature_over_a_body_that_is_not_an_event_is_rejected(adapter):
+def test_valid_signature_over_a_body_that_is_not_an_event_is_a_payload_error_not_a_bad_signature(adapter):
     body = b'{"hello": "world"}'
-    with pytest.raises(WebhookVerificationError):
+    with pytest.raises(WebhookPayloadError) as raised:
         adapter.parse_webhook({"Stripe-Signature": stripe_signed(body, SECRET)}, body)
+    assert (raised.value.event_id, raised.value.event_type) == (None, None)
+    with pytest.raises(WebhookPayloadError):
+        adapter.parse_webhook_body(body)
 
 
 # --- parsing events ------------------------------------------------------------------------------------------
@@ -457,9 +460,18 @@ MALFORMED_EVENTS = {
 
 
 @pytest.mark.parametrize("body", MALFORMED_EVENTS.values(), ids=MALFORMED_EVENTS.keys())
-def test_malformed_event_envelope_is_rejected(body):
-    with pytest.raises(WebhookVerificationError):
+def test_malformed_event_envelope_is_a_payload_error(body):
+    with pytest.raises(WebhookPayloadError):
         parse_event(body)
+
+
+def test_payload_error_carries_the_event_id_and_type_it_could_read():
+    with pytest.raises(WebhookPayloadError) as raised:
+        parse_event(MALFORMED_EVENTS["refund_without_amount"])
+    assert (raised.value.event_id, raised.value.event_type) == (event("refund.updated", {})["id"], "refund.updated")
+    with pytest.raises(WebhookPayloadError) as raised:
+        parse_event(MALFORMED_EVENTS["missing_id"])
+    assert (raised.value.event_id, raised.value.event_type) == (None, "refund.created")
 
 
 def test_signed_refund_event_is_verified_and_parsed_by_the_adapter(adapter):
