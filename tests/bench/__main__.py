@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import asyncpg
@@ -93,12 +94,30 @@ class Bench:
         return self.run_tool("tests.bench.floor", "--dsn", self.dsn, "--plan", str(plan), "--kind", kind,
                              "--concurrency", str(concurrency), "--seconds", str(self.seconds), seconds=self.seconds)
 
-    def profile(self) -> subprocess.Popen:
-        """py-spy on the gateway during scenario 1: collapsed stacks in bench-profile.txt."""
+    def profile(self, name: str) -> subprocess.Popen | None:
+        """With --profile, py-spy on the gateway for one measured run: collapsed stacks in
+        bench-profile-<name>.txt, summarised by `profile_summary`."""
+        if not self.args.profile:
+            return None
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         return subprocess.Popen([py_spy, "record", "--pid", str(self.gateway.proc.pid), "--duration",
                                  str(int(self.seconds)), "--format", "raw", "--subprocesses", "--nonblocking",
-                                 "-o", "bench-profile.txt"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 "-o", f"bench-profile-{name}.txt"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    @staticmethod
+    def profile_summary(profiler: subprocess.Popen | None, name: str) -> dict:
+        """Where the gateway's samples ended (the innermost frame), by package: what its time goes to."""
+        if profiler is None:
+            return {}
+        profiler.wait(timeout=120)
+        buckets: Counter[str] = Counter()
+        path = Path(f"bench-profile-{name}.txt")
+        for line in path.read_text().splitlines() if path.exists() else []:
+            stack, _, count = line.rpartition(" ")
+            buckets[_package(stack.rsplit(";", 1)[-1])] += int(count)
+        total = sum(buckets.values()) or 1
+        return {"profile": {k: round(v / total, 3) for k, v in buckets.most_common(10)}}
 
     def rss_mb(self) -> float:
         """Resident memory of the gateway: its process and any worker processes."""
@@ -113,11 +132,10 @@ class Bench:
         self.load(await self.seed("mock", 2_000, 1_000_000), seconds=self.warmup)
         floor1 = self.floor(await self.seed("mock", per_run // 4, 1_000_000))
         plan1 = await self.seed("mock", per_run // 4, 1_000_000)
-        profiler = self.profile() if self.args.profile else None
+        profiler = self.profile("1")
         gateway1 = self.load(plan1)
-        if profiler is not None:
-            profiler.wait(timeout=60)
-        results.append(row("1. refunds, mock 0 ms, 64 clients", gateway1, floor1["rps"], floor1))
+        results.append(row("1. refunds, mock 0 ms, 64 clients", gateway1, floor1["rps"], floor1,
+                           extra=self.profile_summary(profiler, "1")))
         rate = max(1.0, floor1["rps"] / 2)
         open1 = self.load(await self.seed("mock", per_run // 4, 1_000_000), rate=rate)
         results.append(row(f"1b. same, open loop at {rate:.0f}/s (half the floor)", open1, rate))
@@ -125,8 +143,11 @@ class Bench:
         # 2. Processor latency 200 ms, 512 clients: nothing may be held across the call.
         floor2 = min(512 / 0.2, floor1["rps"])
         self.load(await self.seed("slow", 2_000, 1_000_000), concurrency=512, seconds=self.warmup)
-        gateway2 = self.load(await self.seed("slow", per_run // 4, 1_000_000), concurrency=512)
-        results.append(row("2. refunds, mock 200 ms, 512 clients", gateway2, floor2))
+        plan2 = await self.seed("slow", per_run // 4, 1_000_000)
+        profiler = self.profile("2")
+        gateway2 = self.load(plan2, concurrency=512)
+        results.append(row("2. refunds, mock 200 ms, 512 clients", gateway2, floor2,
+                           extra=self.profile_summary(profiler, "2")))
 
         # 3. Partial refunds on 10 hot transactions: row-lock contention, never over-refunded. The
         # balance is sized to run out within the first quarter of the run at the floor's pace, so both
@@ -216,6 +237,17 @@ class Bench:
                 "gateway_workers": self.args.workers, "seconds_per_run": self.seconds, "scenarios": results}
 
 
+def _package(frame: str) -> str:
+    """`execute (asyncpg/connection.py:350)` -> asyncpg; the gateway's own code by module."""
+    where = frame[frame.rfind("(") + 1:].split(":")[0]
+    if "site-packages/" in where:
+        return where.split("site-packages/")[1].split("/")[0].split(".")[0]
+    for own in ("gateway/", "adapters/"):
+        if own in where:
+            return own + where.split(own, 1)[1].split("/")[0].removesuffix(".py")
+    return "python:" + Path(where).stem if where.endswith(".py") else "other"
+
+
 def row(name: str, result: dict, floor_rps: float | None, floor: dict | None = None, extra: dict | None = None,
         measured_rps: float | None = None) -> dict:
     """One scenario's figures; the ratio is `measured_rps` (default: requests answered per second)
@@ -240,7 +272,8 @@ def table(report: dict) -> str:
                      f"{r['p99_ms']:>8.2f} {r['errors']:>7} {r['floor_rps'] or '-':>8} {r['ratio'] or '-':>6}")
         notes = {k: v for k, v in r.items() if k in (
             "over_refunded", "unexpected_statuses", "refunds_made", "balance_for", "refunds_per_s",
-            "backlog_drained_seconds", "applied_per_s", "rss_start_mb", "rss_end_mb", "rss_growth", "plan_wrapped")}
+            "backlog_drained_seconds", "applied_per_s", "rss_start_mb", "rss_end_mb", "rss_growth", "plan_wrapped",
+            "profile")}
         if notes:
             lines.append(f"{'':<4}{json.dumps(notes)}")
     m = report["machine"]
@@ -256,7 +289,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured run")
     parser.add_argument("--soak-seconds", type=float, default=300.0)
     parser.add_argument("--out", default="bench-results.json")
-    parser.add_argument("--profile", action="store_true", help="py-spy the gateway in scenario 1 (needs py-spy)")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the gateway in scenarios 1 and 2 (needs py-spy: pip install py-spy)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     try:
