@@ -18,6 +18,33 @@ import pytest
 _names = itertools.count(1)
 
 
+def stop_on_sigterm() -> None:
+    """For a harness run as a process (bench, chaos): SIGTERM unwinds it like Ctrl-C, so its
+    `finally` blocks stop what it started."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def run_harness(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a harness to its end. Past `timeout` it gets SIGTERM and a minute to stop what it
+    started (a SIGKILL would leave its gateway and Postgres running), then SIGKILL."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        raise AssertionError(f"{args} ran past {timeout}s; stopped.\n{out[-3000:]}\n{err[-3000:]}") from None
+    except BaseException:  # the test itself interrupted: the harness still stops its processes
+        proc.terminate()
+        proc.communicate(timeout=60)
+        raise
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

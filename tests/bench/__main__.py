@@ -27,7 +27,7 @@ import psutil
 from gateway import embedded
 from gateway.db.migrate import migrate
 from gateway.db.pool import connect
-from tests.processes import GatewayProcess
+from tests.processes import GatewayProcess, stop_on_sigterm
 
 KEY = "sk_bench_0123456789abcdef"
 WHSEC = "whsec_bench_0123456789"
@@ -292,6 +292,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the gateway in scenarios 1 and 2 (needs py-spy: pip install py-spy)")
     args = parser.parse_args()
+    stop_on_sigterm()
     folder = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     try:
         report = asyncio.run(Bench(args, folder).main())

@@ -36,7 +36,7 @@ from adapters.stripe_sim.testing import running_simulator as stripe_simulator
 from gateway import embedded
 from tests.chaos import invariants
 from tests.chaos.billing import BillingCore, CallbackReceiver
-from tests.processes import GatewayProcess, free_port
+from tests.processes import GatewayProcess, free_port, stop_on_sigterm
 
 API_KEY = "sk_chaos_billing_0123456789"
 STRIPE_KEY = "sk_test_chaos_0123456789"
@@ -376,6 +376,7 @@ def main() -> int:
     args.kills = args.kills if args.kills is not None else (1 if args.quick else 6)
     # The simulators log a traceback for every connection the killed gateway leaves half-read.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    stop_on_sigterm()
     folder = Path(tempfile.mkdtemp(prefix="gw-chaos-"))
     try:
         return asyncio.run(Chaos(args, folder).main())

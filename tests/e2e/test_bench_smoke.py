@@ -4,17 +4,17 @@ and its correctness checks hold. Figures are not asserted (benchmarks print them
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
+
+from tests.processes import run_harness
 
 
 @pytest.mark.timeout(300)
 def test_quick_bench_runs_every_scenario_and_never_over_refunds(tmp_path):
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "tests.bench", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    done = run_harness([sys.executable, "-m", "tests.bench", "--quick", "--out", str(out)], timeout=210)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     names = [r["scenario"].split(".")[0] for r in report["scenarios"]]

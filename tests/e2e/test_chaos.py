@@ -4,16 +4,16 @@ holding at the end. `make chaos` is the long version."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
+from tests.processes import run_harness
+
 
 @pytest.mark.timeout(420)
 def test_short_chaos_run_ends_with_every_invariant_holding():
-    run = subprocess.run([sys.executable, "-m", "tests.chaos", "--quick"], capture_output=True, text=True,
-                         timeout=400)
+    run = run_harness([sys.executable, "-m", "tests.chaos", "--quick"], timeout=330)
     report = run.stdout
     assert run.returncode == 0, f"{report}\n{run.stderr[-5000:]}"
     assert "chaos run passed: every invariant holds" in report
