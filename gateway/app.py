@@ -16,7 +16,13 @@ from gateway.auth import Authenticator
 from gateway.db.migrate import migrate
 from gateway.db.pool import create_pool
 from gateway.execution import RefundExecutor
-from gateway.middleware import auth_middleware, error_middleware, idempotency_middleware, request_id_middleware
+from gateway.middleware import (
+    auth_middleware,
+    error_middleware,
+    idempotency_middleware,
+    request_id_middleware,
+    url_middleware,
+)
 from gateway.routes import admin, console, events, ops, refunds, transactions, webhooks as webhook_routes
 from gateway.settings import Settings
 from gateway.worker import PENDING_BATCH, RECOVERY_BATCH, check_due_pending, recover_due, run_loop
@@ -100,7 +106,7 @@ def create_app(settings: Settings, *, tracer_provider: "TracerProvider | None" =
     """`tracer_provider`: trace into this OpenTelemetry provider (tests); else tracing follows the settings."""
     traces = (tracing.Tracing(tracer_provider) if tracer_provider is not None
               else tracing.Tracing.from_settings(settings) if tracing.wanted(settings) else None)
-    middlewares = [request_id_middleware, error_middleware, auth_middleware, idempotency_middleware]
+    middlewares = [request_id_middleware, error_middleware, auth_middleware, url_middleware, idempotency_middleware]
     if traces is not None:  # inside the request id, outside the errors: the span sees the final status
         middlewares.insert(1, traces.middleware)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)

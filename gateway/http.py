@@ -75,7 +75,7 @@ def check_url(request: web.Request) -> None:
     and the path itself: 422 validation_error naming the parameter."""
     values = [*request.match_info.items(), *request.query.items()]
     for name, value in values:
-        if _CONTROL.search(value) or len(value) > _URL_VALUE_MAX:
+        if _CONTROL.search(name) or _CONTROL.search(value) or len(value) > _URL_VALUE_MAX:
             raise errors.InvalidRequest(
                 f"{name} must be at most {_URL_VALUE_MAX} characters, without control characters",
                 errors=[{"field": name, "message": f"at most {_URL_VALUE_MAX} characters, no control characters"}])

@@ -18,11 +18,12 @@ from adapters.base import (
     RefundSnapshot,
     TransientProcessorError,
 )
-from gateway import metrics
+from gateway import errors, metrics
 from gateway.db import store
 from gateway.logging import scrub_text
 from gateway.domain.refunds import (
     DISAGREEMENT,
+    OVER_REFUND,
     FINAL,
     BUCKET,
     REOPENED,
@@ -146,6 +147,16 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
             current = await store.add_attempts(conn, refund_id, refund_calls)
         return current, False
     delta = balance_delta(status, target.status, current["amount"])
+    if delta.refunded > 0 and not await store.refund_fits(conn, current["transaction_id"], delta.refunded):
+        message = (f"the processor reports the refund {target.status}, but the payment's other refunds leave "
+                   f"no room for its {current['amount']}: the payment was refunded beyond its amount")
+        if by_operator:
+            raise errors.Conflict(message, code="would_over_refund")  # OVER_REFUND, as documented
+        log.error("refund_would_over_refund", refund_id=refund_id, processor=current["processor_id"],
+                  status=status, processor_says=target.status, cause=event)
+        decision = Decision(REOPENED, decision.psp_refund_id, OVER_REFUND, message, decision.details)
+        target, unchanged = decision.target, False
+        delta = balance_delta(status, target.status, current["amount"])
     # The janitor's claim moves a refund to `sending` without telling the billing core: a round
     # that leaves it as the billing core last saw it (an unknown outcome still unknown, the same
     # words) is no news, and gets no new version and no callback.
@@ -165,6 +176,8 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
                                              **(decision.details or {}), **(detail or {})})
     if unchanged:
         return updated, False  # still where it was (a pending refund still pending)
+    if quiet:
+        return updated, True
     await publish(conn, updated, previous_status=status, request_id=request_id)
     log_method = log.info if target.status in FINAL or target.status == Status.PENDING else log.warning
     log_method("refund_state_changed", refund_id=refund_id, processor=current["processor_id"], cause=event,

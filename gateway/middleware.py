@@ -79,7 +79,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path.startswith(_PROTECTED) and not request.path.startswith("/v1/webhooks/"):
         request[keys.CLIENT] = request.app[keys.AUTH].authenticate(request)
         structlog.contextvars.bind_contextvars(client_id=request[keys.CLIENT].id)
-    check_url(request)  # before anything stores the path (Idempotency-Key) or looks an id up
+    return await handler(request)
+
+
+@web.middleware
+async def url_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """After authentication (a stranger learns nothing from it), before anything stores the path
+    (Idempotency-Key) or looks an id up."""
+    check_url(request)
     return await handler(request)
 
 

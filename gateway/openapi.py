@@ -70,6 +70,9 @@ ERROR_CODES: dict[str, Code] = {
                          "a succeeded refund cannot be replayed", {"status_now": "succeeded"}),
     "refund_in_flight": Code(409, "A processor call for this refund is in flight: retry after Retry-After.",
                              "a processor call for this refund is in flight; try again shortly"),
+    "would_over_refund": Code(409, "Settling the refund as refunded would take the payment's refunded total beyond "
+                                   "its amount: reconcile with the processor first.",
+                              "the payment's other refunds leave no room for this one"),
     "payload_too_large": Code(413, "The body is larger than max_body_bytes.",
                               "the request body is larger than this endpoint accepts"),
     "unsupported_media_type": Code(415, "The body is not sent as application/json.",
@@ -204,7 +207,7 @@ OPERATIONS = [
               models.BulkReplayRequest, {200: (models.BulkReplayPreview, models.BulkReplayResult)},
               notes={200: _ADMIN_LIST}),
     Operation("post", "/admin/refunds/{id}/resolve", "Resolve a refund outside the processor", "admin",
-              models.ResolveRequest, {200: models.RefundOut}, _ADMIN_REFUND_CODES),
+              models.ResolveRequest, {200: models.RefundOut}, (*_ADMIN_REFUND_CODES, "would_over_refund")),
     Operation("get", "/admin/webhook-events", "Stored webhook events (unmatched, failed, ...)", "admin",
               answers={200: models.WebhookEventList}, query=models.WebhookEventQuery),
     Operation("post", "/admin/webhook-events/{id}/reprocess", "Apply one stored event again", "admin",

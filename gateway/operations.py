@@ -81,6 +81,7 @@ async def replay(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, *
         before = {"status": refund["status"], "stage": refund["stage"]}
         audit_id = await audit(conn, actor=actor, action="refund.replay", target=refund_id, reason=reason,
                                request={"before": before}, request_id=request_id)
+        await store.reset_retry_budget(conn, refund_id)
         adapter = _adapter(executor, refund["processor_id"])
         if refund["stage"] != Stage.PENDING_AT_PROCESSOR:
             refund, _ = await ledger.apply(

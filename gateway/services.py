@@ -70,6 +70,19 @@ async def register_payment(conn: asyncpg.Connection, processor_id: str,
     return row, created
 
 
+async def known_payment(conn: asyncpg.Connection, processor_id: str,
+                        references: Sequence[str]) -> asyncpg.Record | None:
+    """The transaction the first known id names. Ids naming different transactions (a payment
+    registered once per id before the gateway knew they were one) are logged as an error: each
+    of those transactions could be refunded in full, so they need merging by hand."""
+    rows = await store.transactions_by_any_reference(conn, processor_id, references)
+    ids = list(dict.fromkeys(r["id"] for r in rows))
+    if len(ids) > 1:
+        log.error("payment_known_as_several_transactions", processor=processor_id, transaction_ids=ids,
+                  references=list(references))
+    return rows[0] if rows else None
+
+
 async def _register(conn: asyncpg.Connection, *, processor_id: str, psp_reference: str,
                     other_references: Sequence[str], source: str, **values) -> tuple[asyncpg.Record, bool]:
     """The transaction that knows the payment by any of its ids, or a new one; (row, created).
@@ -83,7 +96,7 @@ async def _register(conn: asyncpg.Connection, *, processor_id: str, psp_referenc
     async with conn.transaction():
         claimed = await store.claim_references(conn, processor_id, references, transaction_id)
         # Only a transaction already written joins: the one these claims are for is not, yet.
-        row = await store.transaction_by_any_reference(conn, processor_id, references)
+        row = await known_payment(conn, processor_id, references)
         created = row is None
         if created:
             row = await store.insert_transaction(conn, id=transaction_id, processor_id=processor_id,

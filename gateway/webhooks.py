@@ -100,7 +100,7 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
     for snapshot in event.refunds:
         refund = await _known_refund(conn, processor_id, snapshot)
         if refund is None:
-            transaction = await store.transaction_by_any_reference(conn, processor_id, snapshot.payment_references)
+            transaction = await services.known_payment(conn, processor_id, snapshot.payment_references)
             if transaction is None:
                 unmatched = True
                 continue

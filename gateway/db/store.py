@@ -112,7 +112,7 @@ TRANSACTION_BY_ANY_REFERENCE = """
 SELECT t.* FROM unnest($2::text[]) WITH ORDINALITY AS given (reference, n)
 JOIN transaction_references r ON r.processor_id = $1 AND r.reference = given.reference
 JOIN transactions t ON t.id = r.transaction_id
-ORDER BY given.n LIMIT 1"""
+ORDER BY given.n"""
 
 INSERT_EXTERNAL_REFUND = """
 INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, amount, currency, status, stage,
@@ -184,13 +184,16 @@ INSERT_ATTEMPTS = """
 INSERT INTO refund_attempts (refund_id, call, started_at, latency_ms, outcome, error_class, processor_code, message)
 SELECT $1, * FROM unnest($2::text[], $3::timestamptz[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[])"""
 # Every processor call (refunds and look-ups) made for a refund since an operator last replayed
-# it: what its durable retries spend. A replay starts a new budget.
+# it: what its durable retries spend. A replay starts a new budget (RESET_RETRY_BUDGET).
 PROCESSOR_CALLS = """
-SELECT count(*) FROM refund_attempts
-WHERE refund_id = $1
-  AND started_at > coalesce((SELECT max(created_at) FROM admin_audit
-                             WHERE target = $1 AND action = 'refund.replay' AND NOT result ? 'refused'),
-                            '-infinity')"""
+SELECT count(*) FROM refund_attempts a JOIN refunds r ON r.id = a.refund_id
+WHERE a.refund_id = $1 AND a.id > r.budget_after_attempt"""
+RESET_RETRY_BUDGET = """
+UPDATE refunds SET budget_after_attempt = coalesce((SELECT max(id) FROM refund_attempts WHERE refund_id = $1), 0)
+WHERE id = $1"""
+# Whether `$2` more refunded keeps the payment within its amount; locks it (after the refund, as
+# every balance move does).
+REFUND_FITS = "SELECT refunded_amount + $2 <= amount FROM transactions WHERE id = $1 FOR UPDATE"
 
 # Refunds pending at their processor whose next check is due; the claim pushes the next check
 # out (a lease), so that concurrent pollers never check the same refund at once.
@@ -243,8 +246,9 @@ async def refund_by_psp_id(conn, processor_id: str, psp_refund_id: str) -> Row |
     return await conn.fetchrow(REFUND_BY_PSP_ID, processor_id, psp_refund_id)
 
 
-async def transaction_by_any_reference(conn, processor_id: str, references: Sequence[str]) -> Row | None:
-    return await conn.fetchrow(TRANSACTION_BY_ANY_REFERENCE, processor_id, list(references))
+async def transactions_by_any_reference(conn, processor_id: str, references: Sequence[str]) -> list[Row]:
+    """The transactions the ids name, in the order of the ids."""
+    return await conn.fetch(TRANSACTION_BY_ANY_REFERENCE, processor_id, list(references))
 
 
 async def insert_external_refund(conn, *, id: str, transaction_id: str, processor_id: str, invoice_id: str,
@@ -297,6 +301,14 @@ async def insert_attempts(conn, refund_id: str, attempts: Sequence[Any]) -> None
 
 async def processor_calls(conn, refund_id: str) -> int:
     return await conn.fetchval(PROCESSOR_CALLS, refund_id)
+
+
+async def reset_retry_budget(conn, refund_id: str) -> None:
+    await conn.execute(RESET_RETRY_BUDGET, refund_id)
+
+
+async def refund_fits(conn, transaction_id: str, refunded: int) -> bool:
+    return await conn.fetchval(REFUND_FITS, transaction_id, refunded)
 
 
 async def claim_due_pending(conn, limit: int, lease_seconds: float) -> list[Row]:

@@ -147,6 +147,9 @@ CONTRADICTED_BY: dict[Status, frozenset[Status]] = {
 }
 REOPENED = Target(Status.REQUIRES_ATTENTION, Stage.DONE)  # nothing is due at the processor: a person is
 DISAGREEMENT = "processor_disagrees"  # the reopened refund's failure code
+# A success that would take the payment's refunded total beyond its amount (money went out that
+# the ledger had given to another refund): recorded as needing attention, never as refunded.
+OVER_REFUND = "would_over_refund"
 
 
 def contradicts(settled: Status, answer: Status) -> bool:
@@ -157,4 +160,4 @@ def contradicts(settled: Status, answer: Status) -> bool:
 def awaits_operator(status: Status, failure_code: str | None) -> bool:
     """A refund reopened by a disagreement moves only by an operator's hand (a replay asks the
     processor; a resolution settles it): processor answers meanwhile would hide the dispute."""
-    return status is Status.REQUIRES_ATTENTION and failure_code == DISAGREEMENT
+    return status is Status.REQUIRES_ATTENTION and failure_code in (DISAGREEMENT, OVER_REFUND)

@@ -3,6 +3,7 @@ at their processor, the stuck list, and retries of webhook events that failed to
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timezone
 
@@ -278,3 +279,48 @@ async def test_a_webhook_event_that_fails_to_apply_is_retried_with_backoff_until
     async with pool.acquire() as conn:
         assert (await store.get_transaction(conn, tx["id"]))["refunded_amount"] == 5_000
         assert (await store.refund_by_psp_id(conn, "mock", "mre_dashboard"))["origin"] == "external"
+
+
+# --- a processor success that no longer fits its payment ----------------------------------------
+
+async def test_a_success_that_no_longer_fits_the_payment_needs_attention_and_is_never_counted(pool, database_url):
+    from gateway import errors, ledger, operations
+
+    executor = RefundExecutor(pool, {"mock": MockAdapter("mock", pending_settle_seconds=0.5)},
+                              make_settings(database_url))
+    first, tx = await sent(pool, executor, 7001, total=9_000)  # pending at the processor, for 0.5 s
+    assert first["stage"] == "pending_at_processor"
+    await operations.resolve(pool, first["id"], "failed", actor="ops", reason="no answer for days",
+                             external_reference=None, request_id=None)
+    async with pool.acquire() as conn:  # its amount, released, goes to another refund
+        second, tx, _ = await services.create_refund(conn, RefundCreate(
+            invoice_id=tx["invoice_id"], amount=9_000, currency="EUR"), lease_seconds=LEASE)
+    assert (await executor.send(second, tx))["status"] == "succeeded"
+
+    # The processor carried the first one out after all (a webhook says so): it needs attention.
+    async with pool.acquire() as conn, conn.transaction():
+        await ledger.apply(conn, first["id"], ledger.decide(RefundResult(Outcome.SUCCEEDED, "re_late")),
+                           event="webhook", current_truth=True, recheck_seconds=60)
+    first = await refund_row(pool, first["id"])
+    assert (first["status"], first["failure_code"]) == ("requires_attention", "processor_disagrees")
+
+    await asyncio.sleep(0.6)
+    # A replay asks the processor, which says succeeded: recording that would refund 160.01 of a
+    # 90.00 payment, so it stays with the operator, not in `sending` and not a 500.
+    answer = await operations.replay(pool, executor, first["id"], actor="ops", reason="check",
+                                     lease_seconds=LEASE, request_id=None)
+    assert (answer["status"], answer["refund"]["failure_code"]) == ("requires_attention", "would_over_refund")
+    async with pool.acquire() as conn:
+        payment = await store.get_transaction(conn, tx["id"])
+    assert payment["refunded_amount"] == 9_000  # never beyond the payment
+
+    with pytest.raises(errors.Conflict) as refused:
+        await operations.resolve(pool, first["id"], "refunded_offline", actor="ops", reason="reconciled",
+                                 external_reference="BANK-1", request_id=None)
+    assert refused.value.code == "would_over_refund"
+    row = await operations.resolve(pool, first["id"], "failed", actor="ops", reason="customer repaid the excess",
+                                   external_reference=None, request_id=None)
+    assert row["status"] == "failed"
+    async with pool.acquire() as conn:
+        payment = await store.get_transaction(conn, tx["id"])
+    assert (payment["refunded_amount"], payment["reserved_amount"]) == (9_000, 0)

@@ -176,3 +176,22 @@ async def test_migration_gives_existing_payments_their_ids_and_those_their_webho
         assert await references(conn) == {"ch_a": "tx_a", "pi_a": "tx_a", "pi_b": "tx_b", "ch_m": "tx_m"}
     finally:
         await conn.close()
+
+
+async def test_ids_already_naming_two_transactions_are_logged_as_an_error(pool):
+    from structlog.testing import capture_logs
+
+    charge, intent = payment_pair()
+    async with pool.acquire() as conn:  # registered once per id, as before the gateway linked them
+        one, _ = await services.register_transaction(conn, TransactionCreate(
+            processor="stripe", psp_reference=charge.psp_reference, invoice_id="INV-PI", amount=10_000,
+            currency="EUR"))
+        two, _ = await services.register_transaction(conn, TransactionCreate(
+            processor="stripe", psp_reference=intent.psp_reference, invoice_id="INV-PI", amount=10_000,
+            currency="EUR"))
+        assert one["id"] != two["id"]
+        with capture_logs() as logs:
+            row = await services.known_payment(conn, "stripe", [intent.psp_reference, charge.psp_reference])
+    assert row["id"] == two["id"]  # the first id given
+    [error] = [e for e in logs if e["event"] == "payment_known_as_several_transactions"]
+    assert (error["log_level"], error["transaction_ids"]) == ("error", [two["id"], one["id"]])
