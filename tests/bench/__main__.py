@@ -126,7 +126,7 @@ class Bench:
 
     async def scenarios(self) -> list[dict]:
         results = []
-        per_run = 200_000 if not self.args.quick else 5_000
+        per_run = 200_000 if not self.args.quick else 20_000
 
         # 1. Refunds through the zero-latency mock, 64 clients, each on its own transaction.
         self.load(await self.seed("mock", 2_000, 1_000_000), seconds=self.warmup)
@@ -238,14 +238,22 @@ class Bench:
 
 
 def _package(frame: str) -> str:
-    """`execute (asyncpg/connection.py:350)` -> asyncpg; the gateway's own code by module."""
-    where = frame[frame.rfind("(") + 1:].split(":")[0]
+    """`execute (asyncpg/connection.py:350)` -> asyncpg; the gateway's own code by module; the
+    standard library by module (`python:selectors`)."""
+    where = frame[frame.rfind("(") + 1:].rsplit(":", 1)[0]
     if "site-packages/" in where:
         return where.split("site-packages/")[1].split("/")[0].split(".")[0]
-    for own in ("gateway/", "adapters/"):
+    for own in ("/gateway/", "/adapters/"):  # an absolute path to the gateway's own code
         if own in where:
-            return own + where.split(own, 1)[1].split("/")[0].removesuffix(".py")
-    return "python:" + Path(where).stem if where.endswith(".py") else "other"
+            where = own[1:] + where.rsplit(own, 1)[1]
+    parts = where.split("/")
+    if parts[0] in ("gateway", "adapters") and len(parts) > 1:
+        return f"{parts[0]}/{parts[1].removesuffix('.py')}"
+    if len(parts) > 1 and parts[0]:
+        return parts[0].split(".")[0]
+    if where.endswith(".py") or where.startswith("<frozen"):
+        return "python:" + Path(where.strip("<>")).stem.removeprefix("frozen ")
+    return "other"
 
 
 def row(name: str, result: dict, floor_rps: float | None, floor: dict | None = None, extra: dict | None = None,

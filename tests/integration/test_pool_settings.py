@@ -58,3 +58,20 @@ async def test_without_migrations_at_start_the_gateway_is_not_ready_until_migrat
         assert (await client.get("/readyz")).status == 200
     finally:
         await client.close()
+
+
+async def test_a_connection_given_back_mid_transaction_comes_back_without_it(database_url):
+    from gateway.db.pool import create_pool
+
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        conn = await pool.acquire()
+        await conn.execute("BEGIN")
+        await conn.execute("SELECT pg_advisory_xact_lock(4242)")
+        await pool.release(conn)
+        async with pool.acquire() as again:
+            assert not again.is_in_transaction()
+            assert await again.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                        "AND pid = pg_backend_pid()") == 0
+    finally:
+        await pool.close()

@@ -13,3 +13,8 @@ def test_frames_are_bucketed_by_package_or_own_module():
     assert _package("refund (/w/adapters/mock/client.py:7)") == "adapters/mock"
     assert _package("select (/usr/lib/python3.11/selectors.py:468)") == "python:selectors"
     assert _package("<native>") == "other"
+    # py-spy names files relative to their sys.path entry
+    assert _package("execute (asyncpg/connection.py:350)") == "asyncpg"
+    assert _package("json_response (gateway/http.py:21)") == "gateway/http"
+    assert _package("__exit__ (contextlib.py:144)") == "python:contextlib"
+    assert _package("_run_code (<frozen runpy>:88)") == "python:runpy"
