@@ -5,12 +5,16 @@ through the same operations as the admin API and audited as `cli:<os user>`."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import getpass
 import json
 import os
+import pty
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,18 +65,41 @@ class Cli:
         path.write_text(toml)
         self.env = {**os.environ, "GATEWAY_CONFIG": str(path), "GATEWAY_DATA_DIR": str(folder / "data"), **env}
 
-    async def __call__(self, *args: str) -> Result:
+    async def __call__(self, *args: str, terminal: bool = False) -> Result:
+        """With `terminal`, stderr is a pseudo-terminal (as for a person at a shell), and what the
+        command drew there is returned as `err`."""
+        main, side = pty.openpty() if terminal else (None, None)
+        if terminal:  # 24 rows of 100 columns, as a terminal window has
+            fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", *args, env=self.env,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                                                    stdout=asyncio.subprocess.PIPE,
+                                                    stderr=side if terminal else asyncio.subprocess.PIPE)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
         except TimeoutError:
             os.kill(proc.pid, signal.SIGKILL)
             await proc.wait()
             raise AssertionError(f"psp-gateway {' '.join(args)} did not finish in {TIMEOUT} s") from None
-        result = Result(proc.returncode, out.decode(), err.decode())
+        finally:
+            if terminal:
+                os.close(side)
+        if terminal:
+            err = _drain(main)
+        result = Result(proc.returncode, out.decode(), err.decode(errors="replace"))
         assert "Traceback" not in result.err, result.err
         return result
+
+
+def _drain(fd: int) -> bytes:
+    """All a finished process wrote to a pseudo-terminal; closes it."""
+    drawn = b""
+    try:
+        while chunk := os.read(fd, 65536):
+            drawn += chunk
+    except OSError:  # EIO: the other side is closed and all is read
+        pass
+    os.close(fd)
+    return drawn
 
 
 @pytest.fixture
@@ -304,10 +331,11 @@ async def test_bulk_replay_dry_run_lists_the_stuck_refunds_then_the_replay_sends
     [audit] = await audit_rows(pool)
     assert (audit["actor"], audit["action"]) == (ACTOR, "refund.replay.dry_run")
 
-    replayed = await cli("refunds", "replay", "--all-stuck", "--reason", REASON)
+    replayed = await cli("refunds", "replay", "--all-stuck", "--reason", REASON, terminal=True)
 
     assert replayed.code == 0, replayed
     assert "replayed 2 of 2 stuck refunds" in replayed.out and done not in replayed.out
+    assert "replaying: 100%" in replayed.err and "2/2" in replayed.err  # the progress bar, on a terminal
     assert [(await row(pool, "refunds", i))["status"] for i in stuck] == ["succeeded"] * 2
     assert all(stripe.sim.world.refund_executions[c["id"]] == 1 for c in charges)
 
