@@ -104,6 +104,7 @@ async def database_families(pool: asyncpg.Pool, *, stuck_after_seconds: float, o
             stuck = await store.stuck_counts(conn, stuck_after_seconds)
             webhooks = await store.open_webhook_counts(conn)
             backlog = await store.outbox_backlog(conn) if outbox else None
+            held_back = await store.events_held_back(conn)
     except Exception as e:  # down, too slow, or the pool is exhausted: /metrics still answers
         log.warning("metrics_database_unavailable", error=type(e).__name__)
         up.add_metric([], 0)
@@ -127,7 +128,13 @@ async def database_families(pool: asyncpg.Pool, *, stuck_after_seconds: float, o
     for r in webhooks:
         open_webhooks.add_metric([r["processor_id"], r["status"]], r["count"])
         oldest_webhooks.add_metric([r["processor_id"], r["status"]], r["oldest_seconds"])
-    families: list[Metric] = [up, open_refunds, stuck_refunds, open_webhooks, oldest_webhooks]
+    families: list[Metric] = [
+        up, open_refunds, stuck_refunds, open_webhooks, oldest_webhooks,
+        GaugeMetricFamily("gateway_events_held_back", "Refund events committed but not yet served by GET "
+                          "/v1/events, because an older transaction is still open on the database server",
+                          value=held_back["count"]),
+        GaugeMetricFamily("gateway_events_held_back_seconds", "Age of the oldest of those (0 when none)",
+                          value=held_back["oldest_seconds"])]
     if backlog is not None:
         families.append(GaugeMetricFamily("gateway_outbox_undelivered", "Refund events not yet delivered to the "
                                           "billing core", value=backlog["count"]))

@@ -655,6 +655,12 @@ FROM webhook_events
 WHERE status IN ('received', 'failed', 'unmatched')
 GROUP BY 1, 2"""
 
+# Refund events committed but not yet served by GET /v1/events: a transaction older than theirs
+# is still open somewhere on the server (see EVENTS_AFTER).
+EVENTS_HELD_BACK = """
+SELECT count(*) AS count, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_seconds
+FROM outbox_events WHERE xid >= pg_snapshot_xmin(pg_current_snapshot())"""
+
 OUTBOX_BACKLOG = """
 SELECT count(*) AS count, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_seconds
 FROM outbox_events WHERE delivered_at IS NULL"""
@@ -670,6 +676,10 @@ async def open_webhook_counts(conn) -> list[Row]:
 
 async def outbox_backlog(conn) -> Row:
     return await conn.fetchrow(OUTBOX_BACKLOG)
+
+
+async def events_held_back(conn) -> Row:
+    return await conn.fetchrow(EVENTS_HELD_BACK)
 
 
 async def update_audit_result(conn, audit_id: int, result: dict[str, Any]) -> None:

@@ -410,3 +410,17 @@ def test_with_tracing_off_opentelemetry_is_never_imported(database_url):
                          capture_output=True, text=True, timeout=90)
     assert out.returncode == 0, out.stderr
     assert "loaded: []" in out.stdout
+
+
+async def test_events_held_back_by_an_open_transaction_are_counted_until_it_ends(api):
+    tx = await api.transaction(amount=10_000)
+    async with api.app[keys.POOL].acquire() as idle:
+        forgotten = idle.transaction()  # a session that took a transaction id and went quiet
+        await forgotten.start()
+        await idle.fetchval("SELECT pg_current_xact_id()")
+        await api.refund(tx, 1_000)  # its events commit after the open transaction began
+        samples = await scrape(api)
+        assert total(samples, "gateway_events_held_back") >= 2
+        assert total(samples, "gateway_events_held_back_seconds") >= 0
+        await forgotten.rollback()
+    await eventually(lambda: _scrape_when(api, lambda s: total(s, "gateway_events_held_back") == 0))
