@@ -175,10 +175,11 @@ class RefundExecutor:
         # The durable budget counts every processor call, look-ups included: a processor whose
         # look-ups keep failing must not keep a refund going round for ever.
         total_calls = len(attempts)
-        if self._retryable(answer, adapter):
+        retryable = self._retryable(answer, adapter)
+        if retryable:
             async with self._pool.acquire() as conn:
                 total_calls += await store.processor_calls(conn, refund["id"])
-        decision = self._decision(answer, total_calls, adapter)
+        decision = self._decision(answer, retryable, total_calls, adapter)
         row = await self.record(refund, answer, attempts, event=event, request_id=request_id, refund_calls=calls,
                                 decision=decision, current_truth=answer is looked_up)
         return RunReport(row, looked_up=looked_up != "not asked",
@@ -192,14 +193,14 @@ class RefundExecutor:
             isinstance(answer, OutcomeUnknownError) and answer.code not in ("unresolvable", "idempotency_key_expired")
             and (adapter.capabilities.lookup or adapter.capabilities.idempotency_keys))
 
-    def _decision(self, answer: RefundResult | BaseException, total_calls: int,
+    def _decision(self, answer: RefundResult | BaseException, retryable: bool, total_calls: int,
                   adapter: ProcessorAdapter) -> ledger.Decision:
         """Where the answer takes the refund; a fault that may still clear becomes a durable retry
         (a due time on the row, not a sleeping coroutine) until the retry budget is spent:
         `total_calls` processor calls (refunds and look-ups) made for it so far."""
         decision = ledger.decide(answer)
         s = self._settings
-        if not self._retryable(answer, adapter):
+        if not retryable:
             return decision
         if total_calls >= s.durable_retry_max_attempts:
             return replace(decision, failure_message=ledger.said(

@@ -123,7 +123,6 @@ REFUND_BY_CREDIT_NOTE = "SELECT * FROM refunds WHERE transaction_id = $1 AND cre
 REFUND_BY_INVOICE_CREDIT_NOTE = """
 SELECT * FROM refunds WHERE invoice_id = $1 AND credit_note_id = $2 ORDER BY id LIMIT 1"""
 
-# Compare-and-set: the update only lands if nobody moved the refund since we read it.
 # Compare-and-set: the update only lands if nobody moved the refund since we read it. The same
 # statement moves the transaction's balance and, when an event name is given, records the event.
 UPDATE_REFUND_STATE = """
