@@ -12,6 +12,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from adapters.simkit import serve_on_loopback
 from gateway import keys
 from gateway.db import store
 from tests.conftest import Api, eventually, make_settings, start_api
@@ -47,16 +48,9 @@ def valid_signature(header: str, body: bytes, secret: str) -> bool:
 @pytest.fixture
 async def billing_core():
     core = BillingCore(failures=6)
-    runner = web.AppRunner(core.app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    core.url = f"http://{host}:{port}/callbacks"
-    try:
+    async with serve_on_loopback(core.app) as url:
+        core.url = f"{url}/callbacks"
         yield core
-    finally:
-        await runner.cleanup()
 
 
 async def test_failing_endpoint_receives_every_event_in_order_per_refund_signed(database_url, billing_core):

@@ -13,8 +13,8 @@ from typing import Any, AsyncIterator
 import httpx
 import orjson
 import pytest
-from aiohttp import web
 
+from adapters.simkit import serve_on_loopback
 from adapters.stripe.transformers import signature_header
 from adapters.stripe_sim import SimConfig
 from adapters.stripe_sim.testing import RunningSimulator, running_simulator
@@ -294,18 +294,10 @@ async def _callbacks_delivered(api: Api) -> list[dict]:
     """Every event in the outbox as a billing core receives it: POSTed by the gateway's dispatcher
     to an endpoint on loopback, each signed."""
     core = BillingCore(failures=0)
-    runner = web.AppRunner(core.app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        async with httpx.AsyncClient(timeout=10) as http:
-            while await callbacks.dispatch_due(api.app[keys.POOL], http, f"http://{host}:{port}/callbacks",
-                                               [CALLBACK_SECRET.encode()], initial_backoff=0.05, max_backoff=0.2):
-                pass
-    finally:
-        await runner.cleanup()
+    async with serve_on_loopback(core.app) as url, httpx.AsyncClient(timeout=10) as http:
+        while await callbacks.dispatch_due(api.app[keys.POOL], http, f"{url}/callbacks",
+                                           [CALLBACK_SECRET.encode()], initial_backoff=0.05, max_backoff=0.2):
+            pass
     assert all(valid_signature(headers[callbacks.SIGNATURE_HEADER], body, CALLBACK_SECRET)
                for _, headers, body in core.received)
     return [event for event, _, _ in core.received]
