@@ -52,6 +52,9 @@ class RefundResult:
     decline_code: str | None = None  # our normalised code for declines
     message: str | None = None
     details: Mapping[str, str] | None = None  # processor facts worth keeping (void or refund, remaining amount)
+    # A look-up that found our refund carried out more than once: the ids of the executions
+    # beyond the first (psp_refund_id). Only processors without idempotency keys can do that.
+    duplicate_psp_refund_ids: tuple[str, ...] = ()
 
 
 class CredentialStatus(StrEnum):

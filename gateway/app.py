@@ -25,7 +25,8 @@ from gateway.middleware import (
 )
 from gateway.routes import admin, console, events, ops, refunds, transactions, webhooks as webhook_routes
 from gateway.settings import Settings
-from gateway.worker import PENDING_BATCH, RECOVERY_BATCH, check_due_pending, recover_due, run_loop
+from gateway.worker import (PENDING_BATCH, RECOVERY_BATCH, VERIFY_BATCH, check_due_pending, recover_due, run_loop,
+                            verify_due)
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -74,8 +75,12 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     async def janitor() -> bool:
         return await recover_due(pool, executor, settings.lease_seconds) >= RECOVERY_BATCH
 
+    async def duplicates() -> bool:
+        return await verify_due(pool, executor) >= VERIFY_BATCH
+
     loops = [asyncio.create_task(run_loop("pending_refunds", pending, settings.pending_poll_seconds)),
              asyncio.create_task(run_loop("janitor", janitor, settings.janitor_poll_seconds)),
+             asyncio.create_task(run_loop("duplicate_checks", duplicates, settings.janitor_poll_seconds)),
              asyncio.create_task(run_loop("webhook_inbox", inbox, settings.webhook_poll_seconds,
                                           app[keys.WEBHOOK_WAKE]))]
     http = None

@@ -8,7 +8,7 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Awaitable, Mapping
 
 import asyncpg
@@ -34,6 +34,25 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+# Added to a processor's execution window before "no record" is trusted: the gateway's and the
+# database's clocks, and the processor's, are not one clock.
+WINDOW_MARGIN_SECONDS = 1.0
+# A look-up for a second execution that failed is tried again after this long.
+VERIFY_RETRY_SECONDS = 30.0
+# Defaults for a processor the settings do not describe (an adapter built by hand, in tests).
+_DEFAULT_TIMEOUT_SECONDS, _DEFAULT_WINDOW_SECONDS = 10.0, 300.0
+
+
+class ExecutionWindowOpen(OutcomeUnknownError):
+    """A look-up found no record, but a request sent earlier may still be carried out: the
+    processor cannot deduplicate a resend, so the refund waits until `until` and is looked up again."""
+
+    def __init__(self, until: datetime):
+        super().__init__(f"no record at the processor yet, and a request sent earlier may still be carried out "
+                         f"until {until.isoformat(timespec='seconds')}: looked up again then, resent only if "
+                         "still not there", code="execution_window")
+        self.until = until
+
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
@@ -55,6 +74,11 @@ def _attempt(call: str, started_at: datetime, t0: float, answer: RefundResult | 
                        ledger.said(answer.message))
     return Attempt(call, started_at, latency_ms, "error", getattr(answer, "error_class", "internal"),
                    getattr(answer, "code", None), ledger.said(str(answer)))
+
+
+def _last_sent(attempts: list[Attempt]) -> datetime | None:
+    """When the newest refund call of a run started (sent at the latest then)."""
+    return max((a.started_at for a in attempts if a.call == "refund"), default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +176,16 @@ class RefundExecutor:
                         # Ask before any resend: the first call may have been carried out.
                         looked_up = await self._call(adapter.id, request, "lookup",
                                                      adapter.lookup_refund(request, refund["psp_refund_id"]), attempts)
-                        unresolved = False
                         if looked_up is not None:
+                            unresolved = False
                             answer = looked_up
                             break
+                        # "No record" is "not yet" while a request sent earlier may still land.
+                        until = self._resend_after(refund, adapter, attempts)
+                        if until is not None and datetime.now(timezone.utc) < until:
+                            answer = ExecutionWindowOpen(until)
+                            break
+                        unresolved = False
                     try:
                         answer = await self._call(adapter.id, request, "refund", adapter.refund(request), attempts)
                     except OutcomeUnknownError:
@@ -180,11 +210,44 @@ class RefundExecutor:
             async with self._pool.acquire() as conn:
                 total_calls += await store.processor_calls(conn, refund["id"])
         decision = self._decision(answer, retryable, total_calls, adapter)
+        sent_at = _last_sent(attempts)
         row = await self.record(refund, answer, attempts, event=event, request_id=request_id, refund_calls=calls,
-                                decision=decision, current_truth=answer is looked_up)
+                                decision=decision, current_truth=answer is looked_up,
+                                lease_token=refund["lease_token"], sent_at=sent_at,
+                                verify_at=self._verify_at(refund, adapter, sent_at, calls, resolve_first))
         return RunReport(row, looked_up=looked_up != "not asked",
                          found=looked_up.outcome.value if isinstance(looked_up, RefundResult) else None,
                          resent=calls > 0)
+
+    def _timeout(self, processor_id: str) -> float:
+        config = self._settings.processor(processor_id)
+        return config.timeout_seconds if config is not None else _DEFAULT_TIMEOUT_SECONDS
+
+    def _window(self, adapter: ProcessorAdapter) -> float:
+        config = self._settings.processor(adapter.id)
+        return config.execution_window_seconds if config is not None else _DEFAULT_WINDOW_SECONDS
+
+    def _resend_after(self, refund: Mapping, adapter: ProcessorAdapter, attempts: list[Attempt]) -> datetime | None:
+        """For a processor that cannot deduplicate a resend: the time after which no refund request
+        sent so far can still be carried out (the newest send, here or before, plus the processor's
+        execution window). None: nothing to wait for."""
+        if adapter.capabilities.idempotency_keys:
+            return None
+        sent = [t for t in (refund["last_sent_at"], _last_sent(attempts)) if t is not None]
+        if not sent:
+            return None
+        return max(sent) + timedelta(seconds=self._window(adapter) + WINDOW_MARGIN_SECONDS)
+
+    def _verify_at(self, refund: Mapping, adapter: ProcessorAdapter, sent_at: datetime | None, calls: int,
+                   maybe_sent_before: bool) -> datetime | None:
+        """A refund sent again to a processor that cannot deduplicate is looked up once more after
+        the execution window, for a second execution (a window set too short, a clock that lied)."""
+        caps = adapter.capabilities
+        if caps.idempotency_keys or not caps.lookup or sent_at is None:
+            return None
+        if not (calls > 1 or maybe_sent_before or refund["attempts"] > 0):
+            return None
+        return sent_at + timedelta(seconds=self._window(adapter) + WINDOW_MARGIN_SECONDS)
 
     @staticmethod
     def _retryable(answer: RefundResult | BaseException, adapter: ProcessorAdapter) -> bool:
@@ -206,6 +269,11 @@ class RefundExecutor:
             return replace(decision, failure_message=ledger.said(
                 f"retries spent after {total_calls} processor calls: {decision.failure_message}"))
         metrics.DURABLE_RETRIES.labels(adapter.id).inc()
+        if isinstance(answer, ExecutionWindowOpen):
+            # Looked up again when the window has passed, not sooner: nothing can be learnt before.
+            delay = max(0.0, (answer.until - datetime.now(timezone.utc)).total_seconds())
+            return ledger.Decision(Target(Status.PENDING, decision.target.stage), failure_code=None,
+                                   failure_message=decision.failure_message, retry_in=delay)
         rounds = max(0, total_calls - s.retry_max_attempts)
         delay = min(s.durable_retry_max_seconds, s.durable_retry_initial_seconds * 2 ** min(rounds, 16))
         delay *= random.uniform(0.8, 1.2)  # jitter: a processor's outage must not end in a stampede
@@ -232,8 +300,15 @@ class RefundExecutor:
         with span_cm as span:
             t0 = time.perf_counter()
             answer: RefundResult | Exception | None
+            deadline = self._timeout(processor_id)
             try:
-                answer = await call
+                # The whole call, not each read: a processor trickling bytes cannot hold a lease.
+                async with asyncio.timeout(deadline):
+                    answer = await call
+            except TimeoutError:
+                message = f"no whole answer within {deadline:g} s"
+                answer = (OutcomeUnknownError(message, code="deadline") if kind == "refund"
+                          else TransientProcessorError(message, code="deadline"))
             except Exception as e:  # a cancellation is not a call's outcome: it passes unobserved
                 answer = e
             outcome = metrics.call_outcome(answer)
@@ -267,10 +342,49 @@ class RefundExecutor:
         return await self.record(refund, answer, [_attempt("lookup", started_at, t0, answer)],
                                  event="pending_checked", request_id=request_id, current_truth=True)
 
+    async def verify(self, refund: Mapping, request_id: str | None = None) -> asyncpg.Record:
+        """Look a resent refund up for a second execution; one found reopens it for attention
+        (duplicate_at_processor), with every processor id of it kept. A failed look-up is tried
+        again when the claim said (VERIFY_RETRY_SECONDS)."""
+        adapter = self._adapters.get(refund["processor_id"])
+        if adapter is None or not adapter.capabilities.lookup:
+            async with self._pool.acquire() as conn:
+                await store.clear_verify(conn, refund["id"])
+            return refund
+        async with self._pool.acquire() as conn:
+            transaction = await store.get_transaction(conn, refund["transaction_id"])
+        request_id = request_id or new_id("req")
+        request = refund_request(refund, transaction, request_id)
+        started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
+        try:
+            found = await self._observed(adapter.id, request, "lookup",
+                                         adapter.lookup_refund(request, refund["psp_refund_id"]))
+        except ProcessorError as e:
+            async with self._pool.acquire() as conn:
+                await store.insert_attempts(conn, refund["id"], [_attempt("lookup", started_at, t0, e)])
+            log.warning("duplicate_check_failed", refund_id=refund["id"], error_class=e.error_class)
+            return refund
+        attempt = _attempt("lookup", started_at, t0, found if found is not None else "not_found")
+        async with self._pool.acquire() as conn, conn.transaction():
+            await store.insert_attempts(conn, refund["id"], [attempt])
+            await store.clear_verify(conn, refund["id"])
+            if found is None or not found.duplicate_psp_refund_ids:
+                log.info("duplicate_check_clean", refund_id=refund["id"], found=found is not None)
+                return refund
+            row, _ = await ledger.apply(conn, refund["id"], ledger.decide(found), event="duplicate_check",
+                                        current_truth=True, recheck_seconds=self._settings.pending_poll_seconds,
+                                        request_id=request_id)
+        log.error("refund_executed_twice", refund_id=refund["id"], processor=adapter.id,
+                  psp_refund_id=found.psp_refund_id, duplicates=list(found.duplicate_psp_refund_ids))
+        return row
+
     async def record(self, refund: Mapping, answer: RefundResult | BaseException, attempts: list[Attempt], *,
                      event: str, request_id: str | None = None, refund_calls: int = 0,
-                     current_truth: bool = False, decision: ledger.Decision | None = None) -> asyncpg.Record:
-        """Record a processor's answer, or the lack of one, in one database transaction."""
+                     current_truth: bool = False, decision: ledger.Decision | None = None,
+                     lease_token: int | None = None, sent_at: datetime | None = None,
+                     verify_at: datetime | None = None) -> asyncpg.Record:
+        """Record a processor's answer, or the lack of one, in one database transaction; a run's
+        answer under its claim's `lease_token` (see ledger.apply)."""
         expect = None if isinstance(answer, RefundResult) else (refund["status"], refund["stage"])
         async with self._pool.acquire() as conn, conn.transaction():
             await store.insert_attempts(conn, refund["id"], attempts)
@@ -278,7 +392,8 @@ class RefundExecutor:
                                         expect=expect,
                                         current_truth=current_truth,
                                         recheck_seconds=self._settings.pending_poll_seconds,
-                                        refund_calls=refund_calls, request_id=request_id)
+                                        refund_calls=refund_calls, request_id=request_id,
+                                        lease_token=lease_token, sent_at=sent_at, verify_at=verify_at)
         return row
 
     async def aclose(self, grace_seconds: float) -> None:

@@ -23,6 +23,7 @@ from gateway.db import store
 from gateway.logging import scrub_text
 from gateway.domain.refunds import (
     DISAGREEMENT,
+    DUPLICATE,
     OVER_REFUND,
     FINAL,
     BUCKET,
@@ -60,6 +61,7 @@ class Decision:
     details: Mapping[str, str] | None = None
     retry_in: float | None = None  # for a refund left waiting: when its processor call is due again
     lease_seconds: float = 0.0  # for a refund moved to `sending`: how long the caller holds it
+    duplicate_ids: tuple[str, ...] | None = None  # the processor's ids of executions beyond the first
 
 
 def said(text: str | None) -> str | None:
@@ -69,6 +71,13 @@ def said(text: str | None) -> str | None:
 
 
 def decide(answer: RefundResult | BaseException) -> Decision:
+    if isinstance(answer, RefundResult) and answer.duplicate_psp_refund_ids:
+        ids = ", ".join([answer.psp_refund_id or "?", *answer.duplicate_psp_refund_ids])
+        return Decision(REOPENED, answer.psp_refund_id, DUPLICATE,
+                        said(f"the processor carried this refund out {1 + len(answer.duplicate_psp_refund_ids)} "
+                             f"times ({ids}): money went out more than once"),
+                        {**(answer.details or {}), "duplicate_psp_refund_ids": list(answer.duplicate_psp_refund_ids)},
+                        duplicate_ids=answer.duplicate_psp_refund_ids)
     if isinstance(answer, RefundResult):
         failure_code = failure_message = None
         if answer.outcome is Outcome.DECLINED:
@@ -97,8 +106,14 @@ def decide(answer: RefundResult | BaseException) -> Decision:
 async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *, event: str,
                 expect: tuple[str, str] | None = None, current_truth: bool = False, recheck_seconds: float,
                 refund_calls: int = 0, request_id: str | None = None, detail: dict[str, Any] | None = None,
-                snapshot_at: datetime | None = None, by_operator: bool = False) -> tuple[asyncpg.Record, bool]:
+                snapshot_at: datetime | None = None, by_operator: bool = False, lease_token: int | None = None,
+                sent_at: datetime | None = None, verify_at: datetime | None = None) -> tuple[asyncpg.Record, bool]:
     """Apply a decision; returns (the refund as it now is, whether its state changed).
+
+    `lease_token` is the fencing token of the claim the answer was got under (a run's answer);
+    when the refund has been claimed again since, the answer is stale and moves nothing: its
+    calls are counted, and `sent_at` (the newest refund call's start) and `verify_at` (when to
+    look for a second execution) are kept, whoever holds the refund now.
 
     `expect` is the (status, stage) the decision was made from. A decision drawn from the lack
     of an answer (a timeout, retries spent) passes it, so that it never overrides what a real
@@ -114,10 +129,17 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     """
     current = await store.lock_refund(conn, refund_id)
     status, stage = Status(current["status"]), Stage(current["stage"])
+    if lease_token is not None and current["lease_token"] != lease_token:
+        # The lease ran out while this answer's call was alive and someone claimed the refund
+        # again: the new holder decides (it looks up and respects the execution window).
+        log.warning("refund_answer_fenced", refund_id=refund_id, token=lease_token,
+                    current_token=current["lease_token"], status=status, answer=decision.target.status, cause=event)
+        return await store.add_attempts(conn, refund_id, refund_calls, sent_at, verify_at), False
     if is_stale(snapshot_at, current["processor_snapshot_at"]):
         log.info("refund_snapshot_stale", refund_id=refund_id, status=status, answer=decision.target.status,
                  snapshot_at=snapshot_at, applied_at=current["processor_snapshot_at"], cause=event)
         return current, False
+    duplicate = decision.failure_code == DUPLICATE
     contradicted = (expect is None and not by_operator and contradicts(status, decision.target.status)
                     and await store.last_moved_by(conn, refund_id, status) == RESOLVE_EVENT)
     if contradicted:
@@ -135,7 +157,8 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
         if not by_operator and awaits_operator(status, current["failure_code"]):
             raise InvalidTransition(status, target.status)
         if not unchanged:
-            check_transition(status, target.status, contradicted=contradicted)
+            # A second execution reopens whatever the refund was: money went out twice.
+            check_transition(status, target.status, contradicted=contradicted or duplicate)
             if status is Status.SUCCEEDED and not current_truth:
                 raise InvalidTransition(status, target.status)
     except InvalidTransition:
@@ -143,8 +166,8 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
         # but the processor calls we made still count.
         log.info("refund_answer_superseded", refund_id=refund_id, status=status, stage=stage,
                  answer=target.status, cause=event)
-        if refund_calls:
-            current = await store.add_attempts(conn, refund_id, refund_calls)
+        if refund_calls or sent_at or verify_at:
+            current = await store.add_attempts(conn, refund_id, refund_calls, sent_at, verify_at)
         return current, False
     delta = balance_delta(status, target.status, current["amount"])
     if delta.refunded > 0 and not await store.refund_fits(conn, current["transaction_id"], delta.refunded):
@@ -170,7 +193,8 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
         version_step=0 if unchanged or quiet else 1, retry_in=decision.retry_in,
         lease_seconds=decision.lease_seconds,
         reserved_delta=delta.reserved, refunded_delta=delta.refunded, event=None if unchanged else event,
-        snapshot_at=snapshot_at, reversed=is_reversal(status, target.status),
+        snapshot_at=snapshot_at, reversed=is_reversal(status, target.status), sent_at=sent_at,
+        verify_at=verify_at, duplicate_ids=decision.duplicate_ids,
         request_id=request_id, event_detail={"failure_code": decision.failure_code,
                                              "psp_refund_id": decision.psp_refund_id,
                                              **(decision.details or {}), **(detail or {})})

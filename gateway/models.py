@@ -166,6 +166,10 @@ class RefundOut(BaseModel):
     reversed_at: datetime | None = Field(
         default=None, description="when a succeeded refund failed at its processor afterwards (a reversal: the "
                                   "money came back and the amount is refundable again); null otherwise")
+    duplicate_psp_refund_ids: list[str] = Field(
+        default_factory=list, description="the processor's ids of executions of this refund beyond the first "
+                                          "(psp_refund_id): money went out more than once, and the refund needs "
+                                          "attention (failure_code duplicate_at_processor); empty otherwise")
 
     @classmethod
     def from_row(cls, row: Any) -> "RefundOut":
@@ -174,7 +178,8 @@ class RefundOut(BaseModel):
                    invoice_id=row["invoice_id"], credit_note_id=row["credit_note_id"], reason=row["reason"],
                    psp_refund_id=row["psp_refund_id"], failure_code=row["failure_code"],
                    failure_message=row["failure_message"], attempts=row["attempts"], metadata=row["metadata"],
-                   created_at=row["created_at"], updated_at=row["updated_at"], reversed_at=row.get("reversed_at"))
+                   created_at=row["created_at"], updated_at=row["updated_at"], reversed_at=row.get("reversed_at"),
+                   duplicate_psp_refund_ids=list(row.get("duplicate_psp_refund_ids") or ()))
 
 
 # --- operator requests ----------------------------------------------------------------------------

@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 Scope = Literal["transactions:write", "transactions:read", "refunds:write", "refunds:read", "admin"]
 ALL_SCOPES: tuple[Scope, ...] = ("transactions:write", "transactions:read", "refunds:write", "refunds:read", "admin")
 
+# Time a run needs beyond its processor calls (recording the outcome), inside its lease.
+LEASE_MARGIN_SECONDS = 1.0
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -37,8 +40,13 @@ class _Strict(BaseModel):
 
 class ProcessorBase(_Strict):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    # The longest one processor call may take, whole (connect, send, wait, read), not per read.
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     max_connections: int = Field(default=100, ge=1, le=10_000)
+    # How long after a refund request was sent the processor may still carry it out (a request
+    # queued or slow on its side, whose answer the gateway gave up on). Used only for processors
+    # without idempotency keys: a look-up's "no record" counts as "never executed" only after it.
+    execution_window_seconds: float = Field(default=300.0, ge=0, le=86_400)
 
 
 class StripeProcessor(ProcessorBase):
@@ -63,6 +71,8 @@ class MockProcessor(ProcessorBase):
 
     kind: Literal["mock"]
     base_url: str | None = None
+    # In-process: a call the gateway gave up on was cancelled with it and can never land later.
+    execution_window_seconds: float = Field(default=0.0, ge=0, le=86_400)
     pending_settle_seconds: float = Field(default=2.0, ge=0)
     latency_seconds: float = Field(default=0.0, ge=0, le=60)
     idempotency_keys: bool = True  # false: a processor that executes every resend, as BridgePay does
@@ -138,6 +148,7 @@ class Settings(BaseSettings):
     durable_retry_initial_seconds: float = Field(default=5.0, gt=0)
     durable_retry_max_seconds: float = Field(default=900.0, gt=0)
     # A refund whose call is in flight is leased for this long; an expired lease means the process died.
+    # It must outlast the longest run it covers (refused at start otherwise, see _lease_covers_runs).
     lease_seconds: float = Field(default=120.0, gt=0)
     pending_poll_seconds: float = Field(default=1.0, gt=0)  # how often refunds pending at a processor are re-checked
     webhook_poll_seconds: float = Field(default=1.0, gt=0)  # how often stored webhooks are looked at, at the latest
@@ -178,6 +189,25 @@ class Settings(BaseSettings):
         if len(digests) != len(set(digests)):
             raise ValueError("clients: two clients (or one twice) share an API key")
         return self
+
+    @model_validator(mode="after")
+    def _lease_covers_runs(self) -> "Settings":
+        """A lease that can expire while its holder's call is still alive lets a second worker take
+        the refund over and resend it: the lease must be longer than the longest run."""
+        for p in self.processors:
+            longest = self.longest_run_seconds(p)
+            if self.lease_seconds <= longest:
+                raise ValueError(
+                    f"lease_seconds: {self.lease_seconds:g} s does not cover the longest run for processor "
+                    f"{p.id!r}, {longest:g} s (retry_max_seconds + 2 x timeout_seconds + {LEASE_MARGIN_SECONDS:g} s); "
+                    "raise lease_seconds or lower those")
+        return self
+
+    def longest_run_seconds(self, processor: ProcessorConfig) -> float:
+        """The longest one run (a request's, or a round of background work) can hold a lease: the
+        in-run retries stop before starting a round past retry_max_seconds, and the last round is
+        at most a look-up and a refund call, each cut at the processor's whole-call deadline."""
+        return self.retry_max_seconds + 2 * processor.timeout_seconds + LEASE_MARGIN_SECONDS
 
     def processor(self, processor_id: str) -> ProcessorConfig | None:
         return next((p for p in self.processors if p.id == processor_id), None)

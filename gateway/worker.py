@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 
 from gateway.db import store
-from gateway.execution import RefundExecutor
+from gateway.execution import VERIFY_RETRY_SECONDS, RefundExecutor
 from gateway.ids import new_id
 
 log = structlog.get_logger(__name__)
@@ -65,6 +65,24 @@ async def recover_due(pool: asyncpg.Pool, executor: RefundExecutor, lease_second
     for refund, result in zip(due, results):
         if isinstance(result, BaseException):
             log.error("refund_recovery_failed", refund_id=refund["id"], error=type(result).__name__)
+    return len(due)
+
+
+VERIFY_BATCH = 20
+
+
+async def verify_due(pool: asyncpg.Pool, executor: RefundExecutor) -> int:
+    """Look resent refunds up again once their execution window has passed, for a second execution
+    at a processor without idempotency keys."""
+    async with pool.acquire() as conn:
+        due = await store.claim_due_verify(conn, VERIFY_BATCH, VERIFY_RETRY_SECONDS)
+    for refund in due:
+        request_id = new_id("req")
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await executor.verify(refund, request_id)
+            except Exception:  # the claim already scheduled the next look-up
+                log.exception("duplicate_check_error", refund_id=refund["id"], processor=refund["processor_id"])
     return len(due)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import replace
 from datetime import datetime, timezone
 from xml.etree.ElementTree import Element, SubElement, tostring
 
@@ -222,9 +223,8 @@ def lookup_answer(envelope: bytes, refund_id: str) -> RefundResult | None:
                                       processor_code="reporting", details=details))
     if len(found) > 1:
         # Our refund id went out twice and both were carried out: a person must sort out the money.
-        return RefundResult(Outcome.NEEDS_ATTENTION, psp_refund_id=found[0].psp_refund_id,
-                            processor_code="duplicate_refund",
-                            message=f"BridgePay carried out {len(found)} refunds for one refund id")
+        return replace(found[0], duplicate_psp_refund_ids=tuple(r.psp_refund_id or "?" for r in found[1:]),
+                       message=f"BridgePay carried out {len(found)} refunds for one refund id")
     return found[0] if found else None
 
 

@@ -14,7 +14,7 @@ import hmac
 import itertools
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 import orjson
@@ -104,6 +104,7 @@ class MockAdapter:
         self._calls: OrderedDict[str, int] = OrderedDict()
         self._seq = itertools.count(1)
         self.executed: deque[_MockRefund] = deque(maxlen=MEMORY)  # refunds really carried out, in order
+        self._again: dict[str, list[str]] = {}  # key -> ids of executions beyond the first
         self._failures: dict[int, int] = {}
 
     def fail_next(self, *, amount: int, times: int) -> None:
@@ -150,14 +151,20 @@ class MockAdapter:
             final = Outcome.NEEDS_ATTENTION
         refund = _MockRefund(id=f"mre_{next(self._seq):08d}", amount=amount, psp_reference=request.psp_reference,
                              created=now, final=final, pending_until=pending_until, code=code)
-        self._by_key[request.idempotency_key] = refund
-        _forget_oldest(self._by_key)
+        if request.idempotency_key in self._by_key:  # without idempotency keys: a second execution
+            self._again.setdefault(request.idempotency_key, []).append(refund.id)
+        else:
+            self._by_key[request.idempotency_key] = refund
+            _forget_oldest(self._by_key)
         self.executed.append(refund)
         return refund
 
     async def lookup_refund(self, request: RefundRequest, psp_refund_id: str | None) -> RefundResult | None:
         refund = self._by_key.get(request.idempotency_key)
-        return refund.result(self._clock()) if refund else None
+        if refund is None:
+            return None
+        return replace(refund.result(self._clock()),
+                       duplicate_psp_refund_ids=tuple(self._again.get(request.idempotency_key, ())))
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """Mock webhooks: `{"id", "type", "refund": {"id", "refund_id", "payment", "amount", "currency",

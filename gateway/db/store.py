@@ -137,6 +137,14 @@ WITH u AS (
         processor_snapshot_at = greatest(processor_snapshot_at, $19::timestamptz),
         reversed_at = CASE WHEN $20::bool THEN now() ELSE reversed_at END,
         lease_expires_at = CASE WHEN $5 = 'sending' THEN now() + make_interval(secs => $13) END,
+        -- A move into `sending` is a new claim: the next fencing token. Taking over a `sending`
+        -- refund (its lease expired) means its last call may have been sent until that expiry.
+        lease_token = lease_token + CASE WHEN $5 = 'sending' THEN 1 ELSE 0 END,
+        last_sent_at = CASE WHEN $3 = 'sending' AND $5 = 'sending'
+                            THEN greatest(last_sent_at, lease_expires_at, $21::timestamptz)
+                            ELSE greatest(last_sent_at, $21::timestamptz) END,
+        verify_at = coalesce($22::timestamptz, verify_at),
+        duplicate_psp_refund_ids = coalesce($23::text[], duplicate_psp_refund_ids),
         -- A refund pending at its processor is re-checked less often as it ages (a tenth of its
         -- age, at least $10 seconds, at most an hour): card refunds can stay pending for days.
         -- A refund waiting for a retry is due after its backoff ($12).
@@ -171,9 +179,27 @@ WITH due AS (
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
-UPDATE refunds r SET stage = 'sending', lease_expires_at = now() + make_interval(secs => $2), updated_at = now()
+UPDATE refunds r SET stage = 'sending', lease_expires_at = now() + make_interval(secs => $2), updated_at = now(),
+    lease_token = r.lease_token + 1,
+    -- An expired lease: its holder's last call may have been sent until the lease ran out.
+    last_sent_at = CASE WHEN r.stage = 'sending' THEN greatest(r.last_sent_at, r.lease_expires_at)
+                        ELSE r.last_sent_at END
 FROM due WHERE r.id = due.id
 RETURNING r.*, due.stage AS prior_stage"""
+
+# Resent refunds at processors without idempotency keys whose look-up for a second execution is
+# due; the claim pushes the next look-up out (a lease), so that workers never check one at once.
+CLAIM_DUE_VERIFY = """
+WITH due AS (
+    SELECT id FROM refunds WHERE verify_at <= now()
+    ORDER BY verify_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE refunds r SET verify_at = now() + make_interval(secs => $2)
+FROM due WHERE r.id = due.id
+RETURNING r.*"""
+CLEAR_VERIFY = "UPDATE refunds SET verify_at = NULL WHERE id = $1"
 
 INSERT_EVENT = """
 INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail, request_id)
@@ -226,9 +252,17 @@ async def lock_refund(conn, refund_id: str) -> Row | None:
     return await conn.fetchrow(LOCK_REFUND, refund_id)
 
 
-async def add_attempts(conn, refund_id: str, calls: int) -> Row:
-    return await conn.fetchrow("UPDATE refunds SET attempts = attempts + $2 WHERE id = $1 RETURNING *",
-                               refund_id, calls)
+# Calls made for a refund whose answer moved nothing (superseded, or fenced by a newer claim):
+# still counted, and still sends that a processor without idempotency keys may carry out.
+ADD_ATTEMPTS = """
+UPDATE refunds SET attempts = attempts + $2, last_sent_at = greatest(last_sent_at, $3::timestamptz),
+    verify_at = coalesce($4::timestamptz, verify_at)
+WHERE id = $1 RETURNING *"""
+
+
+async def add_attempts(conn, refund_id: str, calls: int, sent_at: datetime | None = None,
+                       verify_at: datetime | None = None) -> Row:
+    return await conn.fetchrow(ADD_ATTEMPTS, refund_id, calls, sent_at, verify_at)
 
 
 # The event that last moved a refund into `status` ($2): an operator's settlement, say.
@@ -272,15 +306,26 @@ async def update_refund_state(conn, refund_id: str, *, from_status: str, from_st
                               retry_in: float | None = None, lease_seconds: float = 0.0, reserved_delta: int = 0,
                               refunded_delta: int = 0, event: str | None = None, request_id: str | None = None,
                               event_detail: dict[str, Any] | None = None, snapshot_at: datetime | None = None,
-                              reversed: bool = False) -> Row | None:
+                              reversed: bool = False, sent_at: datetime | None = None,
+                              verify_at: datetime | None = None,
+                              duplicate_ids: Sequence[str] | None = None) -> Row | None:
     return await conn.fetchrow(UPDATE_REFUND_STATE, refund_id, from_status, from_stage, status, stage, psp_refund_id,
                                failure_code, failure_message, attempts, recheck_seconds, version_step, retry_in,
                                lease_seconds, reserved_delta, refunded_delta, event, event_detail or {}, request_id,
-                               snapshot_at, reversed)
+                               snapshot_at, reversed, sent_at, verify_at,
+                               list(duplicate_ids) if duplicate_ids is not None else None)
 
 
 async def claim_recovery(conn, limit: int, lease_seconds: float) -> list[Row]:
     return await conn.fetch(CLAIM_RECOVERY, limit, lease_seconds)
+
+
+async def claim_due_verify(conn, limit: int, lease_seconds: float) -> list[Row]:
+    return await conn.fetch(CLAIM_DUE_VERIFY, limit, lease_seconds)
+
+
+async def clear_verify(conn, refund_id: str) -> None:
+    await conn.execute(CLEAR_VERIFY, refund_id)
 
 
 async def insert_event(conn, refund_id: str, event: str, *, from_status: str | None, to_status: str,

@@ -63,8 +63,9 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
         {Status.PENDING, Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.REFUNDED_OFFLINE,
          Status.REQUIRES_ATTENTION}
     ),
-    # A processor can fail a refund after reporting success (a reversal).
-    Status.SUCCEEDED: frozenset({Status.FAILED}),
+    # A processor can fail a refund after reporting success (a reversal); a look-up can find it
+    # carried out twice (reopened for attention, DUPLICATE).
+    Status.SUCCEEDED: frozenset({Status.FAILED, Status.REQUIRES_ATTENTION}),
     # Final, but an operator's settlement reopens when the processor contradicts it (CONTRADICTED_BY).
     Status.FAILED: frozenset({Status.REQUIRES_ATTENTION}),
     Status.CANCELED: frozenset({Status.REQUIRES_ATTENTION}),
@@ -150,6 +151,9 @@ DISAGREEMENT = "processor_disagrees"  # the reopened refund's failure code
 # A success that would take the payment's refunded total beyond its amount (money went out that
 # the ledger had given to another refund): recorded as needing attention, never as refunded.
 OVER_REFUND = "would_over_refund"
+# The processor carried the refund out more than once (a request it executed late, after a resend):
+# money went out twice. Found by a look-up; the refund reopens for attention whatever it was.
+DUPLICATE = "duplicate_at_processor"
 
 
 def contradicts(settled: Status, answer: Status) -> bool:
@@ -160,4 +164,4 @@ def contradicts(settled: Status, answer: Status) -> bool:
 def awaits_operator(status: Status, failure_code: str | None) -> bool:
     """A refund reopened by a disagreement moves only by an operator's hand (a replay asks the
     processor; a resolution settles it): processor answers meanwhile would hide the dispute."""
-    return status is Status.REQUIRES_ATTENTION and failure_code in (DISAGREEMENT, OVER_REFUND)
+    return status is Status.REQUIRES_ATTENTION and failure_code in (DISAGREEMENT, OVER_REFUND, DUPLICATE)

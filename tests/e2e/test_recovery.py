@@ -17,7 +17,7 @@ BILLING_KEY = "sk_test_recovery_billing_0123"
 
 def config(sim_url: str) -> str:
     return (f'[[processors]]\nid = "stripe"\nkind = "stripe"\nbase_url = "{sim_url}"\napi_key = "{SIM_KEY}"\n'
-            f'timeout_seconds = 10\n\n'
+            f'timeout_seconds = 2.5\n\n'
             f'[[clients]]\nid = "billing"\napi_key = "{BILLING_KEY}"\n'
             'scopes = ["transactions:write", "transactions:read", "refunds:write", "refunds:read"]\n')
 
@@ -45,7 +45,8 @@ async def wait_ready(gateway, timeout: float = 30.0) -> None:
 async def test_gateway_killed_mid_call_resolves_the_refund_after_restart_with_one_refund_at_stripe(
         gateways, database_url):
     async with running_simulator(SimConfig(api_key=SIM_KEY, seed=1)) as sim:
-        env = dict(GATEWAY_DATABASE_URL=database_url, GATEWAY_LEASE_SECONDS="2",
+        # The shortest lease that covers a run: 0.5 s of retries and two 2.5 s calls, with a margin.
+        env = dict(GATEWAY_DATABASE_URL=database_url, GATEWAY_LEASE_SECONDS="7", GATEWAY_RETRY_MAX_SECONDS="0.5",
                    GATEWAY_REFUND_RESPONSE_BUDGET_SECONDS="0.3", GATEWAY_JANITOR_POLL_SECONDS="0.2")
         first = gateways(config(sim.url), **env)
         await wait_ready(first)

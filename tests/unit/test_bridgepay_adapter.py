@@ -637,14 +637,16 @@ async def test_lookup_without_an_executed_refund_of_ours_is_none(adapter, bridge
     assert await adapter.lookup_refund(make_request(), None) is None
 
 
-async def test_lookup_finding_two_executed_refunds_of_ours_needs_attention(adapter, bridgepay):
+async def test_lookup_finding_two_executed_refunds_of_ours_is_a_duplicate_needing_attention(adapter, bridgepay):
     bridgepay.post(REPORTING_URL).mock(return_value=reporting_answer([row("117150042"), row("117150043")]))
     found = await adapter.lookup_refund(make_request(), None)
     assert found is not None
-    assert found.outcome is Outcome.NEEDS_ATTENTION
-    assert found.processor_code == "duplicate_refund"
+    assert (found.psp_refund_id, found.duplicate_psp_refund_ids) == ("117150042", ("117150043",))
     decision = decide(found)
-    assert (decision.target.status, decision.target.stage) == (Status.REQUIRES_ATTENTION, Stage.OUTCOME_UNKNOWN)
+    assert (decision.target.status, decision.target.stage) == (Status.REQUIRES_ATTENTION, Stage.DONE)
+    assert decision.failure_code == "duplicate_at_processor"
+    assert decision.duplicate_ids == ("117150043",)
+    assert "117150042" in decision.failure_message and "117150043" in decision.failure_message
 
 
 async def test_lookup_answered_with_a_soap_fault_is_a_protocol_error(adapter, bridgepay):

@@ -46,7 +46,8 @@ ALLOWED = {
 ALL_PAIRS = list(itertools.product(Status, Status))
 # An operator's settlement the processor contradicts (it carried the refund out after all) reopens it.
 CONTRADICTIONS = {(F, S), (C, S), (RO, S)}  # (settled as, the processor says)
-REOPENS = {(F, RA), (C, RA), (RO, RA)}
+REOPENS = {(F, RA), (C, RA), (RO, RA),
+           (S, RA)}  # a look-up found a succeeded refund carried out twice (duplicate_at_processor)
 
 # Where a refund's amount counts on its transaction while it has this status.
 RESERVED_WHILE = {P, RA}
