@@ -132,8 +132,8 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     if lease_token is not None and current["lease_token"] != lease_token:
         # The lease ran out while this answer's call was alive and someone claimed the refund
         # again: the new holder decides (it looks up and respects the execution window).
-        log.warning("refund_answer_fenced", refund_id=refund_id, token=lease_token,
-                    current_token=current["lease_token"], status=status, answer=decision.target.status, cause=event)
+        log.warning("refund_answer_fenced", refund_id=refund_id, claim=lease_token, current_claim=current["lease_token"],
+                    status=status, answer=decision.target.status, cause=event)
         return await store.add_attempts(conn, refund_id, refund_calls, sent_at, verify_at), False
     if is_stale(snapshot_at, current["processor_snapshot_at"]):
         log.info("refund_snapshot_stale", refund_id=refund_id, status=status, answer=decision.target.status,

@@ -1,0 +1,154 @@
+"""Exactly once against the BridgePay-like simulator, a processor that executes every request it
+gets (no idempotency key), when time lies: a request carried out seconds after the gateway gave up
+on it, and a lease that runs out while its call is alive.
+
+Each test ends by comparing the processor's books (the simulator's state) with the gateway's:
+every refund carried out exactly once, or flagged where an operator sees it."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import httpx
+
+from adapters.bridgepay_sim import SimConfig
+from adapters.bridgepay_sim.testing import running_simulator
+from gateway import keys
+from tests.conftest import ADMIN_KEY, Api, eventually, make_settings, start_api
+from tests.e2e.test_bridgepay_flow import BP, BridgePayWorld
+
+@asynccontextmanager
+async def bridgepay_world(database_url: str, *, window: float, timeout: float = 1.0,
+                          **settings) -> AsyncIterator[BridgePayWorld]:
+    """The gateway gives up on a BridgePay call after `timeout` (whole call), and trusts a look-up's
+    "no record" `window` seconds after the newest send."""
+    async with running_simulator(SimConfig(**BP, seed=13)) as sim:
+        client = await start_api(make_settings(database_url, processors=[
+            {"id": "bridgepay", "kind": "bridgepay", "base_url": sim.url, **BP, "timeout_seconds": timeout,
+             "execution_window_seconds": window}], **settings))
+        control = httpx.AsyncClient(base_url=sim.url, timeout=30)
+        try:
+            yield BridgePayWorld(Api(client), sim, control)
+        finally:
+            await control.aclose()
+            await client.close()
+
+
+async def refund_now(world: BridgePayWorld, refund_id: str) -> dict:
+    return await (await world.api.get(f"/v1/refunds/{refund_id}")).json()
+
+
+async def settles(world: BridgePayWorld, refund_id: str, status: str, timeout: float = 20) -> dict:
+    async def check():
+        body = await refund_now(world, refund_id)
+        return body if body["status"] == status else None
+    return await eventually(check, timeout)
+
+
+async def attempts(world: BridgePayWorld, refund_id: str) -> list[tuple[str, str]]:
+    async with world.api.app[keys.POOL].acquire() as conn:
+        return [(r["call"], r["outcome"]) for r in await conn.fetch(
+            "SELECT call, outcome FROM refund_attempts WHERE refund_id = $1 ORDER BY id", refund_id)]
+
+
+async def test_a_request_carried_out_after_the_gateway_gave_up_is_found_not_resent(database_url):
+    # BridgePay takes 3 s to carry out the first refund request; the gateway gives up after 1 s.
+    # Its look-up then finds nothing, but nothing is resent while the request may still land (4 s).
+    async with bridgepay_world(database_url, window=4.0) as world:
+        tx = await world.sale(5_000, settled=True)
+        await world.faults({"latency": {"spike_ms": 3_000, "count": 1, "request_type": "012"}})
+        refund = await world.refund(tx, 1_200)
+        assert (refund["status"], refund["stage"]) == ("pending", "outcome_unknown")
+        assert "may still be carried out" in refund["failure_message"]
+
+        final = await settles(world, refund["id"], "succeeded")
+        sale = await world.sim_sale(tx["psp_reference"])
+        assert (sale["refund_executions"], sale["refunded"]) == (1, 1_200)  # the processor's books
+        assert final["psp_refund_id"] == sale["refunds"][0]["gateway_trans_id"]
+        assert final["attempts"] == 1  # one request, never resent
+        calls = await attempts(world, refund["id"])
+        assert calls[0] == ("refund", "error") and calls[-1] == ("lookup", "succeeded")
+        assert ("refund", "succeeded") not in calls
+        payment = await (await world.api.get(f"/v1/transactions/{tx['id']}")).json()
+        assert (payment["refunded_amount"], payment["reserved_amount"]) == (1_200, 0)
+
+
+async def test_a_window_set_too_short_ends_in_a_duplicate_that_is_flagged_never_silently_succeeded(database_url):
+    # The window (1 s) is shorter than BridgePay really takes (3 s): the look-up after it finds
+    # nothing, the refund is resent and succeeds, and then the first request is carried out too.
+    # The look-up after the resend's own window finds both, and flags the refund.
+    async with bridgepay_world(database_url, window=1.0) as world:
+        tx = await world.sale(5_000, settled=True)
+        await world.faults({"latency": {"spike_ms": 3_000, "count": 1, "request_type": "012"}})
+        refund = await world.refund(tx, 1_200)
+        flagged = await settles(world, refund["id"], "requires_attention")
+
+        sale = await world.sim_sale(tx["psp_reference"])
+        assert sale["refund_executions"] == 2 and sale["refunded"] == 2_400  # the processor's books
+        executed = {r["gateway_trans_id"] for r in sale["refunds"]}
+        assert flagged["failure_code"] == "duplicate_at_processor"
+        assert {flagged["psp_refund_id"], *flagged["duplicate_psp_refund_ids"]} == executed  # both kept
+        async with world.api.app[keys.POOL].acquire() as conn:
+            callbacks = [r["payload"] for r in await conn.fetch(
+                "SELECT payload FROM outbox_events WHERE refund_id = $1 ORDER BY version", refund["id"])]
+        assert callbacks[-1]["type"] == "refund.requires_attention"
+        assert callbacks[-1]["data"]["failure_code"] == "duplicate_at_processor"
+        # Nothing the processor says afterwards moves it: a person has to sort the money out.
+        await asyncio.sleep(0.5)
+        assert (await refund_now(world, refund["id"]))["status"] == "requires_attention"
+
+
+async def test_an_answer_from_a_call_whose_lease_was_taken_over_moves_nothing_and_nothing_is_resent(database_url):
+    # BridgePay holds the first request 2.5 s (under the 4 s deadline) before carrying it out.
+    # Meanwhile the lease runs out (a stalled process, a clock that jumped: forced here) and the
+    # janitor takes the refund over. It must neither resend nor let the old answer decide.
+    async with bridgepay_world(database_url, window=4.0, timeout=4.0) as world:
+        tx = await world.sale(5_000, settled=True)
+        await world.faults({"latency": {"spike_ms": 2_500, "count": 1, "request_type": "012"}})
+        refund = await world.refund(tx, 1_000)  # answers pending after the response budget (2 s)
+        assert (refund["status"], refund["stage"]) == ("pending", "sending")
+        async with world.api.app[keys.POOL].acquire() as conn:
+            await conn.execute("UPDATE refunds SET lease_expires_at = now() WHERE id = $1", refund["id"])
+
+        final = await settles(world, refund["id"], "succeeded")
+        sale = await world.sim_sale(tx["psp_reference"])
+        assert (sale["refund_executions"], sale["refunded"]) == (1, 1_000)  # the processor's books
+        assert final["psp_refund_id"] == sale["refunds"][0]["gateway_trans_id"]
+        calls = await attempts(world, refund["id"])
+        # The first call's answer is kept as an attempt; the refund was settled by a look-up.
+        assert calls.count(("refund", "succeeded")) == 1 and calls[-1] == ("lookup", "succeeded")
+        async with world.api.app[keys.POOL].acquire() as conn:
+            events = [(r["event"], r["to_status"], r["to_stage"]) for r in await conn.fetch(
+                "SELECT event, to_status, to_stage FROM refund_events WHERE refund_id = $1 ORDER BY id", refund["id"])]
+        # Taken over, left waiting out the window, then settled by the janitor's look-up.
+        assert events[1:] == [("recovery_claimed", "pending", "sending"),
+                              ("processor_answer", "pending", "outcome_unknown"),
+                              ("recovery_claimed", "pending", "sending"),
+                              ("processor_answer", "succeeded", "done")]
+
+
+async def test_a_replay_after_a_lease_ran_out_looks_up_and_waits_instead_of_resending(database_url):
+    # As above, with no janitor: an operator replays the refund whose lease ran out.
+    async with bridgepay_world(database_url, window=4.0, timeout=4.0, janitor_poll_seconds=3600) as world:
+        tx = await world.sale(5_000, settled=True)
+        await world.faults({"latency": {"spike_ms": 2_500, "count": 1, "request_type": "012"}})
+        refund = await world.refund(tx, 1_000)
+        async with world.api.app[keys.POOL].acquire() as conn:
+            await conn.execute("UPDATE refunds SET lease_expires_at = now() WHERE id = $1", refund["id"])
+        await asyncio.sleep(0.1)
+
+        async def replay() -> dict:
+            resp = await world.api.post(f"/admin/refunds/{refund['id']}/replay", {"reason": "lease ran out"},
+                                        key=ADMIN_KEY)
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+        first = await replay()
+        assert (first["found"], first["action"]) == ("no record at the processor", "nothing")
+        assert (first["status"], first["stage"]) == ("pending", "outcome_unknown")
+        await asyncio.sleep(6)  # the first request lands at 2.5 s; the window ends at 4 s + 1 s
+        second = await replay()
+        assert (second["found"], second["status"]) == ("succeeded", "succeeded")
+        sale = await world.sim_sale(tx["psp_reference"])
+        assert (sale["refund_executions"], sale["refunded"]) == (1, 1_000)  # the processor's books
