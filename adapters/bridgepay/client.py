@@ -4,6 +4,7 @@ It logs nothing of what it sends: every body carries the password."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Mapping
 
@@ -56,7 +57,9 @@ class BridgePayAdapter:
         if request_id:
             headers["X-Request-ID"] = request_id
         try:
-            async with self._client.stream("POST", url, content=body, headers=headers) as response:
+            # httpx's timeouts are per read: the deadline is the whole call's (a trickling answer).
+            async with asyncio.timeout(self._config.timeout_seconds), \
+                    self._client.stream("POST", url, content=body, headers=headers) as response:
                 chunks, size = [], 0
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
@@ -66,7 +69,8 @@ class BridgePayAdapter:
                 status = response.status_code
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
             raise TransientProcessorError(f"BridgePay unreachable: {type(e).__name__}", code="connect") from None
-        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+        except (httpx.TimeoutException, TimeoutError, httpx.RemoteProtocolError, httpx.ReadError,
+                httpx.WriteError) as e:
             if not sends_money:
                 raise TransientProcessorError(f"no answer from BridgePay: {type(e).__name__}",
                                               code="no_answer") from None

@@ -3,6 +3,7 @@ connection limits. It logs nothing of what it sends: bodies carry references, he
 
 from __future__ import annotations
 
+import asyncio
 from typing import Mapping
 
 import httpx
@@ -33,6 +34,7 @@ class StripeAdapter:
 
     def __init__(self, config: StripeProcessor, *, transport: httpx.AsyncBaseTransport | None = None):
         self.id = config.id
+        self._timeout = config.timeout_seconds
         self._secrets = [s.get_secret_value().encode() for s in config.webhook_secrets]
         self._client = httpx.AsyncClient(
             base_url=config.base_url,
@@ -49,10 +51,15 @@ class StripeAdapter:
         if request_id:
             headers["X-Request-ID"] = request_id
         try:
-            return await self._client.request(method, url, headers=headers, **kwargs)
+            # httpx's timeouts are per read: the deadline is the whole call's (a trickling answer).
+            async with asyncio.timeout(self._timeout):
+                return await self._client.request(method, url, headers=headers, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
             raise TransientProcessorError(f"Stripe unreachable: {type(e).__name__}", code="connect") from None
-        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+        except (httpx.TimeoutException, TimeoutError, httpx.RemoteProtocolError, httpx.ReadError,
+                httpx.WriteError) as e:
+            if method == "GET":  # a read moves nothing: simply ask again
+                raise TransientProcessorError(f"no answer from Stripe: {type(e).__name__}", code="no_answer") from None
             # The request may have been carried out; Stripe answers a resend with the same
             # Idempotency-Key with the first outcome.
             raise OutcomeUnknownError(f"no answer from Stripe: {type(e).__name__}", code="no_answer") from None

@@ -176,6 +176,18 @@ def test_check_config_names_every_bad_field_and_exits_2(tmp_path):
     assert "short" not in out.stderr and "Traceback" not in out.stderr
 
 
+def test_check_config_refuses_a_lease_that_a_live_call_could_outlast(tmp_path):
+    config = tmp_path / "lease.toml"
+    config.write_text('[[processors]]\nid = "bridgepay"\nkind = "bridgepay"\nbase_url = "http://127.0.0.1:1"\n'
+                      'username = "u"\npassword = "p"\nmerchant_code = "1"\nmerchant_account_code = "2"\n'
+                      'timeout_seconds = 5\n')
+    out = subprocess.run([sys.executable, "-m", "gateway", "check-config", "--offline"],
+                         env={**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_LEASE_SECONDS": "3"},
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 2, out
+    assert "lease_seconds: 3 s does not cover the longest run for processor 'bridgepay'" in out.stderr
+
+
 async def test_check_config_tries_the_database_and_each_processor_and_prints_no_secret(cli):
     result = await cli("check-config")
 

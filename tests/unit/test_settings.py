@@ -279,3 +279,27 @@ def test_migrate_with_an_unset_environment_reference_exits_2_naming_the_field(
     config_file(FULL)
     assert main(["migrate"]) == 2
     assert "processors.1.api_key" in capsys.readouterr().err
+
+
+# --- the lease and the longest run it covers -------------------------------------------------------
+
+BRIDGEPAY = {"id": "bridgepay", "kind": "bridgepay", "base_url": "http://127.0.0.1:1", "username": "u",
+             "password": "p", "merchant_code": "1", "merchant_account_code": "2", "timeout_seconds": 5}
+
+
+def test_a_lease_shorter_than_the_longest_run_is_refused_naming_the_processor():
+    # 3 s cannot cover 4 s of in-run retries and two 5 s calls: a janitor would take a live call over.
+    with pytest.raises(ValidationError) as info:
+        Settings(lease_seconds=3, processors=[BRIDGEPAY])
+    message = str(info.value)
+    assert "lease_seconds" in message and "'bridgepay'" in message and "15 s" in message
+
+
+def test_a_lease_longer_than_the_longest_run_is_accepted():
+    settings = Settings(lease_seconds=15.5, processors=[BRIDGEPAY])  # 4 + 2 x 5 + 1 = 15 s
+    assert settings.longest_run_seconds(settings.processors[0]) == 15.0
+
+
+def test_the_execution_window_defaults_to_five_minutes_and_to_nothing_for_the_in_process_mock():
+    settings = Settings(processors=[BRIDGEPAY, {"id": "mock", "kind": "mock"}])
+    assert [p.execution_window_seconds for p in settings.processors] == [300.0, 0.0]
