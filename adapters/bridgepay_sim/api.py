@@ -97,8 +97,15 @@ async def _serve(sim: Simulator, request: web.Request, spot: Spot, run: Callable
     broken = next(((kind, rule) for kind in ("garbage", "hostile") if (rule := faults.fired(kind, spot))), None)
     if broken is not None and not broken[1].execute:
         return await _broken_answer(sim, request, spot, *broken)
+    if rule := faults.fired("delay_execution", spot):
+        await sim.hold(rule.delay_ms / 1000)
+    elif rule := faults.fired("execute_after_disconnect", spot):
+        await _client_gone(sim, request, rule.hold_seconds)
+        await sim.hold(rule.delay_ms / 1000)
 
     status, body = run()
+    if _gone(request):  # nobody is listening any more: the execution is all that happened
+        return _drop(request)
 
     if rule := faults.fired("execute_then_timeout", spot):
         await sim.hold(rule.hold_seconds)
@@ -150,6 +157,17 @@ def _check_http(request: web.Request, action: str) -> web.Response | None:
                                                      "the receiver, due to a ContractFilter mismatch at the "
                                                      "EndpointDispatcher."))
     return None
+
+
+def _gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
+
+
+async def _client_gone(sim: Simulator, request: web.Request, at_most: float) -> None:
+    """Waits until the client closes its connection (it gave up), at most `at_most` seconds."""
+    deadline = asyncio.get_running_loop().time() + at_most
+    while not _gone(request) and not sim.closing.is_set() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
 
 
 def _drop(request: web.Request) -> web.StreamResponse:

@@ -20,6 +20,10 @@ Kinds, and whether the request is executed:
   GatewayMessage (ResponseCode 00000); declined or refused requests pass through untouched.
 - execute_then_timeout: executed, then the answer is held `hold_seconds` (then sent).
 - execute_then_drop: executed, then the connection is closed without an answer.
+- delay_execution: the request is carried out `delay_ms` after it was received, whether or not the
+  client still waits for it (a request queued on the processor's side); then answered, if anyone listens.
+- execute_after_disconnect: the request waits until the client gives up and closes its connection (at
+  most `hold_seconds`), and is carried out `delay_ms` after that: an execution nobody hears of.
 On the Reporting API, internal_error answers a SOAP Fault with HTTP 500, unavailable and network one
 with HTTP 503, and unknown_code does nothing.
 """
@@ -35,7 +39,7 @@ from adapters.bridgepay_sim.wire import PROCESS_PATH
 from adapters.simkit import ChanceRule
 
 KINDS = ("latency", "internal_error", "unavailable", "network", "drop", "garbage", "hostile", "unknown_code",
-         "execute_then_timeout", "execute_then_drop")
+         "execute_then_timeout", "execute_then_drop", "delay_execution", "execute_after_disconnect")
 PAYLOADS = {"garbage": ("body", "result"), "hostile": ("billion_laughs", "billion_laughs_result", "huge")}
 
 
@@ -55,6 +59,7 @@ class Rule(ChanceRule):
     ms: float = 0.0  # latency: added to every matching request
     spike_ms: float = 0.0  # latency: added when the rule fires
     hold_seconds: float = 30.0  # execute_then_timeout: how long the answer is held back (then sent)
+    delay_ms: float = 0.0  # delay_execution, execute_after_disconnect: how long until the request is carried out
     payload: str | None = None  # garbage: body|result; hostile: billion_laughs|billion_laughs_result|huge
     huge_bytes: int = 32 * 1024 * 1024  # hostile "huge": the body's size
     execute: bool = False  # garbage, hostile: run the request before answering badly
@@ -62,7 +67,7 @@ class Rule(ChanceRule):
     def __post_init__(self) -> None:
         # Control bodies are JSON from anywhere: a bad value is refused now, not in the middle of a request.
         super().__post_init__()
-        self.ms, self.spike_ms = float(self.ms), float(self.spike_ms)
+        self.ms, self.spike_ms, self.delay_ms = float(self.ms), float(self.spike_ms), float(self.delay_ms)
         self.hold_seconds, self.huge_bytes = float(self.hold_seconds), int(self.huge_bytes)
         self.path = str(self.path)
         self.request_type = None if self.request_type is None else str(self.request_type)

@@ -616,3 +616,30 @@ async def test_command_line_prints_where_it_listens_and_stops_on_sigterm():
         if proc.returncode is None:
             os.kill(proc.pid, signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_delay_execution_carries_the_request_out_after_the_client_gave_up(client):
+    original = await sale(client, 5000)
+    await control(client, "faults", {"delay_execution": {"count": 1, "request_type": "012", "delay_ms": 600}})
+
+    with pytest.raises(httpx.ReadTimeout):
+        await post_process(client, envelope(request_xml("012", refund_message(original, 5000))), timeout=0.2)
+    assert original not in (await state(client))["refund_executions"]  # not yet
+
+    await asyncio.sleep(0.8)
+    assert (await state(client))["refund_executions"][original] == 1  # carried out all the same
+
+
+async def test_execute_after_disconnect_waits_for_the_client_to_give_up_then_executes(client):
+    original = await sale(client, 5000)
+    await control(client, "faults", {"execute_after_disconnect": {"count": 1, "request_type": "012",
+                                                                  "delay_ms": 300, "hold_seconds": 10}})
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        await post_process(client, envelope(request_xml("012", refund_message(original, 5000))), timeout=0.5)
+    assert time.monotonic() - started < 2
+    await asyncio.sleep(0.1)
+    assert original not in (await state(client))["refund_executions"]  # the client is gone, not yet executed
+
+    await asyncio.sleep(0.6)
+    assert (await state(client))["refund_executions"][original] == 1
