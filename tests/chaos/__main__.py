@@ -64,7 +64,14 @@ BRIDGEPAY_FAULTS = {
     "drop": {"probability": 0.02},
     "execute_then_timeout": {"request_type": "012", "probability": 0.02, "hold_seconds": 3},
     "execute_then_drop": {"request_type": "012", "probability": 0.02},
+    # Carried out after the gateway gave up (2 s): within BridgePay's execution window (4 s), so a
+    # look-up must wait for it rather than resend...
+    "delay_execution": {"request_type": "012", "probability": 0.02, "delay_ms": 3000},
+    # ...and, rarely, long after the window: the resend and the late request both land, and the
+    # gateway must flag the refund (duplicate_at_processor), never count it as simply succeeded.
+    "execute_after_disconnect": {"request_type": "012", "probability": 0.005, "delay_ms": 5000, "hold_seconds": 10},
 }
+BRIDGEPAY_WINDOW_SECONDS = 4
 
 
 # From this many payments on, every fault kind above is expected to fire at least once (at 500, the
@@ -91,6 +98,7 @@ password = "{BP['password']}"
 merchant_code = "{BP['merchant_code']}"
 merchant_account_code = "{BP['merchant_account_code']}"
 timeout_seconds = 2
+execution_window_seconds = {BRIDGEPAY_WINDOW_SECONDS}
 
 [[clients]]
 id = "billing"
@@ -100,11 +108,14 @@ scopes = ["transactions:write", "transactions:read", "refunds:write", "refunds:r
 
 
 def gateway_env(dsn: str, callback_url: str) -> dict[str, str]:
-    """Short timers, so that what the chaos leaves behind is found and finished within seconds."""
+    """Short timers, so that what the chaos leaves behind is found and finished within seconds. The
+    lease is the shortest the settings allow (1.5 s of retries and two 2 s calls, plus a margin):
+    a killed gateway's refunds are taken over as soon as that is safe."""
     return dict(GATEWAY_DATABASE_URL=dsn, GATEWAY_LOG_LEVEL="warning", GATEWAY_SHUTDOWN_GRACE_SECONDS="1",
                 GATEWAY_CALLBACK_URL=callback_url, GATEWAY_CALLBACK_SECRETS=json.dumps([CALLBACK_SECRET]),
                 GATEWAY_CALLBACK_INITIAL_BACKOFF_SECONDS="0.2", GATEWAY_CALLBACK_MAX_BACKOFF_SECONDS="2",
-                GATEWAY_CALLBACK_POLL_SECONDS="0.3", GATEWAY_LEASE_SECONDS="5", GATEWAY_JANITOR_POLL_SECONDS="0.3",
+                GATEWAY_CALLBACK_POLL_SECONDS="0.3", GATEWAY_LEASE_SECONDS="6.6",
+                GATEWAY_RETRY_MAX_SECONDS="1.5", GATEWAY_JANITOR_POLL_SECONDS="0.3",
                 GATEWAY_PENDING_POLL_SECONDS="0.5", GATEWAY_WEBHOOK_POLL_SECONDS="0.3",
                 GATEWAY_DURABLE_RETRY_INITIAL_SECONDS="0.5", GATEWAY_DURABLE_RETRY_MAX_SECONDS="3",
                 GATEWAY_DURABLE_RETRY_MAX_ATTEMPTS="60")
@@ -266,8 +277,10 @@ class Chaos:
                 faults_expected=self.faults_expected(), webhooks_stored=len(data["webhooks"]),
                 kills=self.args.kills, kills_in_flight=self.counts["gateway killed with refund commands in flight"]),
             "everything settled": [f"still left after the settle timeout: {settle_left}"] if settle_left else [],
-            "processor totals equal gateway totals, none over-refunded, none executed twice":
+            "processor totals equal gateway totals, none over-refunded, none executed twice unflagged":
                 invariants.money(data["transactions"], refunds, at_processor),
+            "executed twice at the processor => flagged in the gateway, never silently succeeded":
+                invariants.duplicates_flagged(refunds, at_processor),
             "every refund final or requires_attention with a reason": invariants.final_states(refunds),
             "every webhook sent is stored exactly once": invariants.webhooks(
                 self.stripe.sim.world.events, self.stripe.sim.deliverer.describe(), data["webhooks"]),

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from tests.chaos.billing import Command
 
 FINAL = {"succeeded", "failed", "canceled", "refunded_offline"}
+DUPLICATE = "duplicate_at_processor"
 
 
 @dataclass
@@ -37,9 +38,13 @@ def bridgepay_refunds(world: Any) -> list[ProcessorRefund]:
 def money(transactions: Iterable[Mapping[str, Any]], refunds: Iterable[Mapping[str, Any]],
           at_processor: list[ProcessorRefund]) -> list[str]:
     """Per transaction: the processor's refunded total equals the gateway's succeeded total and its
-    refunded_amount; nothing is over-refunded on either side; no refund ran twice at a processor."""
+    refunded_amount; nothing is over-refunded on either side; no refund ran twice at a processor.
+    A payment with a refund the gateway flagged as carried out twice is left to duplicates_flagged
+    (and to a person): its totals differ by design."""
     violations = []
     succeeded: Counter[str] = Counter()
+    flagged = {r["transaction_id"] for r in refunds if r["failure_code"] == DUPLICATE}
+    flagged_refunds = {r["id"] for r in refunds if r["failure_code"] == DUPLICATE}
     for r in refunds:
         if r["status"] in ("succeeded", "refunded_offline"):
             succeeded[r["transaction_id"]] += r["amount"]
@@ -50,6 +55,8 @@ def money(transactions: Iterable[Mapping[str, Any]], refunds: Iterable[Mapping[s
     for tx in transactions:
         at_psp = processor_total[(tx["processor_id"], tx["psp_reference"])]
         ours = succeeded[tx["id"]]
+        if tx["id"] in flagged:
+            continue
         if at_psp != ours or tx["refunded_amount"] != ours:
             violations.append(f"{tx['id']} ({tx['processor_id']} {tx['psp_reference']}): processor refunded {at_psp}, "
                               f"gateway succeeded {ours}, transaction refunded_amount {tx['refunded_amount']}")
@@ -57,7 +64,25 @@ def money(transactions: Iterable[Mapping[str, Any]], refunds: Iterable[Mapping[s
             violations.append(f"{tx['id']}: over-refunded (amount {tx['amount']}, refunded {tx['refunded_amount']}, "
                               f"reserved {tx['reserved_amount']}, at the processor {at_psp})")
     executions = Counter(p.refund_id for p in at_processor if p.refund_id)
-    violations += [f"refund {rid} executed {n} times at the processor" for rid, n in executions.items() if n > 1]
+    violations += [f"refund {rid} executed {n} times at the processor" for rid, n in executions.items()
+                   if n > 1 and rid not in flagged_refunds]
+    return violations
+
+
+def duplicates_flagged(refunds: Iterable[Mapping[str, Any]], at_processor: list[ProcessorRefund]) -> list[str]:
+    """A refund the processor carried out more than once needs attention in the gateway with the
+    code duplicate_at_processor (never succeeded, never anything quieter); and a refund flagged so
+    was really carried out more than once."""
+    executions = Counter(p.refund_id for p in at_processor if p.refund_id and p.succeeded)
+    by_id = {r["id"]: r for r in refunds}
+    violations = []
+    for refund_id, n in executions.items():
+        r = by_id.get(refund_id)
+        if n > 1 and (r is None or (r["status"], r["failure_code"]) != ("requires_attention", DUPLICATE)):
+            seen = "unknown to the gateway" if r is None else f"{r['status']} ({r['failure_code']})"
+            violations.append(f"refund {refund_id} executed {n} times at the processor but is {seen}")
+    violations += [f"refund {r['id']} is flagged {DUPLICATE} but ran {executions[r['id']]} time(s)"
+                   for r in refunds if r["failure_code"] == DUPLICATE and executions[r["id"]] < 2]
     return violations
 
 

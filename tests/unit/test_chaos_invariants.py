@@ -35,6 +35,25 @@ def test_a_refund_executed_twice_at_the_processor_is_found():
     assert found == ["refund re_1 executed 2 times at the processor"]  # the totals agree: only the count shows it
 
 
+def test_a_refund_executed_twice_and_left_succeeded_is_found():
+    refunds = [refund("re_1", 300)]
+    found = invariants.duplicates_flagged(refunds, [at_stripe("re_1", 300), at_stripe("re_1", 300)])
+    assert found == ["refund re_1 executed 2 times at the processor but is succeeded (None)"]
+
+
+def test_a_refund_executed_twice_and_flagged_passes_both_checks():
+    flagged = refund("re_1", 300, "requires_attention", failure_code="duplicate_at_processor")
+    books = [at_stripe("re_1", 300), at_stripe("re_1", 300)]
+    assert invariants.duplicates_flagged([flagged], books) == []
+    assert invariants.money([{**TX, "refunded_amount": 0, "reserved_amount": 300}], [flagged], books) == []
+
+
+def test_a_refund_flagged_as_a_duplicate_that_ran_once_is_found():
+    flagged = refund("re_1", 300, "requires_attention", failure_code="duplicate_at_processor")
+    assert invariants.duplicates_flagged([flagged], [at_stripe("re_1", 300)]) == [
+        "refund re_1 is flagged duplicate_at_processor but ran 1 time(s)"]
+
+
 def test_money_moved_at_the_processor_that_the_gateway_does_not_count_is_found():
     found = invariants.money([TX], [refund("re_1", 600)], [at_stripe("re_1", 600), at_stripe(None, 100)])
     assert found == ["tx_1 (stripe ch_1): processor refunded 700, gateway succeeded 600, transaction "
