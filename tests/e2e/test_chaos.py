@@ -20,4 +20,4 @@ def test_short_chaos_run_ends_with_every_invariant_holding():
     for happened in ("gateway killed (SIGKILL): 1", "gateway killed with refund commands in flight: 1",
                      "Postgres stopped: 1", "Postgres restarted: 1", "[ ok ] the load happened"):
         assert happened in report, report
-    assert "[FAIL]" not in report and report.count("[ ok ]") == 8, report
+    assert "[FAIL]" not in report and report.count("[ ok ]") == 9, report
