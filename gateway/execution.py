@@ -183,6 +183,7 @@ class RefundExecutor:
                         # "No record" is "not yet" while a request sent earlier may still land.
                         until = self._resend_after(refund, adapter, attempts)
                         if until is not None and datetime.now(timezone.utc) < until:
+                            metrics.EXECUTION_WINDOW_WAITS.labels(adapter.id).inc()
                             answer = ExecutionWindowOpen(until)
                             break
                         unresolved = False
@@ -374,8 +375,6 @@ class RefundExecutor:
             row, _ = await ledger.apply(conn, refund["id"], ledger.decide(found), event="duplicate_check",
                                         current_truth=True, recheck_seconds=self._settings.pending_poll_seconds,
                                         request_id=request_id)
-        log.error("refund_executed_twice", refund_id=refund["id"], processor=adapter.id,
-                  psp_refund_id=found.psp_refund_id, duplicates=list(found.duplicate_psp_refund_ids))
         return row
 
     async def record(self, refund: Mapping, answer: RefundResult | BaseException, attempts: list[Attempt], *,

@@ -132,6 +132,7 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     if lease_token is not None and current["lease_token"] != lease_token:
         # The lease ran out while this answer's call was alive and someone claimed the refund
         # again: the new holder decides (it looks up and respects the execution window).
+        metrics.FENCED_ANSWERS.labels(current["processor_id"]).inc()
         log.warning("refund_answer_fenced", refund_id=refund_id, claim=lease_token, current_claim=current["lease_token"],
                     status=status, answer=decision.target.status, cause=event)
         return await store.add_attempts(conn, refund_id, refund_calls, sent_at, verify_at), False
@@ -203,6 +204,10 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     if quiet:
         return updated, True
     await publish(conn, updated, previous_status=status, request_id=request_id)
+    if duplicate:
+        metrics.DUPLICATE_EXECUTIONS.labels(current["processor_id"]).inc()
+        log.error("refund_executed_twice", refund_id=refund_id, processor=current["processor_id"], cause=event,
+                  psp_refund_id=decision.psp_refund_id, duplicates=list(decision.duplicate_ids or ()))
     log_method = log.info if target.status in FINAL or target.status == Status.PENDING else log.warning
     log_method("refund_state_changed", refund_id=refund_id, processor=current["processor_id"], cause=event,
                from_status=status, status=target.status, stage=target.stage, failure_code=decision.failure_code,

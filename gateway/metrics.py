@@ -41,6 +41,16 @@ PROCESSOR_RETRIES = Counter(
 DURABLE_RETRIES = Counter(
     "gateway_durable_retries_scheduled_total", "Refunds left pending with a due time for their next processor call",
     ["processor"])
+EXECUTION_WINDOW_WAITS = Counter(
+    "gateway_execution_window_waits_total",
+    "Look-ups that found no record while a request sent earlier could still be carried out (no resend yet)",
+    ["processor"])
+FENCED_ANSWERS = Counter(
+    "gateway_refund_answers_fenced_total",
+    "Processor answers got under a claim that was taken over since: kept as attempts, moving nothing", ["processor"])
+DUPLICATE_EXECUTIONS = Counter(
+    "gateway_duplicate_executions_total", "Refunds a look-up found carried out more than once at their processor",
+    ["processor"])
 WEBHOOK_EVENTS = Counter(
     "gateway_webhook_events_total",
     "Processor webhooks: received (stored), duplicate, rejected, and how applying them ended "

@@ -15,6 +15,8 @@ import httpx
 
 from adapters.bridgepay_sim import SimConfig
 from adapters.bridgepay_sim.testing import running_simulator
+from prometheus_client import REGISTRY
+
 from gateway import keys
 from tests.conftest import ADMIN_KEY, Api, eventually, make_settings, start_api
 from tests.e2e.test_bridgepay_flow import BP, BridgePayWorld
@@ -34,6 +36,10 @@ async def bridgepay_world(database_url: str, *, window: float, timeout: float = 
         finally:
             await control.aclose()
             await client.close()
+
+
+def counted(metric: str) -> float:
+    return REGISTRY.get_sample_value(f"{metric}_total", {"processor": "bridgepay"}) or 0.0
 
 
 async def refund_now(world: BridgePayWorld, refund_id: str) -> dict:
@@ -59,8 +65,10 @@ async def test_a_request_carried_out_after_the_gateway_gave_up_is_found_not_rese
     async with bridgepay_world(database_url, window=4.0) as world:
         tx = await world.sale(5_000, settled=True)
         await world.faults({"latency": {"spike_ms": 3_000, "count": 1, "request_type": "012"}})
+        waits = counted("gateway_execution_window_waits")
         refund = await world.refund(tx, 1_200)
         assert (refund["status"], refund["stage"]) == ("pending", "outcome_unknown")
+        assert counted("gateway_execution_window_waits") == waits + 1
         assert "may still be carried out" in refund["failure_message"]
 
         final = await settles(world, refund["id"], "succeeded")
@@ -95,6 +103,7 @@ async def test_a_window_set_too_short_ends_in_a_duplicate_that_is_flagged_never_
                 "SELECT payload FROM outbox_events WHERE refund_id = $1 ORDER BY version", refund["id"])]
         assert callbacks[-1]["type"] == "refund.requires_attention"
         assert callbacks[-1]["data"]["failure_code"] == "duplicate_at_processor"
+        assert counted("gateway_duplicate_executions") >= 1
         # Nothing the processor says afterwards moves it: a person has to sort the money out.
         await asyncio.sleep(0.5)
         assert (await refund_now(world, refund["id"]))["status"] == "requires_attention"
@@ -107,6 +116,7 @@ async def test_an_answer_from_a_call_whose_lease_was_taken_over_moves_nothing_an
     async with bridgepay_world(database_url, window=4.0, timeout=4.0) as world:
         tx = await world.sale(5_000, settled=True)
         await world.faults({"latency": {"spike_ms": 2_500, "count": 1, "request_type": "012"}})
+        fenced = counted("gateway_refund_answers_fenced")
         refund = await world.refund(tx, 1_000)  # answers pending after the response budget (2 s)
         assert (refund["status"], refund["stage"]) == ("pending", "sending")
         async with world.api.app[keys.POOL].acquire() as conn:
@@ -122,6 +132,7 @@ async def test_an_answer_from_a_call_whose_lease_was_taken_over_moves_nothing_an
         async with world.api.app[keys.POOL].acquire() as conn:
             events = [(r["event"], r["to_status"], r["to_stage"]) for r in await conn.fetch(
                 "SELECT event, to_status, to_stage FROM refund_events WHERE refund_id = $1 ORDER BY id", refund["id"])]
+        assert counted("gateway_refund_answers_fenced") == fenced + 1
         # Taken over, left waiting out the window, then settled by the janitor's look-up.
         assert events[1:] == [("recovery_claimed", "pending", "sending"),
                               ("processor_answer", "pending", "outcome_unknown"),
