@@ -107,6 +107,15 @@ async def test_a_window_set_too_short_ends_in_a_duplicate_that_is_flagged_never_
         # Nothing the processor says afterwards moves it: a person has to sort the money out.
         await asyncio.sleep(0.5)
         assert (await refund_now(world, refund["id"]))["status"] == "requires_attention"
+        payment = await (await world.api.get(f"/v1/transactions/{tx['id']}")).json()
+        assert (payment["refunded_amount"], payment["reserved_amount"]) == (0, 1_200)  # held, not released
+        # The extra 12.00 recovered from the customer, the operator settles the refund.
+        resp = await world.api.post(f"/admin/refunds/{refund['id']}/resolve", {
+            "resolution": "refunded_offline", "reason": "second execution recovered",
+            "external_reference": "RECOVERY-1"}, key=ADMIN_KEY)
+        assert resp.status == 200, await resp.text()
+        payment = await (await world.api.get(f"/v1/transactions/{tx['id']}")).json()
+        assert (payment["refunded_amount"], payment["reserved_amount"]) == (1_200, 0)
 
 
 async def test_an_answer_from_a_call_whose_lease_was_taken_over_moves_nothing_and_nothing_is_resent(database_url):
