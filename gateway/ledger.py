@@ -231,9 +231,23 @@ def _no_news(published: Mapping[str, Any] | None, decision: Decision, current: a
 async def record_external(conn: asyncpg.Connection, transaction: asyncpg.Record, snapshot: RefundSnapshot, *,
                           event: str, request_id: str | None = None,
                           snapshot_at: datetime | None = None) -> asyncpg.Record:
-    """Record a refund the processor reports but the gateway never made (e.g. from a dashboard)."""
+    """Record a refund the processor reports but the gateway never made (e.g. from a dashboard).
+
+    One that would take the payment's refunded total beyond its amount is recorded as needing
+    attention (OVER_REFUND), its amount reserved, as `apply` does for our own refunds: counted as
+    refunded it would break the balance's CHECK, and the event would fail for ever."""
     decision = decide(snapshot.result())
     target = decision.target
+    if BUCKET[target.status] is Bucket.REFUNDED and not await store.refund_fits(conn, transaction["id"],
+                                                                                snapshot.amount):
+        message = (f"the processor reports a refund of {snapshot.amount} made outside the gateway "
+                   f"({snapshot.psp_refund_id}), but the payment's other refunds leave no room for it: "
+                   f"the payment was refunded beyond its amount")
+        log.error("external_refund_would_over_refund", transaction_id=transaction["id"],
+                  processor=transaction["processor_id"], psp_refund_id=snapshot.psp_refund_id,
+                  amount=snapshot.amount, processor_says=target.status)
+        decision = Decision(REOPENED, decision.psp_refund_id, OVER_REFUND, message, decision.details)
+        target = decision.target
     refund_id = new_id("rf")
     row = await store.insert_external_refund(
         conn, id=refund_id, transaction_id=transaction["id"], processor_id=transaction["processor_id"],
@@ -246,7 +260,8 @@ async def record_external(conn: asyncpg.Connection, transaction: asyncpg.Record,
                              snapshot.amount if bucket is Bucket.REFUNDED else 0)
     await store.insert_event(conn, refund_id, event, from_status=None, to_status=target.status, from_stage=None,
                              to_stage=target.stage, detail={"origin": "external",
-                                                            "psp_refund_id": snapshot.psp_refund_id},
+                                                            "psp_refund_id": snapshot.psp_refund_id,
+                                                            "failure_code": decision.failure_code},
                              request_id=request_id)
     log.warning("external_refund_recorded", refund_id=refund_id, transaction_id=transaction["id"],
                 processor=transaction["processor_id"], psp_refund_id=snapshot.psp_refund_id, amount=snapshot.amount,

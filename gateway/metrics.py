@@ -133,7 +133,8 @@ async def database_families(pool: asyncpg.Pool, *, stuck_after_seconds: float, o
                                       "failed, unmatched)", labels=["processor", "status"])
     oldest_webhooks = GaugeMetricFamily(
         "gateway_webhook_oldest_open_seconds", "Age of the oldest webhook event not applied now, from when it was "
-        "stored (received: waiting for the inbox, failed: failing since; unmatched: waiting for its payment)",
+        "stored (received: waiting for the inbox, failed: failing since; unmatched: waiting for its payment, "
+        "swept again with backoff)",
         labels=["processor", "status"])
     for r in webhooks:
         open_webhooks.add_metric([r["processor_id"], r["status"]], r["count"])

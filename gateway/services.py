@@ -94,6 +94,9 @@ async def _register(conn: asyncpg.Connection, *, processor_id: str, psp_referenc
     references = list(dict.fromkeys([psp_reference, *other_references]))
     transaction_id = new_id("tx")
     async with conn.transaction():
+        # Held to the end of the (outermost) transaction: a webhook that finds the payment unknown
+        # waits for this one to commit, or is parked before the wake-up below looks for it.
+        await store.lock_payment_references(conn, processor_id, references)
         claimed = await store.claim_references(conn, processor_id, references, transaction_id)
         # Only a transaction already written joins: the one these claims are for is not, yet.
         row = await known_payment(conn, processor_id, references)

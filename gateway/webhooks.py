@@ -1,9 +1,10 @@
 """Processor webhooks: verify, store once, answer, then apply in the background.
 
 An event that names a payment or refund the gateway does not know yet is parked as
-`unmatched` and woken when that payment is registered; an event that fails to apply is
-retried with backoff. Nothing verified is dropped: a verified body the adapter cannot read
-is stored raw as `failed` and parsed again on each retry or reprocess.
+`unmatched` and woken when that payment is registered (and swept again with backoff, in
+case nothing wakes it); an event that fails to apply is retried with backoff. Nothing
+verified is dropped: a verified body the adapter cannot read is stored raw as `failed` and
+parsed again on each retry or reprocess.
 """
 
 from __future__ import annotations
@@ -101,6 +102,13 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
         refund = await _known_refund(conn, processor_id, snapshot)
         if refund is None:
             transaction = await services.known_payment(conn, processor_id, snapshot.payment_references)
+            if transaction is None:
+                # A registration of the payment may be about to commit, and its wake-up would miss
+                # an event parked after it. Its locks on the ids settle the order: wait for it and
+                # look again (a new statement, so a new snapshot), or hold it off until this
+                # event's status is written and the wake-up can see it.
+                await store.lock_payment_references(conn, processor_id, snapshot.payment_references)
+                transaction = await services.known_payment(conn, processor_id, snapshot.payment_references)
             if transaction is None:
                 unmatched = True
                 continue

@@ -18,3 +18,8 @@ CREATE INDEX refunds_verify_due_idx ON refunds (verify_at) WHERE verify_at IS NO
 
 -- The processor's ids of executions beyond the first (a duplicate), kept beside psp_refund_id.
 ALTER TABLE refunds ADD COLUMN duplicate_psp_refund_ids text[] NOT NULL DEFAULT '{}';
+
+-- Parked (`unmatched`) webhook events are swept on a schedule too: the inbox's due index covers them.
+DROP INDEX webhook_events_due_idx;
+CREATE INDEX webhook_events_due_idx ON webhook_events (next_attempt_at)
+    WHERE status IN ('received', 'failed', 'unmatched');

@@ -36,6 +36,14 @@ RETURNING reference"""
 MOVE_REFERENCES = """
 UPDATE transaction_references SET transaction_id = $4
 WHERE processor_id = $1 AND reference = ANY($2::text[]) AND transaction_id = $3"""
+# One lock per id of a payment, held until the transaction ends: a registration of the payment
+# and a webhook that finds it unknown take them, so the webhook either sees the registration or
+# is parked before the registration wakes parked events. In the order of the lock keys, for everyone.
+LOCK_PAYMENT_REFERENCES = """
+SELECT pg_advisory_xact_lock(k) FROM (
+    SELECT DISTINCT hashtextextended($1 || ':' || reference, 0) AS k FROM unnest($2::text[]) AS reference
+    ORDER BY k
+) AS keys"""
 
 GET_TRANSACTION = "SELECT * FROM transactions WHERE id = $1"
 LOCK_TRANSACTION = "SELECT * FROM transactions WHERE id = $1 FOR UPDATE"
@@ -64,6 +72,11 @@ async def claim_references(conn, processor_id: str, references: Sequence[str], t
 
 async def move_references(conn, processor_id: str, references: Sequence[str], from_id: str, to_id: str) -> None:
     await conn.execute(MOVE_REFERENCES, processor_id, list(references), from_id, to_id)
+
+
+async def lock_payment_references(conn, processor_id: str, references: Sequence[str]) -> None:
+    """Waits for whoever holds a lock on one of these ids (a registration not committed yet)."""
+    await conn.execute(LOCK_PAYMENT_REFERENCES, processor_id, list(references))
 
 
 async def get_transaction(conn, transaction_id: str) -> Row | None:
@@ -428,12 +441,14 @@ WEBHOOK_EVENT_BODY = "SELECT body FROM webhook_events WHERE id = $1"
 SET_WEBHOOK_EVENT_PARSED = "UPDATE webhook_events SET event_type = $2, event = $3, match_keys = $4 WHERE id = $1"
 
 # Events to (re)process, oldest first; the claim pushes the next attempt out (a lease), so that
-# concurrent workers never process one event at once.
+# concurrent workers never process one event at once. Parked (`unmatched`) events are swept too,
+# with backoff (FINISH_WEBHOOK_EVENT), in case no registration woke them; after the others, so
+# that a backlog of them never holds up a fresh event (webhook_events_due_idx covers all three).
 CLAIM_DUE_WEBHOOK_EVENTS = """
 WITH due AS (
     SELECT id FROM webhook_events
-    WHERE status IN ('received', 'failed') AND next_attempt_at <= now()
-    ORDER BY id
+    WHERE status IN ('received', 'failed', 'unmatched') AND next_attempt_at <= now()
+    ORDER BY status = 'unmatched', id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
@@ -442,8 +457,14 @@ FROM due WHERE w.id = due.id
 RETURNING w.id, w.processor_id, w.event_id, w.event, w.attempts"""
 
 # Returns how long the event waited, from being stored to now (seconds, by the database's clock).
+# A parked event is looked at again after a backoff (2 s, doubling, at most an hour), for ever:
+# its registration's wake-up is the quick path, this the net under it.
 FINISH_WEBHOOK_EVENT = """
-UPDATE webhook_events SET status = $2, last_error = $3, processed_at = now() WHERE id = $1
+UPDATE webhook_events SET status = $2, last_error = $3, processed_at = now(),
+    next_attempt_at = CASE WHEN $2 = 'unmatched'
+                           THEN now() + make_interval(secs => least(3600, 2 ^ least(attempts, 12)))
+                           ELSE next_attempt_at END
+WHERE id = $1
 RETURNING extract(epoch FROM processed_at - received_at)::float8"""
 
 # A failed event is retried with exponential backoff, capped at an hour.

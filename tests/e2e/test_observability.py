@@ -181,6 +181,9 @@ async def test_a_stalled_inbox_shows_the_age_of_its_oldest_open_event_before_any
     samples = await scrape(api)
     assert 600 <= total(samples, "gateway_webhook_oldest_open_seconds", processor="mock", status="received") < 700
     assert 3600 <= total(samples, "gateway_webhook_oldest_open_seconds", processor="mock", status="unmatched") < 3700
+    # Parked events waiting for their payment (swept again with backoff) are counted apart.
+    assert total(samples, "gateway_webhook_events_open", processor="mock", status="unmatched") == 1
+    assert total(samples, "gateway_webhook_events_open", processor="mock", status="received") == 2
 
 
 async def _scrape_when(api: Api, condition) -> Samples | None:

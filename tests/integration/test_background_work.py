@@ -242,9 +242,10 @@ async def test_a_pending_check_that_fails_does_not_stop_the_rest_of_the_batch(po
     assert broken["next_attempt_at"] > datetime.now(timezone.utc)  # checked again later
 
 
-async def test_a_webhook_event_that_fails_to_apply_is_retried_with_backoff_until_it_applies(pool, database_url):
-    executor = RefundExecutor(pool, {"mock": MockAdapter("mock")}, make_settings(database_url))
-    ours, tx = await sent(pool, executor, 8_000)  # 8,000 of 10,000 refunded
+async def test_a_webhook_event_that_fails_to_apply_is_retried_with_backoff_until_it_applies(pool):
+    async with pool.acquire() as conn:
+        tx, _ = await services.register_transaction(conn, TransactionCreate(
+            processor="mock", psp_reference="ch_held", invoice_id="inv_held", amount=10_000, currency="EUR"))
     event = WebhookEvent(event_id="evt_dashboard", type="refund.created", refunds=[RefundSnapshot(
         psp_refund_id="mre_dashboard", payment_references=[tx["psp_reference"]], amount=5_000, currency="EUR",
         outcome=Outcome.SUCCEEDED)])
@@ -252,28 +253,33 @@ async def test_a_webhook_event_that_fails_to_apply_is_retried_with_backoff_until
         await store.insert_webhook_event(conn, processor_id="mock", event_id=event.event_id, event_type=event.type,
                                          headers={}, body=b"{}", event=event.model_dump(mode="json"),
                                          match_keys=event.match_keys())
+        database = await conn.fetchval("SELECT quote_ident(current_database())")
+        await conn.execute(f"ALTER DATABASE {database} SET lock_timeout = '200ms'")
+    await pool.expire_connections()  # every connection from now on waits for a row lock at most 200 ms
 
     async def row():
         async with pool.acquire() as conn:
             return await conn.fetchrow("SELECT *, extract(epoch FROM next_attempt_at - now()) AS due_in "
                                        "FROM webhook_events WHERE event_id = $1", event.event_id)
 
-    # The refund made at the dashboard does not fit beside ours: applying it fails.
-    backoff = []
-    for attempt in (1, 2):
-        assert await webhooks.process_due(pool, recheck_seconds=1) == 1
-        failed = await row()
-        assert (failed["status"], failed["attempts"]) == ("failed", attempt)
-        assert "CheckViolation" in failed["last_error"]
-        backoff.append(failed["due_in"])
-        assert await webhooks.process_due(pool, recheck_seconds=1) == 0  # not due yet
-        async with pool.acquire() as conn:
-            await conn.execute("UPDATE webhook_events SET next_attempt_at = now() WHERE id = $1", failed["id"])
+    # The payment is held by a transaction elsewhere for longer than a statement may wait: applying fails.
+    async with pool.acquire() as holder:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM transactions WHERE id = $1 FOR UPDATE", tx["id"])
+        backoff = []
+        for attempt in (1, 2):
+            assert await webhooks.process_due(pool, recheck_seconds=1) == 1
+            failed = await row()
+            assert (failed["status"], failed["attempts"]) == ("failed", attempt)
+            assert "LockNotAvailable" in failed["last_error"]
+            backoff.append(failed["due_in"])
+            assert await webhooks.process_due(pool, recheck_seconds=1) == 0  # not due yet
+            async with pool.acquire() as conn:
+                await conn.execute("UPDATE webhook_events SET next_attempt_at = now() WHERE id = $1", failed["id"])
+        await held.rollback()
     assert 1 < backoff[0] <= 2 < backoff[1] <= 4
 
-    ours = await executor.record(ours, RefundResult(Outcome.DECLINED, processor_code="card_closed"), [],
-                                 event="pending_checked", current_truth=True)  # ours reversed: room again
-    assert ours["status"] == "failed"
     assert await webhooks.process_due(pool, recheck_seconds=1) == 1
     assert ((await row())["status"], (await row())["attempts"]) == ("applied", 3)
     async with pool.acquire() as conn:

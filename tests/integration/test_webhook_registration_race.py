@@ -1,0 +1,145 @@
+"""A refund webhook and the registration of its payment, crossing on real Postgres: the locks on
+the payment's ids put one after the other whichever starts first, and a parked (`unmatched`) event
+is swept again with backoff in case nothing wakes it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from adapters.base import RefundSnapshot, WebhookEvent
+from gateway import services, webhooks
+from gateway.db import store
+from gateway.domain.refunds import Outcome
+from gateway.models import TransactionCreate
+
+PAYMENT = "ch_crossing"
+
+
+def registration(reference: str = PAYMENT) -> TransactionCreate:
+    return TransactionCreate(processor="mock", psp_reference=reference, invoice_id="INV-CROSS", amount=10_000,
+                             currency="EUR")
+
+
+async def stored_refund_event(pool: asyncpg.Pool, event_id: str = "evt_dashboard", amount: int = 500) -> int:
+    """A refund made at the processor's dashboard on PAYMENT, stored as the inbox stores it."""
+    event = WebhookEvent(event_id=event_id, type="refund.created", refunds=[RefundSnapshot(
+        psp_refund_id=f"re_{event_id}", payment_references=[PAYMENT], amount=amount, currency="EUR",
+        outcome=Outcome.SUCCEEDED)])
+    async with pool.acquire() as conn:
+        return await store.insert_webhook_event(
+            conn, processor_id="mock", event_id=event.event_id, event_type=event.type, headers={}, body=b"{}",
+            event=event.model_dump(mode="json"), match_keys=event.match_keys())
+
+
+async def waits_for_a_lock(pool: asyncpg.Pool, task: asyncio.Task) -> None:
+    """Until a session of this database waits for an advisory lock; fails if `task` ends first."""
+    for _ in range(200):
+        async with pool.acquire() as conn:
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        if waiting:
+            return
+        assert not task.done(), f"ended without waiting: {task.result()!r}"
+        await asyncio.sleep(0.01)
+    raise AssertionError("nobody waited for the payment's lock")
+
+
+async def event_row(pool: asyncpg.Pool, row_id: int) -> asyncpg.Record:
+    async with pool.acquire() as conn:
+        return await conn.fetchrow("SELECT *, extract(epoch FROM next_attempt_at - now()) AS due_in "
+                                   "FROM webhook_events WHERE id = $1", row_id)
+
+
+async def balance(pool: asyncpg.Pool) -> tuple[int, int]:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT refunded_amount, reserved_amount FROM transactions WHERE psp_reference = $1",
+                                  PAYMENT)
+    return row["refunded_amount"], row["reserved_amount"]
+
+
+async def test_webhook_finding_its_payment_unknown_waits_for_a_registration_in_flight_and_applies(pool):
+    row_id = await stored_refund_event(pool)
+    async with pool.acquire() as conn:
+        registering = conn.transaction()
+        await registering.start()
+        await services.register_transaction(conn, registration())  # not committed yet
+        inbox = asyncio.create_task(webhooks.process_due(pool, recheck_seconds=60))
+        await waits_for_a_lock(pool, inbox)
+        await registering.commit()
+    assert await inbox == 1
+
+    event = await event_row(pool, row_id)
+    assert (event["status"], event["attempts"]) == ("applied", 1)
+    assert await balance(pool) == (500, 0)
+
+
+async def test_registration_waits_for_a_webhook_parking_its_refund_and_then_wakes_it(pool):
+    row_id = await stored_refund_event(pool)
+    async with pool.acquire() as conn:
+        [claimed] = await store.claim_due_webhook_events(conn, 10, webhooks.LEASE_SECONDS)
+        async with conn.transaction():
+            event = WebhookEvent.model_validate(claimed["event"])
+            assert await webhooks.apply_event(conn, "mock", event, recheck_seconds=60) == "unmatched"
+            registering = asyncio.create_task(_register(pool))
+            await waits_for_a_lock(pool, registering)
+            await store.finish_webhook_event(conn, row_id, "unmatched")
+    await registering
+
+    woken = await event_row(pool, row_id)
+    assert woken["status"] == "received" and woken["due_in"] <= 0  # woken by the registration, due now
+    assert await webhooks.process_due(pool, recheck_seconds=60) == 1
+    assert (await event_row(pool, row_id))["status"] == "applied"
+    assert await balance(pool) == (500, 0)
+
+
+async def _register(pool: asyncpg.Pool) -> asyncpg.Record:
+    async with pool.acquire() as conn:
+        row, created = await services.register_transaction(conn, registration())
+    assert created
+    return row
+
+
+async def test_parked_event_is_swept_again_with_backoff_and_applies_once_its_payment_is_known(pool):
+    row_id = await stored_refund_event(pool)
+    backoff = []
+    for attempt in (1, 2, 3):
+        assert await webhooks.process_due(pool, recheck_seconds=60) == 1
+        parked = await event_row(pool, row_id)
+        assert (parked["status"], parked["attempts"]) == ("unmatched", attempt)
+        backoff.append(parked["due_in"])
+        assert await webhooks.process_due(pool, recheck_seconds=60) == 0  # not due yet
+        async with pool.acquire() as conn:
+            await conn.execute("UPDATE webhook_events SET next_attempt_at = now() WHERE id = $1", row_id)
+    assert 1 < backoff[0] <= 2 < backoff[1] <= 4 < backoff[2] <= 8
+
+    # The payment appears by a way that wakes nothing (written before parked events were woken, say).
+    async with pool.acquire() as conn:
+        await store.insert_transaction(conn, id="tx_quiet", processor_id="mock", psp_reference=PAYMENT,
+                                       invoice_id="INV-CROSS", customer_id=None, amount=10_000, currency="EUR",
+                                       captured_at=None, settled_at=None, metadata={})
+    assert (await event_row(pool, row_id))["status"] == "unmatched"
+    assert await webhooks.process_due(pool, recheck_seconds=60) == 1
+    assert ((await event_row(pool, row_id))["status"], await balance(pool)) == ("applied", (500, 0))
+
+
+async def test_long_parked_event_is_looked_at_again_at_most_hourly(pool):
+    row_id = await stored_refund_event(pool)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE webhook_events SET attempts = 40 WHERE id = $1", row_id)
+    assert await webhooks.process_due(pool, recheck_seconds=60) == 1
+    parked = await event_row(pool, row_id)
+    assert parked["status"] == "unmatched" and 3590 < parked["due_in"] <= 3600
+
+
+async def test_fresh_events_are_claimed_before_parked_ones(pool):
+    parked = [await stored_refund_event(pool, f"evt_parked_{n}") for n in range(3)]
+    assert await webhooks.process_due(pool, recheck_seconds=60) == 3
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE webhook_events SET next_attempt_at = now() WHERE id = ANY($1::bigint[])", parked)
+    fresh = await stored_refund_event(pool, "evt_fresh")
+    async with pool.acquire() as conn:
+        claimed = await store.claim_due_webhook_events(conn, 2, webhooks.LEASE_SECONDS)
+    assert [r["id"] for r in claimed] == [fresh, parked[0]]
