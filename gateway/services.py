@@ -172,9 +172,20 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
 
     The refund is written as already `sending` under a lease, because the caller sends it
     right after the commit. Returns (refund, transaction, created); a refund that already
-    exists for the same credit note is returned as it is.
+    exists for the same credit note, or under the same Idempotency-Key, is returned as it is.
     """
     async with conn.transaction():
+        if claim is not None:
+            # The key row first, before any payment's row lock: a request that took the key over
+            # when its lock expired, or the first one it took it from, waits here for the other and
+            # answers with its refund; one key never makes two, even without a credit note.
+            key_row = await store.lock_key(conn, claim.client_id, claim.key)
+            if key_row is None:  # given up meanwhile by the key's other holder: a retry claims it anew
+                raise errors.ServiceUnavailable("this request's Idempotency-Key was released while it ran; retry",
+                                                code="idempotency_key_lost", headers={"Retry-After": "1"})
+            if key_row["resource_id"] is not None:
+                existing = await store.get_refund(conn, key_row["resource_id"])
+                return existing, await store.get_transaction(conn, existing["transaction_id"]), False
         if cmd.credit_note_id is not None and cmd.transaction_id is None and cmd.psp_reference is None:
             # Without a pointer the match depends on balances that this credit note's own first
             # refund changed: look the credit note up on the whole invoice first.

@@ -381,16 +381,29 @@ ON CONFLICT (client_id, key) DO NOTHING
 RETURNING client_id"""
 
 # A first request that died mid-way leaves its key locked; once the lock expires a retry takes over.
+# One still in create_refund holds the key row (LOCK_KEY): the takeover waits for it and reads the
+# refund it committed.
 TAKE_OVER_KEY = """
 UPDATE idempotency_keys SET locked_until = now() + make_interval(secs => $3)
 WHERE client_id = $1 AND key = $2 AND status_code IS NULL AND locked_until < now()
 RETURNING resource_id"""
 
 GET_KEY = "SELECT * FROM idempotency_keys WHERE client_id = $1 AND key = $2"
+# Taken first in create_refund, before any payment's row lock (so in one order by everyone).
+LOCK_KEY = "SELECT resource_id FROM idempotency_keys WHERE client_id = $1 AND key = $2 FOR UPDATE"
+# A stored answer is never replaced: after a takeover both holders answer (naming the same refund),
+# and a replay, once given, must not change.
 STORE_RESPONSE = """
 UPDATE idempotency_keys SET status_code = $3, content_type = $4, response_body = $5
-WHERE client_id = $1 AND key = $2"""
-RELEASE_KEY = "DELETE FROM idempotency_keys WHERE client_id = $1 AND key = $2 AND status_code IS NULL"
+WHERE client_id = $1 AND key = $2 AND status_code IS NULL"""
+# A key that names a committed refund is never deleted (a retry would make another): its lock
+# ends instead, so that the retry takes it over at once and answers with that refund.
+RELEASE_KEY = """
+WITH released AS (
+    DELETE FROM idempotency_keys
+    WHERE client_id = $1 AND key = $2 AND status_code IS NULL AND resource_id IS NULL)
+UPDATE idempotency_keys SET locked_until = now()
+WHERE client_id = $1 AND key = $2 AND status_code IS NULL AND resource_id IS NOT NULL"""
 SET_KEY_RESOURCE = "UPDATE idempotency_keys SET resource_id = $3 WHERE client_id = $1 AND key = $2"
 
 
@@ -406,6 +419,10 @@ async def take_over_key(conn, client_id: str, key: str, lock_seconds: float) -> 
 
 async def get_key(conn, client_id: str, key: str) -> Row | None:
     return await conn.fetchrow(GET_KEY, client_id, key)
+
+
+async def lock_key(conn, client_id: str, key: str) -> Row | None:
+    return await conn.fetchrow(LOCK_KEY, client_id, key)
 
 
 async def store_response(conn, client_id: str, key: str, status: int, content_type: str, body: bytes) -> None:
