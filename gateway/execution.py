@@ -320,28 +320,40 @@ class RefundExecutor:
                 raise answer
             return answer
 
-    async def check_pending(self, refund: Mapping, request_id: str | None = None) -> asyncpg.Record:
-        """Ask the processor about a refund it reported pending."""
-        adapter = self._adapters[refund["processor_id"]]
-        if not adapter.capabilities.lookup:
-            return refund  # only the processor's webhooks can move it
+    async def _look_up(self, adapter: ProcessorAdapter, refund: Mapping,
+                       request_id: str) -> tuple[RefundResult | None | ProcessorError, Attempt]:
+        """One look-up outside a run (a pending check, a duplicate check): what it found, or the
+        failure, and its attempt row."""
         async with self._pool.acquire() as conn:
             transaction = await store.get_transaction(conn, refund["transaction_id"])
-        request_id = request_id or new_id("req")
         request = refund_request(refund, transaction, request_id)
         started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
         try:
             found = await self._observed(adapter.id, request, "lookup",
                                          adapter.lookup_refund(request, refund["psp_refund_id"]))
         except ProcessorError as e:
+            return e, _attempt("lookup", started_at, t0, e)
+        return found, _attempt("lookup", started_at, t0, found if found is not None else "not_found")
+
+    async def check_pending(self, refund: Mapping, request_id: str | None = None) -> asyncpg.Record:
+        """Ask the processor about a refund it reported pending."""
+        adapter = self._adapters[refund["processor_id"]]
+        if not adapter.capabilities.lookup:
+            return refund  # only the processor's webhooks can move it
+        request_id = request_id or new_id("req")
+        found, attempt = await self._look_up(adapter, refund, request_id)
+        if isinstance(found, ProcessorError):
             async with self._pool.acquire() as conn:
-                await store.insert_attempts(conn, refund["id"], [_attempt("lookup", started_at, t0, e)])
-            log.warning("pending_check_failed", refund_id=refund["id"], error_class=e.error_class)
+                await store.insert_attempts(conn, refund["id"], [attempt])
+            log.warning("pending_check_failed", refund_id=refund["id"], error_class=found.error_class)
             return refund  # the claim already scheduled the next check
-        answer = found if found is not None else RefundResult(
-            Outcome.NEEDS_ATTENTION, message="the processor has no record of a refund it reported pending")
-        return await self.record(refund, answer, [_attempt("lookup", started_at, t0, answer)],
-                                 event="pending_checked", request_id=request_id, current_truth=True)
+        answer = found
+        if found is None:
+            answer = RefundResult(Outcome.NEEDS_ATTENTION,
+                                  message="the processor has no record of a refund it reported pending")
+            attempt = replace(attempt, outcome=answer.outcome.value, message=answer.message)
+        return await self.record(refund, answer, [attempt], event="pending_checked", request_id=request_id,
+                                 current_truth=True)
 
     async def verify(self, refund: Mapping, request_id: str | None = None) -> asyncpg.Record:
         """Look a resent refund up for a second execution; one found reopens it for attention
@@ -352,22 +364,13 @@ class RefundExecutor:
             async with self._pool.acquire() as conn:
                 await store.clear_verify(conn, refund["id"])
             return refund
-        async with self._pool.acquire() as conn:
-            transaction = await store.get_transaction(conn, refund["transaction_id"])
         request_id = request_id or new_id("req")
-        request = refund_request(refund, transaction, request_id)
-        started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
-        try:
-            found = await self._observed(adapter.id, request, "lookup",
-                                         adapter.lookup_refund(request, refund["psp_refund_id"]))
-        except ProcessorError as e:
-            async with self._pool.acquire() as conn:
-                await store.insert_attempts(conn, refund["id"], [_attempt("lookup", started_at, t0, e)])
-            log.warning("duplicate_check_failed", refund_id=refund["id"], error_class=e.error_class)
-            return refund
-        attempt = _attempt("lookup", started_at, t0, found if found is not None else "not_found")
+        found, attempt = await self._look_up(adapter, refund, request_id)
         async with self._pool.acquire() as conn, conn.transaction():
             await store.insert_attempts(conn, refund["id"], [attempt])
+            if isinstance(found, ProcessorError):
+                log.warning("duplicate_check_failed", refund_id=refund["id"], error_class=found.error_class)
+                return refund
             await store.clear_verify(conn, refund["id"])
             if found is None or not found.duplicate_psp_refund_ids:
                 log.info("duplicate_check_clean", refund_id=refund["id"], found=found is not None)

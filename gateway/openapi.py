@@ -111,6 +111,9 @@ ERROR_CODES: dict[str, Code] = {
     "http_error": Code(400, "Another HTTP error from the server itself; its status is its own.", "Bad Request"),
     "database_unavailable": Code(503, "The database cannot be reached: retry after Retry-After.",
                                  "the database is unavailable; retry later"),
+    "idempotency_key_lost": Code(503, "This request's Idempotency-Key was released by another request with it "
+                                      "while this one ran: retry with the same key after Retry-After.",
+                                 "this request's Idempotency-Key was released while it ran; retry"),
     "migrations_pending": Code(503, "The database schema is older than this gateway needs (psp-gateway migrate).",
                                "migrations pending: at 6, need 7"),
 }
@@ -120,7 +123,7 @@ _KEYED = ("unauthorized", "forbidden", "rate_limited")  # auth middleware: every
 _IDEMPOTENT = ("invalid_idempotency_key", "idempotency_key_reused", "idempotency_key_in_use")  # keyed POSTs
 _PARSED_BODY = ("malformed_request", "payload_too_large", "unsupported_media_type", "validation_error")
 _REFUND_CODES = ("invalid_amount", "invalid_currency", "transaction_not_found", "ambiguous_transaction",
-                 "amount_exceeds_refundable", "currency_mismatch", "invoice_mismatch")
+                 "amount_exceeds_refundable", "currency_mismatch", "invoice_mismatch", "idempotency_key_lost")
 _ADMIN_REFUND_CODES = ("refund_not_found", "refund_final", "refund_in_flight")
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "string"}}}
 _RESPONSE_HEADERS = {401: {"WWW-Authenticate": {"schema": {"type": "string"}}}, 409: _RETRY_AFTER,
