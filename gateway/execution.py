@@ -268,18 +268,18 @@ class RefundExecutor:
         s = self._settings
         if not retryable:
             return decision
-        if isinstance(answer, ExecutionWindowOpen):
-            # Looked up a few times while the window runs (a late execution is found soon after it
-            # lands), and once when it has passed. Bounded by the window, not by the retry budget.
-            metrics.DURABLE_RETRIES.labels(adapter.id).inc()
-            remaining = max(0.0, (answer.until - datetime.now(timezone.utc)).total_seconds())
-            pace = max(s.durable_retry_initial_seconds, self._window(adapter) / WINDOW_LOOKUPS)
-            return ledger.Decision(Target(Status.PENDING, decision.target.stage), failure_code=None,
-                                   failure_message=decision.failure_message, retry_in=min(remaining, pace))
         if total_calls >= s.durable_retry_max_attempts:
             return replace(decision, failure_message=ledger.said(
                 f"retries spent after {total_calls} processor calls: {decision.failure_message}"))
         metrics.DURABLE_RETRIES.labels(adapter.id).inc()
+        if isinstance(answer, ExecutionWindowOpen):
+            # Looked up a few times while the window runs (a late execution is found soon after it
+            # lands), and once when it has passed; each look-up spends the budget like any call.
+            remaining = max(0.0, (answer.until - datetime.now(timezone.utc)).total_seconds())
+            pace = max(s.durable_retry_initial_seconds,
+                       (self._window(adapter) + WINDOW_MARGIN_SECONDS) / WINDOW_LOOKUPS)
+            return ledger.Decision(Target(Status.PENDING, decision.target.stage), failure_code=None,
+                                   failure_message=decision.failure_message, retry_in=min(remaining, pace))
         rounds = max(0, total_calls - s.retry_max_attempts)
         delay = min(s.durable_retry_max_seconds, s.durable_retry_initial_seconds * 2 ** min(rounds, 16))
         delay *= random.uniform(0.8, 1.2)  # jitter: a processor's outage must not end in a stampede
