@@ -64,13 +64,29 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if e.status < 400:
             raise
         return problem_response(_http_error(e))
-    except _DATABASE_AWAY as e:
+    except Exception as e:
+        if not _database_away(e):
+            log.exception("unhandled_error", path=request.path)
+            return problem_response(errors.InternalError("an unexpected error occurred; it has been logged"))
         log.warning("database_unavailable", error=type(e).__name__)
         return problem_response(errors.ServiceUnavailable(
             "the database is unavailable; retry later", code="database_unavailable", headers={"Retry-After": "5"}))
-    except Exception:
-        log.exception("unhandled_error", path=request.path)
-        return problem_response(errors.InternalError("an unexpected error occurred; it has been logged"))
+
+
+def _database_away(error: BaseException) -> bool:
+    """Whether an error comes from a database that went away: one of _DATABASE_AWAY, a closed
+    connection, or an error raised while handling one (a rollback on a connection whose socket
+    broke mid-query raises its own error, caused by the first)."""
+    seen: BaseException | None = error
+    for _ in range(8):  # a chain is short; a cycle must not loop
+        if seen is None:
+            return False
+        if isinstance(seen, _DATABASE_AWAY) or (isinstance(seen, asyncpg.InterfaceError)
+                                                and "connection is closed" in str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
 
 
 @web.middleware
