@@ -135,7 +135,7 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
         metrics.FENCED_ANSWERS.labels(current["processor_id"]).inc()
         log.warning("refund_answer_fenced", refund_id=refund_id, claim=lease_token, current_claim=current["lease_token"],
                     status=status, answer=decision.target.status, cause=event)
-        return await store.add_attempts(conn, refund_id, refund_calls, sent_at, verify_at), False
+        return await _calls_kept(conn, current, refund_calls, sent_at, verify_at), False
     if is_stale(snapshot_at, current["processor_snapshot_at"]):
         log.info("refund_snapshot_stale", refund_id=refund_id, status=status, answer=decision.target.status,
                  snapshot_at=snapshot_at, applied_at=current["processor_snapshot_at"], cause=event)
@@ -163,13 +163,10 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
             if status is Status.SUCCEEDED and not current_truth:
                 raise InvalidTransition(status, target.status)
     except InvalidTransition:
-        # Someone else (a webhook that beat our own answer, say) got there first: theirs stands,
-        # but the processor calls we made still count.
+        # Someone else (a webhook that beat our own answer, say) got there first: theirs stands.
         log.info("refund_answer_superseded", refund_id=refund_id, status=status, stage=stage,
                  answer=target.status, cause=event)
-        if refund_calls or sent_at or verify_at:
-            current = await store.add_attempts(conn, refund_id, refund_calls, sent_at, verify_at)
-        return current, False
+        return await _calls_kept(conn, current, refund_calls, sent_at, verify_at), False
     delta = balance_delta(status, target.status, current["amount"])
     if delta.refunded > 0 and not await store.refund_fits(conn, current["transaction_id"], delta.refunded):
         message = (f"the processor reports the refund {target.status}, but the payment's other refunds leave "
@@ -213,6 +210,15 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
                from_status=status, status=target.status, stage=target.stage, failure_code=decision.failure_code,
                psp_refund_id=updated["psp_refund_id"])
     return updated, True
+
+
+async def _calls_kept(conn: asyncpg.Connection, current: asyncpg.Record, refund_calls: int,
+                      sent_at: datetime | None, verify_at: datetime | None) -> asyncpg.Record:
+    """An answer that moves nothing still made its processor calls: they count, and they are sends
+    that a processor without idempotency keys may carry out (`sent_at`, `verify_at`)."""
+    if not refund_calls:  # no refund call, no send time either
+        return current
+    return await store.add_attempts(conn, current["id"], refund_calls, sent_at, verify_at)
 
 
 def _no_news(published: Mapping[str, Any] | None, decision: Decision, current: asyncpg.Record,

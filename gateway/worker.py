@@ -23,19 +23,25 @@ log = structlog.get_logger(__name__)
 PENDING_BATCH = 20
 
 
-async def check_due_pending(pool: asyncpg.Pool, executor: RefundExecutor, lease_seconds: float) -> int:
-    async with pool.acquire() as conn:
-        due = await store.claim_due_pending(conn, PENDING_BATCH, lease_seconds)
+async def _each(due: list[asyncpg.Record], check: Callable[[asyncpg.Record, str], Awaitable[object]],
+                error_event: str) -> int:
+    """Check claimed refunds one by one; returns how many there were."""
     for refund in due:
         # Background work has no incoming request: each refund's round gets a request id of its own.
         request_id = new_id("req")
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
-                await executor.check_pending(refund, request_id)
+                await check(refund, request_id)
             except Exception:  # one refund's failure (an adapter bug, say) must not hold up the rest
                 # The claim already scheduled its next check.
-                log.exception("pending_check_error", refund_id=refund["id"], processor=refund["processor_id"])
+                log.exception(error_event, refund_id=refund["id"], processor=refund["processor_id"])
     return len(due)
+
+
+async def check_due_pending(pool: asyncpg.Pool, executor: RefundExecutor, lease_seconds: float) -> int:
+    async with pool.acquire() as conn:
+        due = await store.claim_due_pending(conn, PENDING_BATCH, lease_seconds)
+    return await _each(due, executor.check_pending, "pending_check_error")
 
 
 RECOVERY_BATCH = 20
@@ -76,14 +82,7 @@ async def verify_due(pool: asyncpg.Pool, executor: RefundExecutor) -> int:
     at a processor without idempotency keys."""
     async with pool.acquire() as conn:
         due = await store.claim_due_verify(conn, VERIFY_BATCH, VERIFY_RETRY_SECONDS)
-    for refund in due:
-        request_id = new_id("req")
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await executor.verify(refund, request_id)
-            except Exception:  # the claim already scheduled the next look-up
-                log.exception("duplicate_check_error", refund_id=refund["id"], processor=refund["processor_id"])
-    return len(due)
+    return await _each(due, executor.verify, "duplicate_check_error")
 
 
 async def run_loop(name: str, job: Callable[[], Awaitable[bool]], interval: float,
