@@ -4,6 +4,10 @@ set), a migrated template database, and a fresh database cloned from it for ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import hmac
+import io
 import os
 import shutil
 import tempfile
@@ -13,6 +17,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
@@ -186,6 +191,29 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0)
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+def signed_mock_webhook(refund: dict[str, Any], secret: str,
+                        event_type: str = "refund.updated") -> tuple[bytes, dict[str, str]]:
+    """A mock processor's webhook about `refund` (the event's `refund` object), signed with `secret`."""
+    body = orjson.dumps({"id": f"evt_{uuid.uuid4().hex[:12]}", "type": event_type, "refund": refund})
+    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return body, {"Content-Type": "application/json", "Mock-Signature": signature}
+
+
+@contextlib.asynccontextmanager
+async def logged_api(settings: Settings) -> AsyncIterator[Api]:
+    """The real server with its log as JSON lines in `api.logs` (a StringIO), for a test to read."""
+    stream = io.StringIO()
+    configure("json", "info", stream=stream)
+    client = await start_api(settings)
+    api = Api(client)
+    api.logs = stream
+    try:
+        yield api
+    finally:
+        await client.close()
+        configure("console", "warning")
 
 
 async def start_api(settings: Settings) -> TestClient:

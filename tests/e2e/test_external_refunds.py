@@ -3,42 +3,27 @@ real server: one that no longer fits its payment needs attention and is never co
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import io
 import uuid
 
 import orjson
 import pytest
 
 from gateway import keys
-from gateway.logging import configure
-from tests.conftest import Api, eventually, make_settings, start_api
+from tests.conftest import eventually, logged_api, make_settings, signed_mock_webhook
 
 WHSEC = "whsec_external_0123456789"
 
 
 @pytest.fixture
 async def hooked(database_url):
-    stream = io.StringIO()
-    configure("json", "info", stream=stream)
-    client = await start_api(make_settings(database_url, processors=[
-        {"id": "mock", "kind": "mock", "webhook_secrets": [WHSEC]}]))
-    api = Api(client)
-    api.logs = stream
-    try:
+    async with logged_api(make_settings(database_url, processors=[
+            {"id": "mock", "kind": "mock", "webhook_secrets": [WHSEC]}])) as api:
         yield api
-    finally:
-        await client.close()
-        configure("console", "warning")
 
 
 def dashboard_refund(payment: str, amount: int) -> tuple[bytes, dict[str, str]]:
-    body = orjson.dumps({"id": f"evt_{uuid.uuid4().hex[:12]}", "type": "refund.created", "refund": {
-        "id": f"re_dashboard_{uuid.uuid4().hex[:8]}", "payment": payment, "amount": amount, "currency": "EUR",
-        "status": "succeeded"}})
-    return body, {"Content-Type": "application/json",
-                  "Mock-Signature": hmac.new(WHSEC.encode(), body, hashlib.sha256).hexdigest()}
+    return signed_mock_webhook({"id": f"re_dashboard_{uuid.uuid4().hex[:8]}", "payment": payment, "amount": amount,
+                                "currency": "EUR", "status": "succeeded"}, WHSEC, "refund.created")
 
 
 async def test_external_refund_that_no_longer_fits_its_payment_needs_attention_and_is_not_counted(hooked):

@@ -4,15 +4,12 @@ billing core, and OpenTelemetry spans when tracing is on."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
-import uuid
 from pathlib import Path
 
 import orjson
@@ -33,7 +30,8 @@ from gateway import embedded, keys
 from gateway.app import create_app
 from gateway.db.migrate import migrate
 from gateway.db.pool import connect
-from tests.conftest import ADMIN_KEY, READER_KEY, WRITER_KEY, Api, eventually, make_settings, start_api
+from tests.conftest import (ADMIN_KEY, READER_KEY, WRITER_KEY, Api, eventually, make_settings,
+                            signed_mock_webhook, start_api)
 
 WHSEC = "whsec_observability_0123456789"
 CALLBACK_SECRET = "cb_observability_0123456789"
@@ -135,11 +133,8 @@ async def test_a_fault_that_outlasts_the_request_counts_a_durable_retry(api):
 
 
 def mock_webhook(refund: dict, status: str, secret: str = WHSEC) -> tuple[bytes, dict[str, str]]:
-    body = orjson.dumps({"id": f"evt_{uuid.uuid4().hex[:12]}", "type": "refund.updated", "refund": {
-        "id": refund["psp_refund_id"], "refund_id": refund["id"], "payment": "ch_unused", "amount": refund["amount"],
-        "currency": refund["currency"], "status": status}})
-    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return body, {"Content-Type": "application/json", "Mock-Signature": signature}
+    return signed_mock_webhook({"id": refund["psp_refund_id"], "refund_id": refund["id"], "payment": "ch_unused",
+                                "amount": refund["amount"], "currency": refund["currency"], "status": status}, secret)
 
 
 async def test_webhook_events_are_counted_by_status_with_their_apply_lag(database_url, running):

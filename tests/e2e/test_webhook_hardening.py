@@ -5,7 +5,6 @@ rejection is logged. A signed event the gateway cannot read is no forgery: it is
 from __future__ import annotations
 
 import hashlib
-import io
 import time
 
 import orjson
@@ -14,8 +13,7 @@ import pytest
 from adapters.stripe.transformers import signature_header
 from gateway import keys
 from gateway.db import store
-from gateway.logging import configure
-from tests.conftest import ADMIN_KEY, Api, make_settings, start_api
+from tests.conftest import ADMIN_KEY, logged_api, make_settings
 
 WHSEC = "whsec_hardening_0123456789"
 
@@ -33,19 +31,11 @@ def signed(body: bytes, at: int | None = None, secret: str = WHSEC) -> dict[str,
 
 @pytest.fixture
 async def hooks(database_url):
-    stream = io.StringIO()
-    configure("json", "info", stream=stream)
     settings = make_settings(database_url, processors=[
         {"id": "stripe", "kind": "stripe", "base_url": "http://127.0.0.1:9", "api_key": "sk_test_unused_0123",
          "webhook_secrets": [WHSEC]}], max_body_bytes=64 * 1024)
-    client = await start_api(settings)
-    api = Api(client)
-    api.logs = stream
-    try:
+    async with logged_api(settings) as api:
         yield api
-    finally:
-        await client.close()
-        configure("console", "warning")
 
 
 async def stored(api) -> int:

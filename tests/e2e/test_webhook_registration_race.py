@@ -5,8 +5,6 @@ stays `unmatched`, and the payment's balance counts the refund."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import random
 import uuid
 
@@ -14,7 +12,7 @@ import orjson
 import pytest
 
 from gateway import keys
-from tests.conftest import Api, make_settings, start_api
+from tests.conftest import Api, make_settings, signed_mock_webhook, start_api
 
 WHSEC = "whsec_race_0123456789"
 RACES = 200
@@ -35,11 +33,8 @@ async def racing(database_url):
 
 def refund_created(payment: str) -> tuple[bytes, dict[str, str]]:
     """A refund made outside the gateway (in the processor's dashboard) on `payment`, signed."""
-    body = orjson.dumps({"id": f"evt_{uuid.uuid4().hex[:12]}", "type": "refund.created", "refund": {
-        "id": f"re_{uuid.uuid4().hex[:12]}", "payment": payment, "amount": EXTERNAL, "currency": "EUR",
-        "status": "succeeded"}})
-    signature = hmac.new(WHSEC.encode(), body, hashlib.sha256).hexdigest()
-    return body, {"Content-Type": "application/json", "Mock-Signature": signature}
+    return signed_mock_webhook({"id": f"re_{uuid.uuid4().hex[:12]}", "payment": payment, "amount": EXTERNAL,
+                                "currency": "EUR", "status": "succeeded"}, WHSEC, "refund.created")
 
 
 async def race(api: Api, rng: random.Random) -> tuple[str, str]:
