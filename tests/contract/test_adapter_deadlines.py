@@ -57,27 +57,16 @@ REQUEST = RefundRequest(refund_id="rf_deadline", idempotency_key="rf_deadline", 
                         amount=1_000, currency="USD", invoice_id="INV-DEADLINE")
 
 
+# A call that may move money is an unknown outcome when cut off; a read is simply asked again.
 @pytest.mark.parametrize("make", [_stripe, _bridgepay], ids=["stripe", "bridgepay"])
-async def test_a_trickling_refund_answer_is_an_unknown_outcome_at_the_deadline(trickling_url: str,
-                                                                                 make: Callable[[str], ProcessorAdapter]):
+@pytest.mark.parametrize("call, error", [("refund", OutcomeUnknownError), ("lookup", TransientProcessorError)])
+async def test_a_trickling_answer_is_cut_off_at_the_deadline(trickling_url: str, make: Callable[[str], ProcessorAdapter],
+                                                             call: str, error: type[Exception]):
     adapter = make(trickling_url)
     try:
         t0 = time.monotonic()
-        with pytest.raises(OutcomeUnknownError):
-            await adapter.refund(REQUEST)
-        assert time.monotonic() - t0 < DEADLINE + 1.0
-    finally:
-        await adapter.aclose()
-
-
-@pytest.mark.parametrize("make", [_stripe, _bridgepay], ids=["stripe", "bridgepay"])
-async def test_a_trickling_lookup_answer_is_transient_at_the_deadline(trickling_url: str,
-                                                                       make: Callable[[str], ProcessorAdapter]):
-    adapter = make(trickling_url)
-    try:
-        t0 = time.monotonic()
-        with pytest.raises(TransientProcessorError):
-            await adapter.lookup_refund(REQUEST, None)
+        with pytest.raises(error):
+            await (adapter.refund(REQUEST) if call == "refund" else adapter.lookup_refund(REQUEST, None))
         assert time.monotonic() - t0 < DEADLINE + 1.0
     finally:
         await adapter.aclose()

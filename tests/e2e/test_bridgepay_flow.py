@@ -3,7 +3,9 @@ BridgePay-like simulator (SOAP, base64 XML, no idempotency key, no webhooks)."""
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import AsyncIterator
 
 import httpx
 import pytest
@@ -49,20 +51,28 @@ class BridgePayWorld:
         return [dict(r) for r in rows]
 
 
-@pytest.fixture
-async def bridgepay(database_url):
-    async with running_simulator(SimConfig(**BP, seed=5, sandbox_amounts=True)) as sim:
-        settings = make_settings(database_url, processors=[
-            {"id": "bridgepay", "kind": "bridgepay", "base_url": sim.url, **BP, "timeout_seconds": 0.5,
-             "execution_window_seconds": WINDOW}],
-            retry_max_attempts=4, retry_max_seconds=6.0)
-        client = await start_api(settings)
+@asynccontextmanager
+async def bridgepay_world(database_url: str, sim_config: SimConfig, *, window: float, timeout: float,
+                          **settings) -> AsyncIterator[BridgePayWorld]:
+    """The gateway and the simulator: the gateway gives up on a BridgePay call after `timeout`
+    (whole call), and trusts a look-up's "no record" `window` seconds after the newest send."""
+    async with running_simulator(sim_config) as sim:
+        client = await start_api(make_settings(database_url, processors=[
+            {"id": "bridgepay", "kind": "bridgepay", "base_url": sim.url, **BP, "timeout_seconds": timeout,
+             "execution_window_seconds": window}], **settings))
         control = httpx.AsyncClient(base_url=sim.url, timeout=30)
         try:
             yield BridgePayWorld(Api(client), sim, control)
         finally:
             await control.aclose()
             await client.close()
+
+
+@pytest.fixture
+async def bridgepay(database_url):
+    async with bridgepay_world(database_url, SimConfig(**BP, seed=5, sandbox_amounts=True), window=WINDOW,
+                               timeout=0.5, retry_max_attempts=4, retry_max_seconds=6.0) as world:
+        yield world
 
 
 async def test_refund_of_an_unsettled_sale_is_a_void_and_only_one_is_allowed(bridgepay):

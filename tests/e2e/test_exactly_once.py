@@ -11,31 +11,21 @@ import asyncio
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
-import httpx
-
-from adapters.bridgepay_sim import SimConfig
-from adapters.bridgepay_sim.testing import running_simulator
 from prometheus_client import REGISTRY
 
+from adapters.bridgepay_sim import SimConfig
 from gateway import keys
-from tests.conftest import ADMIN_KEY, Api, eventually, make_settings, start_api
-from tests.e2e.test_bridgepay_flow import BP, BridgePayWorld
+from tests.conftest import ADMIN_KEY, eventually
+from tests.e2e.test_bridgepay_flow import BP, BridgePayWorld, bridgepay_world
+
 
 @asynccontextmanager
-async def bridgepay_world(database_url: str, *, window: float, timeout: float = 1.0,
-                          **settings) -> AsyncIterator[BridgePayWorld]:
-    """The gateway gives up on a BridgePay call after `timeout` (whole call), and trusts a look-up's
-    "no record" `window` seconds after the newest send."""
-    async with running_simulator(SimConfig(**BP, seed=13)) as sim:
-        client = await start_api(make_settings(database_url, processors=[
-            {"id": "bridgepay", "kind": "bridgepay", "base_url": sim.url, **BP, "timeout_seconds": timeout,
-             "execution_window_seconds": window}], **settings))
-        control = httpx.AsyncClient(base_url=sim.url, timeout=30)
-        try:
-            yield BridgePayWorld(Api(client), sim, control)
-        finally:
-            await control.aclose()
-            await client.close()
+async def late_world(database_url: str, *, window: float, timeout: float = 1.0,
+                     **settings) -> AsyncIterator[BridgePayWorld]:
+    """A BridgePay world without sandbox amounts, whose gateway gives up after `timeout` (1 s)."""
+    async with bridgepay_world(database_url, SimConfig(**BP, seed=13), window=window, timeout=timeout,
+                               **settings) as world:
+        yield world
 
 
 def counted(metric: str) -> float:
@@ -63,7 +53,7 @@ async def test_a_request_carried_out_after_the_gateway_gave_up_is_found_not_rese
     # BridgePay takes 3 s to carry out the first refund request; the gateway gives up after 1 s.
     # Its look-up then finds nothing, but nothing is resent while the request may still land
     # (10 s): it is looked up a few times meanwhile, and found soon after it lands.
-    async with bridgepay_world(database_url, window=10.0) as world:
+    async with late_world(database_url, window=10.0) as world:
         tx = await world.sale(5_000, settled=True)
         await world.faults({"latency": {"spike_ms": 3_000, "count": 1, "request_type": "012"}})
         waits = counted("gateway_execution_window_waits")
@@ -93,7 +83,7 @@ async def test_a_window_set_too_short_ends_in_a_duplicate_that_is_flagged_never_
     # The window (1 s) is shorter than BridgePay really takes (3 s): the look-up after it finds
     # nothing, the refund is resent and succeeds, and then the first request is carried out too.
     # The look-up after the resend's own window finds both, and flags the refund.
-    async with bridgepay_world(database_url, window=1.0) as world:
+    async with late_world(database_url, window=1.0) as world:
         tx = await world.sale(5_000, settled=True)
         await world.faults({"latency": {"spike_ms": 3_000, "count": 1, "request_type": "012"}})
         refund = await world.refund(tx, 1_200)
@@ -128,7 +118,7 @@ async def test_an_answer_from_a_call_whose_lease_was_taken_over_moves_nothing_an
     # BridgePay holds the first request 2.5 s (under the 4 s deadline) before carrying it out.
     # Meanwhile the lease runs out (a stalled process, a clock that jumped: forced here) and the
     # janitor takes the refund over. It must neither resend nor let the old answer decide.
-    async with bridgepay_world(database_url, window=4.0, timeout=4.0) as world:
+    async with late_world(database_url, window=4.0, timeout=4.0) as world:
         tx = await world.sale(5_000, settled=True)
         await world.faults({"latency": {"spike_ms": 2_500, "count": 1, "request_type": "012"}})
         fenced = counted("gateway_refund_answers_fenced")
@@ -157,7 +147,7 @@ async def test_an_answer_from_a_call_whose_lease_was_taken_over_moves_nothing_an
 
 async def test_a_replay_after_a_lease_ran_out_looks_up_and_waits_instead_of_resending(database_url):
     # As above, with no janitor: an operator replays the refund whose lease ran out.
-    async with bridgepay_world(database_url, window=4.0, timeout=4.0, janitor_poll_seconds=3600) as world:
+    async with late_world(database_url, window=4.0, timeout=4.0, janitor_poll_seconds=3600) as world:
         tx = await world.sale(5_000, settled=True)
         await world.faults({"latency": {"spike_ms": 2_500, "count": 1, "request_type": "012"}})
         refund = await world.refund(tx, 1_000)

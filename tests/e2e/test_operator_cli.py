@@ -159,14 +159,19 @@ async def audit_rows(pool: asyncpg.Pool) -> list[asyncpg.Record]:
 
 # --- check-config -------------------------------------------------------------------------------
 
+def check_config_offline(config: Path, toml: str, **env: str) -> subprocess.CompletedProcess:
+    """`psp-gateway check-config --offline` as a process, on `toml` written to `config`."""
+    config.write_text(toml)
+    return subprocess.run([sys.executable, "-m", "gateway", "check-config", "--offline"],
+                          env={**os.environ, "GATEWAY_CONFIG": str(config), **env}, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
 def test_check_config_names_every_bad_field_and_exits_2(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[[processors]]\nid = "stripe"\nkind = "stripe"\n\n'
-                   '[[processors]]\nid = "mock"\nkind = "mock"\ntimout_seconds = 5\n\n'
-                   '[[clients]]\nid = "ops"\napi_key = "short"\nscopes = ["admin"]\n')
-    out = subprocess.run([sys.executable, "-m", "gateway", "check-config", "--offline"],
-                         env={**os.environ, "GATEWAY_CONFIG": str(bad)}, capture_output=True, text=True,
-                         timeout=TIMEOUT)
+    out = check_config_offline(tmp_path / "bad.toml",
+                               '[[processors]]\nid = "stripe"\nkind = "stripe"\n\n'
+                               '[[processors]]\nid = "mock"\nkind = "mock"\ntimout_seconds = 5\n\n'
+                               '[[clients]]\nid = "ops"\napi_key = "short"\nscopes = ["admin"]\n')
     assert out.returncode == 2, out
     problems = out.stderr.splitlines()
     assert "invalid configuration" in problems[0]
@@ -177,13 +182,10 @@ def test_check_config_names_every_bad_field_and_exits_2(tmp_path):
 
 
 def test_check_config_refuses_a_lease_that_a_live_call_could_outlast(tmp_path):
-    config = tmp_path / "lease.toml"
-    config.write_text('[[processors]]\nid = "bridgepay"\nkind = "bridgepay"\nbase_url = "http://127.0.0.1:1"\n'
-                      'username = "u"\npassword = "p"\nmerchant_code = "1"\nmerchant_account_code = "2"\n'
-                      'timeout_seconds = 5\n')
-    out = subprocess.run([sys.executable, "-m", "gateway", "check-config", "--offline"],
-                         env={**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_LEASE_SECONDS": "3"},
-                         capture_output=True, text=True, timeout=TIMEOUT)
+    out = check_config_offline(tmp_path / "lease.toml",
+                               '[[processors]]\nid = "bridgepay"\nkind = "bridgepay"\nbase_url = "http://127.0.0.1:1"\n'
+                               'username = "u"\npassword = "p"\nmerchant_code = "1"\nmerchant_account_code = "2"\n'
+                               'timeout_seconds = 5\n', GATEWAY_LEASE_SECONDS="3")
     assert out.returncode == 2, out
     assert "lease_seconds: 3 s does not cover the longest run for processor 'bridgepay'" in out.stderr
 
