@@ -76,13 +76,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 def _database_away(error: BaseException) -> bool:
     """Whether an error comes from a database that went away: one of _DATABASE_AWAY, a closed
     connection, or an error raised while handling one (a rollback on a connection whose socket
-    broke mid-query raises its own error, caused by the first)."""
+    broke mid-query raises its own error, caused by the first). asyncpg's InternalClientError
+    "cannot switch to state ..." is what the next statement on a connection whose server went
+    away mid-operation raises (seen with Postgres stopped under load), with no chain to follow."""
     seen: BaseException | None = error
     for _ in range(8):  # a chain is short; a cycle must not loop
         if seen is None:
             return False
-        if isinstance(seen, _DATABASE_AWAY) or (isinstance(seen, asyncpg.InterfaceError)
-                                                and "connection is closed" in str(seen)):
+        if (isinstance(seen, _DATABASE_AWAY)
+                or (isinstance(seen, asyncpg.InterfaceError) and "connection is closed" in str(seen))
+                or (isinstance(seen, asyncpg.InternalClientError) and "cannot switch to state" in str(seen))):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

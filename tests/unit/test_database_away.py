@@ -45,6 +45,8 @@ async def _answer_to(error: BaseException):
                            asyncpg.InterfaceError("cannot call Transaction.__aexit__(): the underlying connection "
                                                   "is closed")),
     _raised_while_handling(BrokenPipeError(32, "Broken pipe"), RuntimeError("while writing")),
+    # The next statement (here a COMMIT) on a connection whose server went away mid-operation.
+    asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
 ])
 async def test_a_database_that_goes_away_is_a_503_with_retry_after(error):
     status, headers, content_type, body = await _answer_to(error)
