@@ -369,10 +369,20 @@ class Chaos:
             if len(violations) > 20:
                 lines.append(f"         ... and {len(violations) - 20} more")
         if any(results.values()):
-            lines += ["", "gateway errors logged:"] + [f"  {line[:400]}" for line in self.logged_errors()[:20]]
+            lines += ["", "gateway errors logged:"] + [f"  {_shown(line)}" for line in self.logged_errors()[:20]]
         lines.append("")
         lines.append("chaos run FAILED" if any(results.values()) else "chaos run passed: every invariant holds")
         return "\n".join(lines)
+
+
+def _shown(line: str) -> str:
+    """A logged error, cut short, but with the last line of its traceback (the exception itself)."""
+    try:
+        exception = json.loads(line).get("exception") or ""
+    except (ValueError, AttributeError):
+        exception = ""
+    last = exception.strip().splitlines()[-1] if exception.strip() else ""
+    return line[:400] + (f" ... {last[:300]}" if last else "")
 
 
 def main() -> int:
