@@ -13,7 +13,7 @@ from typing import Mapping, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from gateway.domain.refunds import Outcome
+from gateway.domain.refunds import NextAction, Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,7 @@ class Capabilities:
     # How long the processor keeps a key (Stripe: at least 24 h); a resend after that may execute again.
     idempotency_key_window_seconds: float = 24 * 3600
     voids_while_unsettled: bool = False  # one void, not refunds, until the payment's batch settles
+    cancel: bool = False  # can cancel a refund it holds but has not carried out (Stripe's requires_action)
     currencies: frozenset[str] | None = None  # the only currencies it refunds in; None: any
 
 
@@ -55,6 +56,11 @@ class RefundResult:
     # A look-up that found our refund carried out more than once: the ids of the executions
     # beyond the first (psp_refund_id). Only processors without idempotency keys can do that.
     duplicate_psp_refund_ids: tuple[str, ...] = ()
+    # For a decline or an answer that needs a person: what the billing core can do next, from the
+    # adapter's own table of its codes. None: the gateway's default for the outcome.
+    next_action: NextAction | None = None
+    # Carried out as a void of the unsettled payment (BridgePay): the processor allows one per payment.
+    voided_payment: bool = False
 
 
 class CredentialStatus(StrEnum):
@@ -103,10 +109,11 @@ class RefundSnapshot(_Snapshot):
     processor_code: str | None = None
     decline_code: str | None = None
     message: str | None = None
+    next_action: NextAction | None = None
 
     def result(self) -> RefundResult:
         return RefundResult(self.outcome, psp_refund_id=self.psp_refund_id, processor_code=self.processor_code,
-                            decline_code=self.decline_code, message=self.message)
+                            decline_code=self.decline_code, message=self.message, next_action=self.next_action)
 
 
 class WebhookEvent(_Snapshot):
@@ -153,6 +160,12 @@ class OutcomeUnknownError(ProcessorError):
     error_class = "outcome_unknown"
 
 
+class CancelRefusedError(ProcessorError):
+    """The processor will not cancel the refund: it has started carrying it out, or already has."""
+
+    error_class = "cancel_refused"
+
+
 class ProcessorProtocolError(ProcessorError):
     """An answer we cannot parse or that breaks the protocol: needs a person, never a blind retry."""
 
@@ -184,6 +197,11 @@ class ProcessorAdapter(Protocol):
 
     async def lookup_refund(self, request: RefundRequest, psp_refund_id: str | None) -> RefundResult | None:
         """Find the refund at the processor; None when the processor has no record of it."""
+
+    async def cancel_refund(self, request: RefundRequest, psp_refund_id: str) -> RefundResult:
+        """Only with `capabilities.cancel`: cancel a refund the processor holds without having carried
+        it out. Returns the refund's state after the call (CANCELED when it worked); raises
+        CancelRefusedError when the processor will not cancel it, other ProcessorErrors for faults."""
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """Verify and parse a webhook; raises WebhookVerificationError for the signature, then

@@ -42,7 +42,10 @@ def validation_error(err: ValidationError) -> errors.GatewayError:
     return errors.InvalidRequest(summary, code=code, errors=fields)
 
 
-async def parse_body(request: web.Request, model: type[M]) -> M:
+async def parse_body(request: web.Request, model: type[M], *, optional: bool = False) -> M | None:
+    """The JSON body as `model`; with `optional`, no body at all is None."""
+    if optional and not request.body_exists:
+        return None
     if request.content_type != "application/json":
         raise errors.UnsupportedMediaType("send the body as application/json")
     body = await request.read()

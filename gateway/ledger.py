@@ -30,6 +30,7 @@ from gateway.domain.refunds import (
     REOPENED,
     Bucket,
     InvalidTransition,
+    NextAction,
     Outcome,
     Stage,
     Status,
@@ -43,7 +44,7 @@ from gateway.domain.refunds import (
     target_for,
 )
 from gateway.ids import new_id
-from gateway.models import RefundOut
+from gateway.models import CreditNoteState, RefundOut
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +63,9 @@ class Decision:
     retry_in: float | None = None  # for a refund left waiting: when its processor call is due again
     lease_seconds: float = 0.0  # for a refund moved to `sending`: how long the caller holds it
     duplicate_ids: tuple[str, ...] | None = None  # the processor's ids of executions beyond the first
+    next_action: NextAction | None = None  # for a failed or stuck refund: what the billing core can do
+    external_reference: str | None = None  # for one refunded outside the processor: the transfer's reference
+    voided_payment: bool = False  # carried out as the one void the processor allows an unsettled payment
 
 
 def said(text: str | None) -> str | None:
@@ -77,30 +81,32 @@ def decide(answer: RefundResult | BaseException) -> Decision:
                         said(f"the processor carried this refund out {1 + len(answer.duplicate_psp_refund_ids)} "
                              f"times ({ids}): money went out more than once"),
                         {**(answer.details or {}), "duplicate_psp_refund_ids": list(answer.duplicate_psp_refund_ids)},
-                        duplicate_ids=answer.duplicate_psp_refund_ids)
+                        duplicate_ids=answer.duplicate_psp_refund_ids, next_action=NextAction.CONTACT_SUPPORT)
     if isinstance(answer, RefundResult):
-        failure_code = failure_message = None
+        failure_code = failure_message = next_action = None
         if answer.outcome is Outcome.DECLINED:
             failure_code = answer.decline_code or answer.processor_code or "declined"
             failure_message = answer.message or "the processor declined the refund"
+            next_action = answer.next_action or NextAction.CONTACT_SUPPORT
         elif answer.outcome is Outcome.NEEDS_ATTENTION:
-            failure_code, failure_message = "unrecognised_processor_status", answer.message
+            failure_code, failure_message = answer.decline_code or "unrecognised_processor_status", answer.message
+            next_action = answer.next_action or NextAction.CONTACT_SUPPORT
         elif answer.outcome is Outcome.CANCELED:
             failure_code, failure_message = answer.processor_code or "canceled", answer.message
         return Decision(target_for(answer.outcome), answer.psp_refund_id, failure_code, said(failure_message),
-                        answer.details)
+                        answer.details, next_action=next_action,
+                        voided_payment=answer.voided_payment and answer.outcome is Outcome.SUCCEEDED)
     attention = Status.REQUIRES_ATTENTION
     if isinstance(answer, TransientProcessorError):
+        # Never reached the processor: an operator's replay, or a cancel and a new command, may succeed.
         return Decision(Target(attention, Stage.NOT_SENT), failure_code="retries_exhausted",
-                        failure_message=said(str(answer)))
-    if isinstance(answer, OutcomeUnknownError):
-        return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="outcome_unknown",
-                        failure_message=said(str(answer)))
-    if isinstance(answer, ProcessorProtocolError):
-        return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="processor_protocol_error",
-                        failure_message=said(str(answer)))
-    return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code="internal_error",
-                    failure_message=f"unexpected {type(answer).__name__} while calling the processor")
+                        failure_message=said(str(answer)), next_action=NextAction.RETRY)
+    code = ("outcome_unknown" if isinstance(answer, OutcomeUnknownError) else
+            "processor_protocol_error" if isinstance(answer, ProcessorProtocolError) else "internal_error")
+    message = (said(str(answer)) if isinstance(answer, (OutcomeUnknownError, ProcessorProtocolError)) else
+               f"unexpected {type(answer).__name__} while calling the processor")
+    return Decision(Target(attention, Stage.OUTCOME_UNKNOWN), failure_code=code, failure_message=message,
+                    next_action=NextAction.CONTACT_SUPPORT)
 
 
 async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *, event: str,
@@ -149,7 +155,7 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
         detail = {**(detail or {}), "settled_as": status, "processor_says": decision.target.status}
         decision = Decision(REOPENED, decision.psp_refund_id, DISAGREEMENT,
                             f"the processor reports the refund {decision.target.status} after an operator "
-                            f"resolved it as {status}", decision.details)
+                            f"resolved it as {status}", decision.details, next_action=NextAction.CONTACT_SUPPORT)
     target = decision.target
     unchanged = (target.status, target.stage) == (status, stage)
     try:
@@ -175,7 +181,8 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
             raise errors.Conflict(message, code="would_over_refund")  # OVER_REFUND, as documented
         log.error("refund_would_over_refund", refund_id=refund_id, processor=current["processor_id"],
                   status=status, processor_says=target.status, cause=event)
-        decision = Decision(REOPENED, decision.psp_refund_id, OVER_REFUND, message, decision.details)
+        decision = Decision(REOPENED, decision.psp_refund_id, OVER_REFUND, message, decision.details,
+                            next_action=NextAction.CONTACT_SUPPORT)
         target, unchanged = decision.target, False
         delta = balance_delta(status, target.status, current["amount"])
     # The janitor's claim moves a refund to `sending` without telling the billing core: a round
@@ -192,10 +199,14 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
         lease_seconds=decision.lease_seconds,
         reserved_delta=delta.reserved, refunded_delta=delta.refunded, event=None if unchanged else event,
         snapshot_at=snapshot_at, reversed=is_reversal(status, target.status), sent_at=sent_at,
-        verify_at=verify_at, duplicate_ids=decision.duplicate_ids,
-        request_id=request_id, event_detail={"failure_code": decision.failure_code,
+        verify_at=verify_at, duplicate_ids=decision.duplicate_ids, next_action=decision.next_action,
+        external_reference=decision.external_reference, request_id=request_id, event_detail={"failure_code": decision.failure_code,
                                              "psp_refund_id": decision.psp_refund_id,
                                              **(decision.details or {}), **(detail or {})})
+    if decision.voided_payment and delta.refunded > 0:
+        # Nothing more is refundable through the processor until the payment settles.
+        await store.mark_voided(conn, current["transaction_id"])
+        log.info("payment_voided", refund_id=refund_id, transaction_id=current["transaction_id"])
     if unchanged:
         return updated, False  # still where it was (a pending refund still pending)
     if quiet:
@@ -252,14 +263,16 @@ async def record_external(conn: asyncpg.Connection, transaction: asyncpg.Record,
         log.error("external_refund_would_over_refund", transaction_id=transaction["id"],
                   processor=transaction["processor_id"], psp_refund_id=snapshot.psp_refund_id,
                   amount=snapshot.amount, processor_says=target.status)
-        decision = Decision(REOPENED, decision.psp_refund_id, OVER_REFUND, message, decision.details)
+        decision = Decision(REOPENED, decision.psp_refund_id, OVER_REFUND, message, decision.details,
+                            next_action=NextAction.CONTACT_SUPPORT)
         target = decision.target
     refund_id = new_id("rf")
     row = await store.insert_external_refund(
         conn, id=refund_id, transaction_id=transaction["id"], processor_id=transaction["processor_id"],
         invoice_id=transaction["invoice_id"], amount=snapshot.amount, currency=transaction["currency"],
         status=target.status, stage=target.stage, psp_refund_id=snapshot.psp_refund_id,
-        failure_code=decision.failure_code, failure_message=decision.failure_message, snapshot_at=snapshot_at)
+        failure_code=decision.failure_code, failure_message=decision.failure_message, snapshot_at=snapshot_at,
+        next_action=decision.next_action)
     await publish(conn, row, previous_status=None, request_id=request_id)
     bucket = BUCKET[target.status]
     await store.move_balance(conn, transaction["id"], snapshot.amount if bucket is Bucket.RESERVED else 0,
@@ -282,8 +295,14 @@ async def publish(conn: asyncpg.Connection, refund: asyncpg.Record, *, previous_
     event_type = "refund.created" if previous_status is None else (
         "refund.reversed" if is_reversal(Status(previous_status), Status(refund["status"])) else
         f"refund.{refund['status']}" if refund["status"] != previous_status else "refund.updated")
+    credit_note = None
+    if refund["credit_note_id"] is not None:
+        rows = await store.credit_note_refunds(conn, refund["invoice_id"], refund["credit_note_id"])
+        credit_note = CreditNoteState.from_rows(refund["invoice_id"], refund["credit_note_id"],
+                                                rows).model_dump(mode="json")
     payload = {"type": event_type, "refund_id": refund["id"], "version": refund["version"],
-               "previous_status": previous_status, "data": RefundOut.from_row(refund).model_dump(mode="json")}
+               "previous_status": previous_status, "data": RefundOut.from_row(refund).model_dump(mode="json"),
+               "credit_note": credit_note}
     await store.insert_outbox(conn, refund["id"], refund["version"], event_type, payload, request_id)
     if refund["status"] != previous_status:
         metrics.REFUND_TRANSITIONS.labels(refund["processor_id"], refund["status"]).inc()

@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from gateway.domain import money
-from gateway.domain.refunds import Outcome, Stage, Status
+from gateway.domain import credit_notes, money
+from gateway.domain.credit_notes import CreditNoteStatus
+from gateway.domain.refunds import NextAction, Outcome, Stage, Status
 
 
 def _amount(value: Any) -> int:
@@ -51,13 +52,18 @@ REFUND_EXAMPLE = {
     "transaction_id": _TX_ID, "processor": "stripe", "invoice_id": "INV-2024-0042", "credit_note_id": "CN-2024-0007",
     "reason": "requested_by_customer", "psp_refund_id": "re_3PqRstUvWxYz0456", "failure_code": None,
     "failure_message": None, "attempts": 1, "metadata": {"ticket": "SUP-311"},
-    "created_at": "2024-06-11T09:00:02.871000Z", "updated_at": "2024-06-11T09:00:03.120000Z", "reversed_at": None}
+    "created_at": "2024-06-11T09:00:02.871000Z", "updated_at": "2024-06-11T09:00:03.120000Z", "reversed_at": None,
+    "method": "processor", "external_reference": None, "previous_refund_id": None, "next_action": "none"}
 DECLINED_REFUND_EXAMPLE = {
     **REFUND_EXAMPLE, "status": "failed", "failure_code": "expired_or_canceled_card",
-    "failure_message": "refund failed: expired_or_canceled_card"}
+    "failure_message": "refund failed: expired_or_canceled_card", "next_action": "refund_offline"}
+OFFLINE_REFUND_EXAMPLE = {
+    **REFUND_EXAMPLE, "id": "rf_01hz3v9k2m4p6r8t0v2x4z6b8d", "status": "refunded_offline", "psp_refund_id": None,
+    "attempts": 0, "method": "offline", "external_reference": "SEPA-2024-06-11-0042",
+    "previous_refund_id": _RF_ID}
 PENDING_REFUND_EXAMPLE = {**REFUND_EXAMPLE, "status": "requires_attention", "stage": "outcome_unknown",
                           "psp_refund_id": None, "failure_code": "outcome_unknown",
-                          "failure_message": "Stripe 503: timed out", "attempts": 3}
+                          "failure_message": "Stripe 503: timed out", "attempts": 3, "next_action": "contact_support"}
 
 
 def _examples(*examples: Any) -> ConfigDict:
@@ -101,6 +107,14 @@ class RefundTarget(_Request):
     currency: Currency | None = None
     reason: Annotated[str, Field(min_length=1, max_length=255)] | None = None
     metadata: Metadata = Field(default_factory=dict)
+    method: Literal["processor", "offline"] = Field(
+        "processor", description="offline: the billing core refunded it outside the processor (a bank transfer, a "
+                                 "voucher); recorded refunded_offline at once, never sent to the processor")
+    external_reference: Ref | None = Field(None, description="with method offline, required: the transfer's or "
+                                                             "voucher's reference")
+    allocation: Literal["auto"] | None = Field(
+        None, description="auto: spread the amount over the invoice's refundable payments, newest first, one "
+                          "refund per payment, all or none (needs credit_note_id); the answer is the credit note")
 
 
 class RefundCreate(RefundTarget):
@@ -111,6 +125,14 @@ class RefundCreate(RefundTarget):
 
     invoice_id: Ref
     currency: Currency
+
+
+def refundable_amount(row: Any, *, through_processor: bool = True) -> int:
+    """What is left to refund on a payment: its amount less what is refunded and reserved. Through a
+    processor that voids unsettled sales once (BridgePay), nothing after a void until it settles."""
+    if through_processor and row["voided_at"] is not None and row["settled_at"] is None:
+        return 0
+    return row["amount"] - row["refunded_amount"] - row["reserved_amount"]
 
 
 class TransactionOut(BaseModel):
@@ -128,6 +150,9 @@ class TransactionOut(BaseModel):
     refundable_amount: int
     captured_at: datetime | None
     settled_at: datetime | None
+    voided_at: datetime | None = Field(None, description="when the processor voided the unsettled payment (BridgePay "
+                                                         "allows one void per sale): nothing is refundable through "
+                                                         "it until it is registered again as settled")
     metadata: dict[str, str]
     created_at: datetime
     updated_at: datetime
@@ -138,8 +163,8 @@ class TransactionOut(BaseModel):
                    invoice_id=row["invoice_id"], customer_id=row["customer_id"], amount=row["amount"],
                    currency=row["currency"], refunded_amount=row["refunded_amount"],
                    reserved_amount=row["reserved_amount"],
-                   refundable_amount=row["amount"] - row["refunded_amount"] - row["reserved_amount"],
-                   captured_at=row["captured_at"], settled_at=row["settled_at"], metadata=row["metadata"],
+                   refundable_amount=refundable_amount(row), captured_at=row["captured_at"],
+                   settled_at=row["settled_at"], voided_at=row["voided_at"], metadata=row["metadata"],
                    created_at=row["created_at"], updated_at=row["updated_at"])
 
 
@@ -170,6 +195,16 @@ class RefundOut(BaseModel):
         default_factory=list, description="the processor's ids of executions of this refund beyond the first "
                                           "(psp_refund_id): money went out more than once, and the refund needs "
                                           "attention (failure_code duplicate_at_processor); empty otherwise")
+    method: Literal["processor", "offline"] = Field(
+        "processor", description="offline: recorded by the billing core as refunded outside the processor")
+    external_reference: str | None = Field(None, description="the bank transfer's or voucher's reference of a refund "
+                                                             "made outside the processor")
+    previous_refund_id: str | None = Field(None, description="the failed or canceled refund of the same credit note "
+                                                             "that this one retries")
+    next_action: NextAction = Field(
+        NextAction.NONE, description="for a failed or stuck refund, what the billing core can do: retry (a new "
+                                     "attempt may succeed), refund_offline (the card cannot take it), "
+                                     "contact_support; none otherwise")
 
     @classmethod
     def from_row(cls, row: Any) -> "RefundOut":
@@ -179,12 +214,74 @@ class RefundOut(BaseModel):
                    psp_refund_id=row["psp_refund_id"], failure_code=row["failure_code"],
                    failure_message=row["failure_message"], attempts=row["attempts"], metadata=row["metadata"],
                    created_at=row["created_at"], updated_at=row["updated_at"], reversed_at=row.get("reversed_at"),
-                   duplicate_psp_refund_ids=list(row.get("duplicate_psp_refund_ids") or ()))
+                   duplicate_psp_refund_ids=list(row.get("duplicate_psp_refund_ids") or ()),
+                   method="offline" if row.get("origin") == "offline" else "processor",
+                   external_reference=row.get("external_reference"), previous_refund_id=row.get("previous_refund_id"),
+                   next_action=row.get("next_action") or NextAction.NONE)
+
+
+def credit_note_parts(rows: Any) -> list[credit_notes.Part]:
+    return [credit_notes.Part(id=r["id"], transaction_id=r["transaction_id"], status=Status(r["status"]),
+                              amount=r["amount"], offline=r["origin"] == "offline", created_at=r["created_at"],
+                              next_action=NextAction(r["next_action"]) if r["next_action"] else None)
+            for r in rows]
+
+
+CREDIT_NOTE_STATE_EXAMPLE = {"id": "CN-2024-0007", "invoice_id": "INV-2024-0042", "status": "refunded",
+                             "next_action": "none"}
+
+
+class CreditNoteState(BaseModel):
+    """Where a credit note stands: sent with every event of its refunds."""
+
+    model_config = _examples(CREDIT_NOTE_STATE_EXAMPLE)
+
+    id: str
+    invoice_id: str
+    status: CreditNoteStatus = Field(
+        description="refund_pending (an attempt is running), pending_refund (the last attempt failed: retry, or "
+                    "refund outside the processor), refunded, refunded_offline, partially_refunded (the rest "
+                    "canceled), requires_attention, canceled")
+    next_action: NextAction
+
+    @classmethod
+    def from_rows(cls, invoice_id: str, credit_note_id: str, rows: Any) -> "CreditNoteState":
+        parts = credit_note_parts(rows)
+        return cls(id=credit_note_id, invoice_id=invoice_id, status=credit_notes.status(parts),
+                   next_action=credit_notes.next_action(parts))
+
+
+class CreditNoteOut(CreditNoteState):
+    model_config = _examples({**CREDIT_NOTE_STATE_EXAMPLE, "currency": "EUR", "amount": 1500,
+                              "refunded_amount": 1500, "pending_amount": 0, "open_amount": 0,
+                              "refunds": [DECLINED_REFUND_EXAMPLE, OFFLINE_REFUND_EXAMPLE]})
+
+    currency: str
+    amount: int = Field(description="refunded + pending + open: what the credit note's refunds add up to now")
+    refunded_amount: int = Field(description="succeeded, or refunded outside the processor")
+    pending_amount: int = Field(description="on its way, or waiting for a person")
+    open_amount: int = Field(description="failed and not retried yet: still owed to the customer")
+    refunds: list[RefundOut] = Field(description="every attempt, oldest first")
+
+    @classmethod
+    def from_rows(cls, invoice_id: str, credit_note_id: str, rows: Any) -> "CreditNoteOut":
+        state = CreditNoteState.from_rows(invoice_id, credit_note_id, rows)
+        totals = credit_notes.amounts(credit_note_parts(rows))
+        return cls(**state.model_dump(), currency=rows[0]["currency"],
+                   amount=totals.refunded + totals.pending + totals.open, refunded_amount=totals.refunded,
+                   pending_amount=totals.pending, open_amount=totals.open,
+                   refunds=[RefundOut.from_row(r) for r in rows])
 
 
 # --- operator requests ----------------------------------------------------------------------------
 
 Reason = Annotated[str, Field(min_length=3, max_length=1000)]
+
+
+class CancelRequest(_Request):
+    model_config = _examples({"reason": "the customer chose store credit"})
+
+    reason: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
 
 
 class ReplayRequest(_Request):
@@ -253,10 +350,17 @@ class TransactionQuery(_Query):
 
 class RefundQuery(_Query):
     invoice_id: Ref | None = Field(None, description="only this invoice's refunds", examples=["INV-2024-0042"])
+    credit_note_id: Ref | None = Field(None, description="only this credit note's refunds: its attempts",
+                                       examples=["CN-2024-0007"])
     status: Status | None = Field(None, description="only refunds in this status")
     limit: int = _limit(20, 100)
     starting_after: Ref | None = Field(None, description="the last refund id of the previous page",
                                        examples=[_RF_ID])
+
+
+class CreditNoteQuery(_Query):
+    invoice_id: Ref | None = Field(None, description="the credit note's invoice; needed only when the credit note "
+                                                     "id is used on several invoices", examples=["INV-2024-0042"])
 
 
 class EventQuery(_Query):
@@ -322,7 +426,8 @@ class AdminRefundList(RefundList):
 
 # Every type publish (gateway.ledger) gives an event: refund.<status> when the status changed.
 EVENT_EXAMPLE = {"id": 1042, "created_at": "2024-06-11T09:00:03.125000Z", "type": "refund.succeeded",
-                 "refund_id": _RF_ID, "version": 3, "previous_status": "pending", "data": REFUND_EXAMPLE}
+                 "refund_id": _RF_ID, "version": 3, "previous_status": "pending", "data": REFUND_EXAMPLE,
+                 "credit_note": CREDIT_NOTE_STATE_EXAMPLE}
 EVENT_TYPES = ("refund.created", "refund.updated", "refund.reversed", *(f"refund.{s}" for s in Status))
 
 
@@ -341,6 +446,8 @@ class Event(_Response):
     version: int = Field(description="the refund's version after this change: keep the highest seen")
     previous_status: Status | None = Field(description="null for refund.created")
     data: RefundOut = Field(description="the refund after this change")
+    credit_note: CreditNoteState | None = Field(None, description="the refund's credit note after this change; "
+                                                                 "null for a refund without one")
 
 
 class EventList(_Response):
@@ -499,6 +606,10 @@ class Problem(BaseModel):
     transaction_id: str | None = Field(None, description="transaction_conflict: the registered payment")
     conflicting_fields: list[str] | None = Field(None, description="transaction_conflict: what differs")
     status_now: Status | None = Field(None, description="refund_final: the refund's status")
+    refund_id: str | None = Field(None, description="credit_note_conflict: the credit note's live refund")
+    refund_amount: int | None = Field(None, description="credit_note_conflict: that refund's amount")
+    refunds: list[dict[str, Any]] | None = Field(None, description="credit_note_conflict: the credit note's live "
+                                                                   "refunds (id, status, amount)")
 
 
 # --- processor webhooks: what the processors POST to /v1/webhooks/{processor_id}. Their adapters

@@ -13,11 +13,11 @@ from typing import Any, AsyncIterator, Callable, Literal, Mapping, Sequence
 import asyncpg
 import structlog
 
-from adapters.base import ProcessorAdapter
+from adapters.base import CancelRefusedError, ProcessorAdapter, ProcessorError
 from gateway import errors, ledger, webhooks
 from gateway.db import store
 from gateway.domain.refunds import FINAL, Stage, Status, Target
-from gateway.execution import RefundExecutor
+from gateway.execution import RefundExecutor, refund_request
 from gateway.models import RefundOut
 
 log = structlog.get_logger(__name__)
@@ -26,6 +26,9 @@ Resolution = Literal["refunded_offline", "failed", "canceled"]
 REPLAY_CONCURRENCY = 5
 # Replaying is for refunds that have not reached a final state; a filter never widens that.
 REPLAYABLE = ("pending", "requires_attention")
+# The failure code of a refund its processor holds until someone acts (Stripe's requires_action):
+# the one kind of sent refund that can still be canceled, at the processor.
+CANCELABLE_AT_PROCESSOR = "requires_action"
 
 
 async def audit(conn: asyncpg.Connection, *, actor: str, action: str, target: str | None, reason: str | None,
@@ -50,10 +53,17 @@ async def audited_refusal(pool: asyncpg.Pool, *, actor: str, action: str, target
         raise
 
 
-async def _lock_open_refund(conn: asyncpg.Connection, refund_id: str, verb: str) -> asyncpg.Record:
+async def _lock_open_refund(conn: asyncpg.Connection, refund_id: str, verb: str, *,
+                            final_ok: frozenset[Status] = frozenset()) -> asyncpg.Record:
+    """The refund, locked, if it may be acted on: not final (but for `final_ok`), no call in flight."""
     refund = await store.lock_refund(conn, refund_id)
     if refund is None:
         raise errors.NotFound(f"no refund {refund_id!r}", code="refund_not_found")
+    if Status(refund["status"]) in final_ok:
+        if await store.refund_followed(conn, refund_id):
+            raise errors.Conflict(f"refund {refund_id} was retried by a later refund of its credit note: act on "
+                                  "that one", code="refund_superseded", status_now=refund["status"])
+        return refund
     if Status(refund["status"]) in FINAL:
         raise errors.Conflict(f"a {refund['status']} refund cannot be {verb}", code="refund_final",
                               status_now=refund["status"])
@@ -119,18 +129,67 @@ async def resolve(pool: asyncpg.Pool, refund_id: str, resolution: Resolution, *,
     refused = audited_refusal(pool, actor=actor, action=f"refund.resolve.{resolution}", target=refund_id,
                               reason=reason, request={"external_reference": external_reference},
                               request_id=request_id)
+    # A declined refund can still be paid back outside the processor (refunded_offline).
+    final_ok = frozenset({Status.FAILED}) if resolution == "refunded_offline" else frozenset()
     async with refused, pool.acquire() as conn, conn.transaction():
-        refund = await _lock_open_refund(conn, refund_id, "resolved")
+        refund = await _lock_open_refund(conn, refund_id, "resolved", final_ok=final_ok)
         failure_code = None if resolution == "refunded_offline" else f"resolved_{resolution}"
         row, _ = await ledger.apply(
             conn, refund_id, ledger.Decision(Target(Status(resolution), Stage.DONE), failure_code=failure_code,
-                                             failure_message=f"resolved by {actor}: {reason}" if failure_code else None),
+                                             failure_message=f"resolved by {actor}: {reason}" if failure_code else None,
+                                             external_reference=external_reference),
             event=ledger.RESOLVE_EVENT, recheck_seconds=1, request_id=request_id, by_operator=True,
             detail={"actor": actor, "reason": reason, "external_reference": external_reference})
         await audit(conn, actor=actor, action=f"refund.resolve.{resolution}", target=refund_id, reason=reason,
                     request={"before": {"status": refund["status"], "stage": refund["stage"]},
                              "external_reference": external_reference},
                     result={"status": row["status"]}, request_id=request_id)
+    return row
+
+
+async def cancel(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, *, actor: str, reason: str | None,
+                 request_id: str | None) -> asyncpg.Record:
+    """Cancel a refund the processor never got (stage not_sent): its amount is released at once. One
+    the processor holds without carrying it out (Stripe's requires_action) is cancelled there first,
+    with no connection held; anything that may have reached the processor is refused."""
+    refused = audited_refusal(pool, actor=actor, action="refund.cancel", target=refund_id, reason=reason,
+                              request={}, request_id=request_id)
+    detail = {"actor": actor, "reason": reason}
+    async with refused:
+        async with pool.acquire() as conn, conn.transaction():
+            refund = await _lock_open_refund(conn, refund_id, "canceled")
+            before = {"status": refund["status"], "stage": refund["stage"]}
+            if refund["stage"] == Stage.NOT_SENT:
+                row, _ = await ledger.apply(
+                    conn, refund_id, ledger.Decision(Target(Status.CANCELED, Stage.DONE), failure_code="canceled",
+                                                     failure_message=ledger.said(f"canceled by {actor}"
+                                                                                 + (f": {reason}" if reason else ""))),
+                    event="cancel", expect=(refund["status"], refund["stage"]), recheck_seconds=1,
+                    request_id=request_id, detail=detail)
+                await audit(conn, actor=actor, action="refund.cancel", target=refund_id, reason=reason,
+                            request={"before": before}, result={"status": row["status"]}, request_id=request_id)
+                return row
+            adapter = _adapter(executor, refund["processor_id"])
+            if not (adapter.capabilities.cancel and refund["psp_refund_id"]
+                    and refund["failure_code"] == CANCELABLE_AT_PROCESSOR):
+                raise errors.Conflict("the refund may have reached the processor: it cannot be canceled",
+                                      code="refund_in_flight", status_now=refund["status"])
+            transaction = await store.get_transaction(conn, refund["transaction_id"])
+        try:
+            answer = await adapter.cancel_refund(refund_request(refund, transaction, request_id),
+                                                 refund["psp_refund_id"])
+        except CancelRefusedError as e:
+            raise errors.Conflict(f"the processor will not cancel the refund: {ledger.said(str(e))}",
+                                  code="refund_in_flight", status_now=refund["status"]) from None
+        except ProcessorError as e:
+            raise errors.ServiceUnavailable(f"the processor did not answer the cancel: {ledger.said(str(e))}; retry",
+                                            code="processor_unavailable", headers={"Retry-After": "5"}) from None
+    async with pool.acquire() as conn, conn.transaction():
+        row, _ = await ledger.apply(conn, refund_id, ledger.decide(answer), event="cancel", current_truth=True,
+                                    recheck_seconds=1, request_id=request_id, detail=detail)
+        await audit(conn, actor=actor, action="refund.cancel", target=refund_id, reason=reason,
+                    request={"before": before}, result={"status": row["status"], "at_processor": True},
+                    request_id=request_id)
     return row
 
 

@@ -16,10 +16,10 @@ import structlog
 from adapters.base import PaymentSnapshot
 from gateway import errors, ledger
 from gateway.db import store
-from gateway.domain import matching, money
+from gateway.domain import credit_notes, matching, money
 from gateway.domain.refunds import Stage, Status
 from gateway.ids import new_id
-from gateway.models import RefundCreate, TransactionCreate
+from gateway.models import RefundCreate, TransactionCreate, credit_note_parts, refundable_amount
 
 log = structlog.get_logger(__name__)
 
@@ -43,12 +43,18 @@ async def register_transaction(conn: asyncpg.Connection, body: TransactionCreate
     ) if existing[field] != value]
     if body.captured_at is not None and existing["captured_at"] != body.captured_at:
         differs.append("captured_at")
-    if body.settled != (existing["settled_at"] is not None):
+    settles = body.settled and existing["settled_at"] is None
+    if not body.settled and existing["settled_at"] is not None:
         differs.append("settled")
     if differs:
         raise errors.Conflict(
             f"transaction {body.psp_reference!r} at {body.processor!r} is already registered with other values",
             code="transaction_conflict", transaction_id=existing["id"], conflicting_fields=differs)
+    if settles:
+        # Settlement is news that comes later: the payment's batch closed (what is refundable after
+        # a void of the unsettled sale depends on it).
+        existing = await store.mark_settled(conn, existing["id"])
+        log.info("transaction_settled", transaction_id=existing["id"], processor=body.processor)
     return existing, False
 
 
@@ -124,10 +130,24 @@ class IdempotencyClaim:
     key: str
 
 
-def _candidate(row: asyncpg.Record) -> matching.Candidate:
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """A refund command's refunds (one, or one per payment for a credit note spread over several),
+    their payments by id, and whether the command made them."""
+
+    refunds: list[asyncpg.Record]
+    transactions: dict[str, asyncpg.Record]
+    created: bool
+
+    @property
+    def refund(self) -> asyncpg.Record:
+        return self.refunds[0]
+
+
+def _candidate(row: asyncpg.Record, offline: bool) -> matching.Candidate:
     return matching.Candidate(id=row["id"], invoice_id=row["invoice_id"], psp_reference=row["psp_reference"],
                               processor_id=row["processor_id"], currency=row["currency"],
-                              refundable=row["amount"] - row["refunded_amount"] - row["reserved_amount"])
+                              refundable=refundable_amount(row, through_processor=not offline))
 
 
 def _candidates_json(candidates: list[matching.Candidate]) -> list[dict[str, object]]:
@@ -135,8 +155,13 @@ def _candidates_json(candidates: list[matching.Candidate]) -> list[dict[str, obj
              "currency": c.currency, "refundable_amount": c.refundable} for c in candidates]
 
 
+def _pointer(cmd: RefundCreate) -> str | None:
+    return cmd.transaction_id or cmd.psp_reference
+
+
 async def _lock_transaction_for(conn: asyncpg.Connection, cmd: RefundCreate) -> asyncpg.Record:
     """The transaction the command means, locked FOR UPDATE for the balance check."""
+    offline = cmd.method == "offline"
     if cmd.transaction_id is not None:
         # Named by id: lock it at once (the caller would lock it next anyway).
         row = await store.lock_transaction(conn, cmd.transaction_id)
@@ -146,14 +171,15 @@ async def _lock_transaction_for(conn: asyncpg.Connection, cmd: RefundCreate) -> 
     else:
         rows, by_pointer = await store.transactions_by_invoice(conn, cmd.invoice_id), False
     try:
-        chosen = matching.match([_candidate(r) for r in rows], by_pointer=by_pointer)
+        chosen = matching.match([_candidate(r, offline) for r in rows], by_pointer=by_pointer)
     except matching.NoTransaction:
-        pointer = cmd.transaction_id or cmd.psp_reference
+        pointer = _pointer(cmd)
         detail = (f"no transaction {pointer!r}" if pointer else f"invoice {cmd.invoice_id!r} has no registered payment")
         raise errors.NotFound(detail, code="transaction_not_found") from None
     except matching.Ambiguous as e:
-        raise errors.Conflict("several transactions match: name one with transaction_id",
-                              code="ambiguous_transaction", candidates=_candidates_json(e.candidates)) from None
+        raise errors.Conflict("several transactions match: name one with transaction_id, or spread the credit note "
+                              "over them with allocation auto", code="ambiguous_transaction",
+                              candidates=_candidates_json(e.candidates)) from None
     except matching.NothingRefundable as e:
         raise errors.Refused(f"nothing is left to refund on invoice {cmd.invoice_id!r}",
                               code="amount_exceeds_refundable", refundable_amount=0,
@@ -165,15 +191,31 @@ async def _lock_transaction_for(conn: asyncpg.Connection, cmd: RefundCreate) -> 
     return rows[0] if cmd.transaction_id is not None else await store.lock_transaction(conn, chosen.id)
 
 
-async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_seconds: float,
-                        claim: IdempotencyClaim | None = None, request_id: str | None = None,
-                        ) -> tuple[asyncpg.Record, asyncpg.Record, bool]:
-    """Match, check and reserve the balance, and write the refund, in one database transaction.
+def _check_command(cmd: RefundCreate) -> None:
+    """What the fields allow together (each field on its own is the model's)."""
+    problems = []
+    if cmd.method == "offline" and cmd.external_reference is None:
+        problems.append({"field": "external_reference", "message": "required with method offline"})
+    if cmd.method != "offline" and cmd.external_reference is not None:
+        problems.append({"field": "external_reference", "message": "only for method offline"})
+    if cmd.allocation is not None and cmd.credit_note_id is None:
+        problems.append({"field": "credit_note_id", "message": "required with allocation"})
+    if cmd.allocation is not None and _pointer(cmd) is not None:
+        problems.append({"field": "allocation", "message": "spreads over the invoice's payments: name none of them"})
+    if problems:
+        raise errors.InvalidRequest("; ".join(f"{p['field']}: {p['message']}" for p in problems), errors=problems)
 
-    The refund is written as already `sending` under a lease, because the caller sends it
-    right after the commit. Returns (refund, transaction, created); a refund that already
-    exists for the same credit note, or under the same Idempotency-Key, is returned as it is.
-    """
+
+async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_seconds: float,
+                        claim: IdempotencyClaim | None = None, request_id: str | None = None) -> CommandResult:
+    """Match, check and reserve the balance, and write the refund (or, for a credit note spread over
+    an invoice's payments, one per payment), in one database transaction.
+
+    A refund for the processor is written as already `sending` under a lease, because the caller
+    sends it right after the commit; one refunded outside it is written `refunded_offline`. A
+    command for a credit note that already has refunds is answered by credit_notes.plan: the same
+    refunds again, a retry of failed ones, or a conflict."""
+    _check_command(cmd)
     async with conn.transaction():
         if claim is not None:
             # The key row first, before any payment's row lock: a request that took the key over
@@ -183,42 +225,148 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
             if key_row is None:  # given up meanwhile by the key's other holder: a retry claims it anew
                 raise errors.ServiceUnavailable("this request's Idempotency-Key was released while it ran; retry",
                                                 code="idempotency_key_lost", headers={"Retry-After": "1"})
-            if key_row["resource_id"] is not None:
-                existing = await store.get_refund(conn, key_row["resource_id"])
-                return existing, await store.get_transaction(conn, existing["transaction_id"]), False
-        if cmd.credit_note_id is not None and cmd.transaction_id is None and cmd.psp_reference is None:
-            # Without a pointer the match depends on balances that this credit note's own first
-            # refund changed: look the credit note up on the whole invoice first.
-            existing = await store.refund_by_invoice_credit_note(conn, cmd.invoice_id, cmd.credit_note_id)
-            if existing is not None:
-                return existing, await store.get_transaction(conn, existing["transaction_id"]), False
-        tx = await _lock_transaction_for(conn, cmd)
+            made = await recovered(conn, key_row["resource_id"]) if key_row["resource_id"] else None
+            if made is not None:
+                return made
+        tx, previous, amount = None, [], cmd.amount
         if cmd.credit_note_id is not None:
-            existing = await store.refund_by_credit_note(conn, tx["id"], cmd.credit_note_id)
-            if existing is not None:
-                return existing, tx, False
-        if cmd.currency != tx["currency"]:
-            raise errors.Refused(f"the transaction is in {tx['currency']}, the refund in {cmd.currency}",
-                                 code="currency_mismatch", transaction_currency=tx["currency"])
-        refundable = tx["amount"] - tx["refunded_amount"] - tx["reserved_amount"]
-        amount = cmd.amount if cmd.amount is not None else refundable
-        if refundable <= 0 or amount > refundable:
-            detail = (f"nothing is left to refund on transaction {tx['id']}" if refundable <= 0 else
-                      f"{money.format_amount(amount, tx['currency'])} exceeds the refundable "
-                      f"{money.format_amount(refundable, tx['currency'])}")
-            raise errors.Refused(detail, code="amount_exceeds_refundable", refundable_amount=max(0, refundable),
-                                 transaction_id=tx["id"])
-        refund_id = new_id("rf")
-        # One statement writes the refund, reserves its amount and records the event.
-        refund = await store.insert_refund(
-            conn, id=refund_id, transaction_id=tx["id"], processor_id=tx["processor_id"], invoice_id=cmd.invoice_id,
-            credit_note_id=cmd.credit_note_id, amount=amount, currency=tx["currency"], reason=cmd.reason,
-            metadata=cmd.metadata, status=Status.PENDING, stage=Stage.SENDING, idempotency_key=refund_id,
-            lease_seconds=lease_seconds, request_id=request_id,
-            event_detail={"amount": amount, "currency": tx["currency"]})
-        await ledger.publish(conn, refund, previous_status=None, request_id=request_id)
+            # Every command for one credit note waits for the one before it (retries, allocations).
+            await store.lock_credit_note(conn, cmd.invoice_id, cmd.credit_note_id)
+            rows = await store.credit_note_refunds(conn, cmd.invoice_id, cmd.credit_note_id)
+            if _pointer(cmd) is not None:
+                # Named payment: its refunds for the credit note (a credit note split by hand).
+                tx = await _lock_transaction_for(conn, cmd)
+                rows = [r for r in rows if r["transaction_id"] == tx["id"]]
+            try:
+                step = credit_notes.plan(credit_note_parts(rows), amount=cmd.amount, offline=cmd.method == "offline")
+            except credit_notes.CreditNoteConflict as e:
+                raise _conflict(cmd, e) from None
+            if isinstance(step, credit_notes.Existing):
+                if len(step.parts) > 1 and cmd.allocation is None:
+                    raise _conflict(cmd, credit_notes.CreditNoteConflict(
+                        "the credit note is spread over several payments: ask with allocation auto, or name "
+                        "one payment", step.parts))
+                by_id = {r["id"]: r for r in rows}
+                found = [by_id[p.id] for p in step.parts]
+                return CommandResult(found, await _transactions_of(conn, found), False)
+            previous, amount = step.previous, step.amount
+        if cmd.allocation is not None:
+            shares, transactions = await _allocate(conn, cmd, amount)
+        else:
+            tx = tx or await _lock_transaction_for(conn, cmd)
+            shares, transactions = [(tx["id"], _checked_amount(cmd, tx, amount))], {tx["id"]: tx}
+        refunds = await _insert_refunds(conn, cmd, shares, transactions, previous, lease_seconds, request_id)
         if claim is not None:
-            await store.set_key_resource(conn, claim.client_id, claim.key, refund_id)
-    log.info("refund_created", refund_id=refund_id, transaction_id=tx["id"], processor=tx["processor_id"],
-             amount=amount, currency=tx["currency"], status=Status.PENDING, stage=Stage.SENDING)
-    return refund, tx, True
+            await store.set_key_resource(conn, claim.client_id, claim.key, refunds[0]["id"])
+    for refund in refunds:
+        log.info("refund_created", refund_id=refund["id"], transaction_id=refund["transaction_id"],
+                 processor=refund["processor_id"], amount=refund["amount"], currency=refund["currency"],
+                 status=refund["status"], stage=refund["stage"], credit_note_id=cmd.credit_note_id,
+                 previous_refund_id=refund["previous_refund_id"])
+    return CommandResult(refunds, transactions, True)
+
+
+async def recovered(conn: asyncpg.Connection, refund_id: str) -> CommandResult | None:
+    """What a command already answered under its Idempotency-Key made: the refund, and the refunds
+    made with it in the same command (one credit note over several payments). None: no such refund."""
+    first = await store.get_refund(conn, refund_id)
+    if first is None:
+        return None
+    found = [first]
+    if first["credit_note_id"] is not None:
+        found = [r for r in await store.credit_note_refunds(conn, first["invoice_id"], first["credit_note_id"])
+                 if r["created_at"] == first["created_at"]]
+    return CommandResult(found, await _transactions_of(conn, found), False)
+
+
+async def _transactions_of(conn: asyncpg.Connection, refunds: Sequence[asyncpg.Record]) -> dict[str, asyncpg.Record]:
+    return {tx_id: await store.get_transaction(conn, tx_id) for tx_id in {r["transaction_id"] for r in refunds}}
+
+
+def _conflict(cmd: RefundCreate, e: credit_notes.CreditNoteConflict) -> errors.Conflict:
+    first = e.parts[0]
+    return errors.Conflict(
+        f"credit note {cmd.credit_note_id!r}: {e}; read it at GET /v1/credit-notes/{cmd.credit_note_id}",
+        code="credit_note_conflict", refund_id=first.id, refund_amount=first.amount,
+        refunds=[{"id": p.id, "status": p.status, "amount": p.amount} for p in e.parts])
+
+
+def _checked_amount(cmd: RefundCreate, tx: asyncpg.Record, amount: int | None) -> int:
+    """The refund's amount on this payment (None: all that is left), within what is left."""
+    if cmd.currency != tx["currency"]:
+        raise errors.Refused(f"the transaction is in {tx['currency']}, the refund in {cmd.currency}",
+                             code="currency_mismatch", transaction_currency=tx["currency"])
+    offline = cmd.method == "offline"
+    refundable = refundable_amount(tx, through_processor=not offline)
+    if refundable <= 0 and refundable_amount(tx, through_processor=False) > 0:
+        raise errors.Refused(
+            f"the processor voided transaction {tx['id']} while it was unsettled and allows one void per sale: "
+            "nothing more is refundable through it until it settles (register it again with settled true), "
+            "or refund the rest with method offline", code="payment_voided", refundable_amount=0,
+            transaction_id=tx["id"])
+    amount = refundable if amount is None else amount
+    if refundable <= 0 or amount > refundable:
+        detail = (f"nothing is left to refund on transaction {tx['id']}" if refundable <= 0 else
+                  f"{money.format_amount(amount, tx['currency'])} exceeds the refundable "
+                  f"{money.format_amount(refundable, tx['currency'])}")
+        raise errors.Refused(detail, code="amount_exceeds_refundable", refundable_amount=max(0, refundable),
+                             transaction_id=tx["id"])
+    return amount
+
+
+async def _allocate(conn: asyncpg.Connection, cmd: RefundCreate,
+                    amount: int | None) -> tuple[list[tuple[str, int]], dict[str, asyncpg.Record]]:
+    """One credit note over the invoice's payments in its currency, newest first, each locked."""
+    rows = [r for r in await store.lock_invoice_transactions(conn, cmd.invoice_id) if r["currency"] == cmd.currency]
+    if not rows:
+        raise errors.NotFound(f"invoice {cmd.invoice_id!r} has no registered payment in {cmd.currency}",
+                              code="transaction_not_found")
+    rows.sort(key=lambda r: (r["captured_at"] or r["created_at"], r["id"]), reverse=True)
+    offline = cmd.method == "offline"
+    payments = [credit_notes.Payment(r["id"], refundable_amount(r, through_processor=not offline)) for r in rows]
+    try:
+        shares = credit_notes.allocate(amount, payments)
+    except credit_notes.NotEnough as e:
+        asked = "anything" if amount is None else money.format_amount(amount, cmd.currency)
+        raise errors.Refused(f"the invoice's payments cannot cover {asked}: "
+                             f"{money.format_amount(e.refundable, cmd.currency)} is left to refund",
+                             code="amount_exceeds_refundable", refundable_amount=e.refundable,
+                             candidates=_candidates_json([_candidate(r, offline) for r in rows])) from None
+    return shares, {r["id"]: r for r in rows}
+
+
+def _followers(shares: list[tuple[str, int]], previous: list[credit_notes.Part]) -> list[str | None]:
+    """Which released refund each new one retries: the one on its own payment first, then the others
+    in order (newest first); each is retried by at most one."""
+    left = list(previous)
+    chosen: list[str | None] = []
+    for tx_id, _ in shares:
+        match = next((p for p in left if p.transaction_id == tx_id), left[0] if left else None)
+        if match is not None:
+            left.remove(match)
+        chosen.append(match.id if match else None)
+    return chosen
+
+
+async def _insert_refunds(conn: asyncpg.Connection, cmd: RefundCreate, shares: list[tuple[str, int]],
+                          transactions: dict[str, asyncpg.Record], previous: list[credit_notes.Part],
+                          lease_seconds: float, request_id: str | None) -> list[asyncpg.Record]:
+    offline = cmd.method == "offline"
+    status, stage = (Status.REFUNDED_OFFLINE, Stage.DONE) if offline else (Status.PENDING, Stage.SENDING)
+    refunds = []
+    for (tx_id, amount), previous_id in zip(shares, _followers(shares, previous)):
+        tx = transactions[tx_id]
+        refund_id = new_id("rf")
+        # One statement writes the refund, moves its amount on the payment and records the event.
+        refunds.append(await store.insert_refund(
+            conn, id=refund_id, transaction_id=tx_id, processor_id=tx["processor_id"], invoice_id=cmd.invoice_id,
+            credit_note_id=cmd.credit_note_id, amount=amount, currency=tx["currency"], reason=cmd.reason,
+            metadata=cmd.metadata, status=status, stage=stage, idempotency_key=refund_id,
+            lease_seconds=lease_seconds, request_id=request_id, origin="offline" if offline else "gateway",
+            external_reference=cmd.external_reference, previous_refund_id=previous_id,
+            event_detail={"amount": amount, "currency": tx["currency"], "method": cmd.method,
+                          "previous_refund_id": previous_id, "external_reference": cmd.external_reference}))
+    # Published once all are written: each event carries the credit note as it now stands.
+    for refund in refunds:
+        await ledger.publish(conn, refund, previous_status=None, request_id=request_id)
+    return refunds

@@ -90,7 +90,8 @@ class BridgePayAdapter:
     async def refund(self, request: RefundRequest) -> RefundResult:
         if request.currency not in self.capabilities.currencies:
             return RefundResult(Outcome.DECLINED, processor_code="currency", decline_code="currency_not_supported",
-                                message=f"BridgePay refunds only in {', '.join(self.capabilities.currencies)}")
+                                message=f"BridgePay refunds only in {', '.join(self.capabilities.currencies)}",
+                                next_action=transformers.next_action("currency_not_supported"))
         c = self._config
         body = transformers.refund_envelope(request, username=c.username, password=c.password.get_secret_value(),
                                             merchant_code=c.merchant_code,

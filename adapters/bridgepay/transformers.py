@@ -25,7 +25,7 @@ from adapters.base import (
     RefundResult,
     TransientProcessorError,
 )
-from gateway.domain.refunds import Outcome
+from gateway.domain.refunds import NextAction, Outcome
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 PROCESS_NS = "http://bridgepaynetsecuretx.com/requesthandler"
@@ -44,6 +44,25 @@ DECLINES = {
     "10055": "invalid_reference",
 }
 DECLINE_MESSAGES = {"D01": "declined", "D18": "amount_too_large", "E08": "refunds_not_allowed"}
+# What the billing core can do next, by ResponseCode, then GatewayMessage prefix (and our own code for
+# a currency BridgePay does not refund in). A code not here needs a person: CONTACT_SUPPORT.
+NEXT_ACTIONS = {
+    "30032": NextAction.REFUND_OFFLINE,  # denied by the bank
+    "D01": NextAction.REFUND_OFFLINE,
+    "10042": NextAction.REFUND_OFFLINE,  # already voided: the payment's one void is spent
+    "10033": NextAction.REFUND_OFFLINE,  # invalid void
+    "currency_not_supported": NextAction.REFUND_OFFLINE,
+    "30027": NextAction.RETRY,  # daily refund limit reached
+    "30047": NextAction.RETRY,  # refund not processed
+    "30026": NextAction.CONTACT_SUPPORT,  # more than BridgePay thinks is left
+    "D18": NextAction.CONTACT_SUPPORT,
+    "800011": NextAction.CONTACT_SUPPORT,  # transaction not found
+    "10055": NextAction.CONTACT_SUPPORT,  # invalid reference number
+    "E08": NextAction.CONTACT_SUPPORT,  # refunds not allowed on the account
+    # A duplicate; refund_answer raises OutcomeUnknownError for it, so the table is for the record.
+    "30036": NextAction.CONTACT_SUPPORT,
+    "D09": NextAction.CONTACT_SUPPORT,
+}
 TRANSIENT_CODES = {"20002", "20003"}  # internal error, service unavailable: nothing was done
 TRANSIENT_MESSAGES = {"E02"}  # network unavailable
 # Our request was wrong (bad credentials, format): a person must look, retrying cannot help.
@@ -162,6 +181,11 @@ def process_result(envelope: bytes) -> Element:
     return parse_xml(inner, "response message")
 
 
+def next_action(code: str | None, prefix: str | None = None) -> NextAction:
+    """What to do about a decline, from NEXT_ACTIONS: the ResponseCode first, then the message prefix."""
+    return NEXT_ACTIONS.get(code or "") or NEXT_ACTIONS.get(prefix or "") or NextAction.CONTACT_SUPPORT
+
+
 def refund_answer(response: Element) -> RefundResult:
     """Map a decoded refund answer; exhaustive: what is not known needs attention."""
     code = _text(response, "ResponseCode") or ""
@@ -190,12 +214,14 @@ def refund_answer(response: Element) -> RefundResult:
             return RefundResult(Outcome.PENDING, psp_refund_id=trans_id, processor_code=prefix, details=details)
         return RefundResult(Outcome.NEEDS_ATTENTION, psp_refund_id=trans_id, processor_code=prefix or code,
                             message=f"BridgePay approved with an answer the gateway does not know: {text}",
-                            details=details)
+                            details=details, next_action=NextAction.CONTACT_SUPPORT)
     decline = DECLINES.get(code) or DECLINE_MESSAGES.get(prefix)
     if decline:
-        return RefundResult(Outcome.DECLINED, processor_code=code, decline_code=decline, message=text)
+        return RefundResult(Outcome.DECLINED, processor_code=code, decline_code=decline, message=text,
+                            next_action=next_action(code, prefix))
     return RefundResult(Outcome.NEEDS_ATTENTION, processor_code=code,
-                        message=f"BridgePay answered a code the gateway does not know: {text}")
+                        message=f"BridgePay answered a code the gateway does not know: {text}",
+                        next_action=NextAction.CONTACT_SUPPORT)
 
 
 def lookup_answer(envelope: bytes, refund_id: str) -> RefundResult | None:
@@ -217,7 +243,8 @@ def lookup_answer(envelope: bytes, refund_id: str) -> RefundResult | None:
         if kind is None:
             found.append(RefundResult(Outcome.NEEDS_ATTENTION, psp_refund_id=field("TransactionId"),
                                       processor_code="reporting", details=details,
-                                      message=f"BridgePay reports our refund with TransactionType {reported!r}"))
+                                      message=f"BridgePay reports our refund with TransactionType {reported!r}",
+                                      next_action=NextAction.CONTACT_SUPPORT))
         else:
             found.append(RefundResult(Outcome.SUCCEEDED, psp_refund_id=field("TransactionId"),
                                       processor_code="reporting", details=details))

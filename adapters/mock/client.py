@@ -33,7 +33,7 @@ from adapters.base import (
     WebhookPayloadError,
     WebhookVerificationError,
 )
-from gateway.domain.refunds import Outcome
+from gateway.domain.refunds import NextAction, Outcome
 
 # amount (minor units) -> what the mock does; documented in the README.
 SCENARIOS: dict[int, str] = {
@@ -52,7 +52,19 @@ SCENARIOS: dict[int, str] = {
 }
 
 DECLINES = {4001: "expired_or_canceled_card", 4002: "insufficient_funds"}
+# What the billing core can do next, by the code the mock answers with (webhooks: the status). A code
+# not here needs a person: CONTACT_SUPPORT.
+NEXT_ACTIONS = {
+    "expired_or_canceled_card": NextAction.REFUND_OFFLINE,
+    "insufficient_funds": NextAction.RETRY,
+    "declined": NextAction.REFUND_OFFLINE,  # 7002, after pending
+    "mystery_status": NextAction.CONTACT_SUPPORT,  # 8001
+}
 MEMORY = 10_000
+
+
+def _next_action(code: str | None) -> NextAction:
+    return NEXT_ACTIONS.get(code or "", NextAction.CONTACT_SUPPORT)
 
 
 def _forget_oldest(remembered: OrderedDict) -> None:
@@ -75,10 +87,12 @@ class _MockRefund:
             return RefundResult(Outcome.PENDING, psp_refund_id=self.id, processor_code="pending")
         if self.final is Outcome.DECLINED:
             return RefundResult(Outcome.DECLINED, psp_refund_id=self.id, processor_code=self.code,
-                                decline_code=self.code, message=f"refund declined: {self.code}")
+                                decline_code=self.code, message=f"refund declined: {self.code}",
+                                next_action=_next_action(self.code))
         if self.final is Outcome.NEEDS_ATTENTION:
             return RefundResult(Outcome.NEEDS_ATTENTION, psp_refund_id=self.id, processor_code="mystery_status",
-                                message="the processor answered with an unknown status 'mystery_status'")
+                                message="the processor answered with an unknown status 'mystery_status'",
+                                next_action=_next_action("mystery_status"))
         return RefundResult(self.final, psp_refund_id=self.id, processor_code=self.final.value)
 
 
@@ -180,10 +194,13 @@ class MockAdapter:
         try:
             payload = orjson.loads(body)
             refund = payload["refund"]
+            outcome = Outcome(refund["status"])
             snapshot = RefundSnapshot(
                 psp_refund_id=refund["id"], refund_id=refund.get("refund_id"),
                 payment_references=[refund["payment"]], amount=refund["amount"], currency=refund["currency"],
-                outcome=Outcome(refund["status"]), processor_code=refund["status"])
+                outcome=outcome, processor_code=refund["status"],
+                next_action=_next_action(refund["status"])
+                if outcome in (Outcome.DECLINED, Outcome.NEEDS_ATTENTION) else None)
             return WebhookEvent(event_id=str(payload["id"]), type=str(payload["type"]), refunds=[snapshot])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             known = payload if isinstance(payload, dict) else {}

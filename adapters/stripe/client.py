@@ -30,7 +30,7 @@ LOOKUP_PAGES = 10  # at 100 refunds a page: more than any one charge has
 class StripeAdapter:
     kind = "stripe"
     capabilities = Capabilities(partial_refunds=True, multiple_refunds=True, webhooks=True, lookup=True,
-                                idempotency_keys=True)
+                                idempotency_keys=True, cancel=True)
 
     def __init__(self, config: StripeProcessor, *, transport: httpx.AsyncBaseTransport | None = None):
         self.id = config.id
@@ -93,6 +93,14 @@ class StripeAdapter:
                 return None
             params["starting_after"] = refunds[-1]["id"]
         raise ProcessorProtocolError("too many refunds on one payment to search", code="lookup_exhausted")
+
+    async def cancel_refund(self, request: RefundRequest, psp_refund_id: str) -> RefundResult:
+        # A key of its own, so that a resend after a lost answer replays "canceled" instead of
+        # meeting Stripe's refusal to cancel a refund that is already canceled.
+        response = await self._send("POST", f"/v1/refunds/{psp_refund_id}/cancel",
+                                    headers={"Idempotency-Key": f"{request.idempotency_key}:cancel"},
+                                    request_id=request.request_id)
+        return transformers.cancel_answer(response.status_code, response.headers, response.content)
 
     async def check_credentials(self) -> CredentialCheck:
         # The cheapest authenticated read that needs what refunds need: one refund, listed.

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 import orjson
 
 from adapters.base import (
+    CancelRefusedError,
     CredentialCheck,
     CredentialStatus,
     OutcomeUnknownError,
@@ -24,7 +25,7 @@ from adapters.base import (
     WebhookPayloadError,
     WebhookVerificationError,
 )
-from gateway.domain.refunds import Outcome
+from gateway.domain.refunds import NextAction, Outcome
 
 SIGNATURE_TOLERANCE_SECONDS = 300
 STRIPE_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
@@ -35,8 +36,35 @@ STATUS = {
     "succeeded": Outcome.SUCCEEDED,
     "failed": Outcome.DECLINED,
     "canceled": Outcome.CANCELED,
-    # Only non-card refunds ask the customer for details; nothing the gateway can do, so a person looks.
+    # Only non-card refunds ask the customer for details: Stripe holds the refund (and its amount)
+    # until they act, so a person looks; cancelling it releases the amount.
     "requires_action": Outcome.NEEDS_ATTENTION,
+}
+
+# What the billing core can do next, by a failed refund's failure_reason, the error code of a refused
+# POST /v1/refunds, or requires_action. A code not here needs a person: CONTACT_SUPPORT.
+NEXT_ACTIONS = {
+    # failure_reason
+    "lost_or_stolen_card": NextAction.REFUND_OFFLINE,
+    "expired_or_canceled_card": NextAction.REFUND_OFFLINE,
+    "declined": NextAction.REFUND_OFFLINE,  # the card's issuer will not take it
+    "insufficient_funds": NextAction.RETRY,  # the account's Stripe balance was short
+    "charge_for_pending_refund_disputed": NextAction.CONTACT_SUPPORT,
+    "merchant_request": NextAction.CONTACT_SUPPORT,  # someone on our side stopped it at Stripe
+    "unknown": NextAction.CONTACT_SUPPORT,
+    # error codes
+    "balance_insufficient": NextAction.RETRY,
+    "rate_limit": NextAction.RETRY,
+    "charge_expired_for_refund": NextAction.REFUND_OFFLINE,  # the payment is too old to refund
+    "card_declined": NextAction.REFUND_OFFLINE,
+    "expired_card": NextAction.REFUND_OFFLINE,
+    "charge_already_refunded": NextAction.CONTACT_SUPPORT,  # Stripe's books disagree with ours
+    "charge_disputed": NextAction.CONTACT_SUPPORT,
+    "refund_disputed_payment": NextAction.CONTACT_SUPPORT,
+    "amount_too_large": NextAction.CONTACT_SUPPORT,
+    "resource_missing": NextAction.CONTACT_SUPPORT,
+    # the customer must act on it first; the card route is closed, so cancel it and refund offline
+    "requires_action": NextAction.REFUND_OFFLINE,
 }
 
 
@@ -53,16 +81,30 @@ def refund_form(request: RefundRequest) -> dict[str, str]:
     return form
 
 
+def next_action(code: str | None) -> NextAction:
+    """What to do about a decline or a refund that needs a person, from NEXT_ACTIONS."""
+    return NEXT_ACTIONS.get(code or "", NextAction.CONTACT_SUPPORT)
+
+
 def refund_result(refund: Mapping[str, Any]) -> RefundResult:
     status = refund.get("status")
     outcome = STATUS.get(status) if isinstance(status, str) else None
     if outcome is None:
         return RefundResult(Outcome.NEEDS_ATTENTION, psp_refund_id=refund.get("id"), processor_code=str(status),
-                            message=f"Stripe refund status {status!r} is not one the gateway knows")
+                            message=f"Stripe refund status {status!r} is not one the gateway knows",
+                            next_action=NextAction.CONTACT_SUPPORT)
     failure = refund.get("failure_reason")
     if outcome is Outcome.DECLINED:
         return RefundResult(outcome, psp_refund_id=refund["id"], processor_code=failure or "failed",
-                            decline_code=failure or "failed", message=f"refund failed: {failure or 'unknown'}")
+                            decline_code=failure or "failed", message=f"refund failed: {failure or 'unknown'}",
+                            next_action=next_action(failure))
+    if status == "requires_action":
+        ours = _metadata(refund).get("refund_id") or "{id}"
+        return RefundResult(outcome, psp_refund_id=refund["id"], processor_code=status, decline_code=status,
+                            next_action=next_action(status),
+                            message=f"Stripe needs the customer to act on this refund before it is carried out, "
+                                    f"and holds its amount meanwhile; cancelling it (POST /v1/refunds/{ours}/cancel) "
+                                    f"releases the amount to refund another way")
     return RefundResult(outcome, psp_refund_id=refund["id"], processor_code=status)
 
 
@@ -109,8 +151,29 @@ def refund_answer(status: int, headers: Mapping[str, str], body: bytes) -> Refun
                                      code=str(etype or "authentication_error"))
     if status == 402 or etype in ("card_error", "invalid_request_error"):
         decline = str(code or etype or status)
-        return RefundResult(Outcome.DECLINED, processor_code=decline, decline_code=decline, message=message)
+        return RefundResult(Outcome.DECLINED, processor_code=decline, decline_code=decline, message=message,
+                            next_action=next_action(decline))
     raise ProcessorProtocolError(f"Stripe answered {status} ({etype}): {message}", code=str(code or status))
+
+
+def cancel_answer(status: int, headers: Mapping[str, str], body: bytes) -> RefundResult:
+    """Map an answer to POST /v1/refunds/{id}/cancel: the refund as it is now (canceled when it
+    worked); CancelRefusedError when Stripe will not cancel it; faults as for refund_answer."""
+    data = _json(body)
+    error = data.get("error") if isinstance(data, dict) else None
+    error = error if isinstance(error, dict) else {}
+    message = str(error.get("message") or f"HTTP {status}")[:500]
+    if status == 404:
+        raise CancelRefusedError(f"Stripe has no such refund: {message}", code="resource_missing")
+    if status == 400 and error.get("type") == "invalid_request_error":
+        # Stripe's answer for a refund that is not requires_action: it is under way, done or over.
+        raise CancelRefusedError(f"Stripe will not cancel the refund: {message}",
+                                 code=str(error.get("code") or "invalid_request_error"))
+    result = refund_answer(status, headers, body)
+    if not 200 <= status < 300:  # a "decline" of a cancel says nothing we can act on
+        raise ProcessorProtocolError(f"Stripe answered {status} to a refund cancel: {message}",
+                                     code=str(result.processor_code or status))
+    return result
 
 
 def refund_page(body: bytes) -> tuple[list[dict[str, Any]], bool]:
@@ -193,7 +256,8 @@ def _refund_snapshot(refund: Mapping[str, Any], charge: Mapping[str, Any] | None
         payment_references=_refs(refund.get("charge"), refund.get("payment_intent"),
                                  *((charge.get("id"), charge.get("payment_intent")) if charge else ())),
         amount=int(refund["amount"]), currency=str(refund["currency"]).upper(), outcome=result.outcome,
-        processor_code=result.processor_code, decline_code=result.decline_code, message=result.message)
+        processor_code=result.processor_code, decline_code=result.decline_code, message=result.message,
+        next_action=result.next_action)
 
 
 def _payment(obj: Mapping[str, Any], *, reference: str, others: list[str], amount: Any) -> PaymentSnapshot:

@@ -260,8 +260,9 @@ async def create_refund(request: web.Request) -> web.Response:
         raise invalid_param("Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer",
                             "reason")
     amount, metadata = _amount(params), _metadata(params)
+    requires_action = sim.faults.fired("refund_requires_action", request) is not None
     return ok(sim.create_refund(charge_id=charge, payment_intent_id=intent, amount=amount, reason=reason,
-                                metadata=metadata))
+                                metadata=metadata, requires_action=requires_action))
 
 
 @routes.get("/v1/refunds")
@@ -274,6 +275,12 @@ async def list_refunds(request: web.Request) -> web.Response:
 @routes.get("/v1/refunds/{id}")
 async def get_refund(request: web.Request) -> web.Response:
     return ok(request.app[SIM].world.refund(request.match_info["id"]))
+
+
+@routes.post("/v1/refunds/{id}/cancel")
+async def cancel_refund(request: web.Request) -> web.Response:
+    _params(request, _COMMON)
+    return ok(request.app[SIM].world.cancel(request.match_info["id"]))
 
 
 @routes.get("/v1/events/{id}")

@@ -30,7 +30,7 @@ async def control_errors(request: web.Request, handler: Handler) -> web.StreamRe
 
 @routes.post("/_sim/refunds/behaviour")
 async def set_refund_behaviour(request: web.Request) -> web.Response:
-    """Body: {"status": "succeeded"|"pending"|"failed", "settle_after_seconds": null|0.5,
+    """Body: {"status": "succeeded"|"pending"|"failed"|"requires_action", "settle_after_seconds": null|0.5,
     "settle_to": "succeeded"|"failed", "failure_reason": "expired_or_canceled_card"}."""
     sim = request.app[SIM]
     sim.behaviour = RefundBehaviour(**await json_body(request))
@@ -55,6 +55,13 @@ async def fail_refund(request: web.Request) -> web.Response:
     """Body (optional): {"failure_reason": "expired_or_canceled_card"}. Works on succeeded refunds too."""
     reason = (await json_body(request)).get("failure_reason", "expired_or_canceled_card")
     return web.json_response(request.app[SIM].world.fail(request.match_info["id"], reason))
+
+
+@routes.post("/_sim/refunds/{id}/require_action")
+async def require_action(request: web.Request) -> web.Response:
+    """No body. A pending refund moves to requires_action (refund.updated and charge.refund.updated
+    go out); POST /v1/refunds/{id}/cancel then cancels it. 400 for a refund that is not pending."""
+    return web.json_response(request.app[SIM].world.require_action(request.match_info["id"]))
 
 
 @routes.post("/_sim/webhooks/endpoint")

@@ -53,8 +53,11 @@ class WebhookFaults:
 # api_error, rate_limit and drop act before the request runs (nothing executed, nothing stored under its
 # idempotency key); execute_then_* act after it ran: a 500 stored and replayed as Stripe does, an answer
 # held back past the client's timeout, or a connection closed instead of the answer.
+# refund_requires_action acts on POST /v1/refunds alone: the new refund starts in requires_action (as a
+# non-card refund waiting for the customer), whatever the refund behaviour says; it counts against the
+# charge until canceled.
 KINDS = ("latency", "api_error", "rate_limit", "drop",
-         "execute_then_api_error", "execute_then_timeout", "execute_then_drop")
+         "execute_then_api_error", "execute_then_timeout", "execute_then_drop", "refund_requires_action")
 
 
 class Faults:

@@ -46,8 +46,11 @@ class Simulator:
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{''.join(self._ids.choices(_ID_CHARS, k=24))}"
 
-    def create_refund(self, **request: Any) -> Obj:
-        refund = self.world.create_refund(**request, behaviour=self.behaviour)
+    def create_refund(self, *, requires_action: bool = False, **request: Any) -> Obj:
+        """`requires_action`: this refund starts in requires_action whatever the behaviour says (a fault)."""
+        behaviour = dataclasses.replace(self.behaviour, status="requires_action") if requires_action \
+            else self.behaviour
+        refund = self.world.create_refund(**request, behaviour=behaviour)
         after = self.behaviour.settle_after_seconds
         if refund["status"] == "pending" and after is not None:
             self._timers[refund["id"]] = asyncio.get_running_loop().call_later(

@@ -20,7 +20,8 @@ FAILURE_REASONS = frozenset({"lost_or_stolen_card", "expired_or_canceled_card", 
 @dataclass
 class RefundBehaviour:
     """What a new refund does: `succeeded` at once (Stripe's usual card refund), `pending` until settled
-    (by a control call, or after `settle_after_seconds` to `settle_to`), or `failed` at once."""
+    (by a control call, or after `settle_after_seconds` to `settle_to`), `failed` at once, or
+    `requires_action` until canceled (POST /v1/refunds/{id}/cancel)."""
 
     status: str = "succeeded"
     settle_after_seconds: float | None = None
@@ -30,8 +31,9 @@ class RefundBehaviour:
     def __post_init__(self) -> None:
         if self.settle_after_seconds is not None:
             self.settle_after_seconds = float(self.settle_after_seconds)
-        if self.status not in ("succeeded", "pending", "failed") or self.settle_to not in ("succeeded", "failed"):
-            raise ValueError("status is succeeded|pending|failed and settle_to is succeeded|failed")
+        if self.status not in ("succeeded", "pending", "failed", "requires_action") \
+                or self.settle_to not in ("succeeded", "failed"):
+            raise ValueError("status is succeeded|pending|failed|requires_action and settle_to is succeeded|failed")
         if self.failure_reason not in FAILURE_REASONS:
             raise ValueError(f"failure_reason is one of {sorted(FAILURE_REASONS)}")
 
@@ -119,7 +121,7 @@ class World:
         if failed:
             self._emit("refund.failed", refund)
         else:
-            # Pending refunds count against the charge at once, as at Stripe.
+            # Pending (and requires_action) refunds count against the charge at once, as at Stripe.
             self._set_refunded(charge, charge["amount_refunded"] + amount)
             self._emit("charge.refunded", self.charge_view(charge))
         return refund
@@ -150,6 +152,27 @@ class World:
         charge = self.charges[refund["charge"]]
         self._set_refunded(charge, charge["amount_refunded"] - refund["amount"])
         self._update(refund, status="failed", failure_reason=failure_reason, pending_reason=None, failed=True)
+        return refund
+
+    def require_action(self, id: str) -> Obj:
+        """A pending refund waits for the customer (Stripe: a non-card refund that needs their
+        details); its amount stays counted against the charge until it is canceled."""
+        refund = self.refund(id)
+        if refund["status"] != "pending":
+            raise ValueError(f"refund {id} is {refund['status']}, not pending")
+        self._update(refund, status="requires_action", pending_reason=None)
+        return refund
+
+    def cancel(self, id: str) -> Obj:
+        """POST /v1/refunds/{id}/cancel: only a requires_action refund; the amount becomes refundable again."""
+        refund = self.refund(id)
+        if refund["status"] != "requires_action":
+            raise StripeError(400, "invalid_request_error", f"Refund {id} has a status of {refund['status']}. Only "
+                              "refunds with a status of requires_action can be canceled.")
+        charge = self.charges[refund["charge"]]
+        self._set_refunded(charge, charge["amount_refunded"] - refund["amount"])
+        # Stripe's canceled refund carries failure_reason merchant_request.
+        self._update(refund, status="canceled", failure_reason="merchant_request")
         return refund
 
     def list_refunds(self, *, charge: str | None = None, payment_intent: str | None = None, limit: int = 10,

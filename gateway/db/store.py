@@ -102,15 +102,22 @@ async def move_balance(conn, transaction_id: str, reserved: int, refunded: int) 
 
 # --- refunds ----------------------------------------------------------------------------------
 
-# The refund, its reservation on the transaction and its first event, in one statement.
+# The refund, its amount on the transaction (reserved while it runs, refunded for one recorded as
+# refunded outside the processor) and its first event, in one statement.
 INSERT_REFUND = """
 WITH r AS (
     INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, credit_note_id, amount, currency, reason,
-                         metadata, status, stage, idempotency_key, lease_expires_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13))
+                         metadata, status, stage, idempotency_key, lease_expires_at, origin, external_reference,
+                         previous_refund_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+            CASE WHEN $11 = 'sending' THEN now() + make_interval(secs => $13) END, $16, $17, $18)
     RETURNING *
-), reserve AS (
-    UPDATE transactions SET reserved_amount = reserved_amount + $6, updated_at = now() WHERE id = $2
+), balance AS (
+    UPDATE transactions
+    SET reserved_amount = reserved_amount + CASE WHEN $10 = 'pending' THEN $6 ELSE 0 END,
+        refunded_amount = refunded_amount + CASE WHEN $10 = 'refunded_offline' THEN $6 ELSE 0 END,
+        updated_at = now()
+    WHERE id = $2
 ), event AS (
     INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail, request_id)
     VALUES ($1, 'created', NULL, $10, NULL, $11, $14, $15)
@@ -129,12 +136,24 @@ ORDER BY given.n"""
 
 INSERT_EXTERNAL_REFUND = """
 INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, amount, currency, status, stage,
-                     idempotency_key, psp_refund_id, failure_code, failure_message, origin, processor_snapshot_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'external:' || $3 || ':' || $9, $9, $10, $11, 'external', $12)
+                     idempotency_key, psp_refund_id, failure_code, failure_message, origin, processor_snapshot_at,
+                     next_action)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'external:' || $3 || ':' || $9, $9, $10, $11, 'external', $12, $13)
 RETURNING *"""
-REFUND_BY_CREDIT_NOTE = "SELECT * FROM refunds WHERE transaction_id = $1 AND credit_note_id = $2"
-REFUND_BY_INVOICE_CREDIT_NOTE = """
-SELECT * FROM refunds WHERE invoice_id = $1 AND credit_note_id = $2 ORDER BY id LIMIT 1"""
+# A credit note's refunds, oldest first; the lock serialises the commands for one credit note (its
+# retries, its refunds over several payments), taken before any payment's row lock.
+CREDIT_NOTE_REFUNDS = """
+SELECT * FROM refunds WHERE invoice_id = $1 AND credit_note_id = $2 ORDER BY created_at, id"""
+CREDIT_NOTE_INVOICES = """
+SELECT DISTINCT invoice_id FROM refunds WHERE credit_note_id = $1 ORDER BY invoice_id LIMIT 2"""
+LOCK_CREDIT_NOTE = "SELECT pg_advisory_xact_lock(hashtextextended('credit_note:' || $1 || ':' || $2, 0))"
+# Whether a later refund follows this one (a retry of a failed one).
+REFUND_FOLLOWED = "SELECT EXISTS (SELECT 1 FROM refunds WHERE previous_refund_id = $1)"
+# An invoice's payments, each locked, in one order for everyone.
+LOCK_INVOICE_TRANSACTIONS = "SELECT * FROM transactions WHERE invoice_id = $1 ORDER BY id FOR UPDATE"
+# A sale voided while unsettled (BridgePay allows one void per sale): the void says it was not settled.
+MARK_VOIDED = "UPDATE transactions SET voided_at = now(), settled_at = NULL, updated_at = now() WHERE id = $1"
+MARK_SETTLED = "UPDATE transactions SET settled_at = now(), updated_at = now() WHERE id = $1 RETURNING *"
 
 # Compare-and-set: the update only lands if nobody moved the refund since we read it. The same
 # statement moves the transaction's balance and, when an event name is given, records the event.
@@ -158,6 +177,7 @@ WITH u AS (
                             ELSE greatest(last_sent_at, $21::timestamptz) END,
         verify_at = coalesce($22::timestamptz, verify_at),
         duplicate_psp_refund_ids = coalesce($23::text[], duplicate_psp_refund_ids),
+        next_action = $24, external_reference = coalesce($25, external_reference),
         -- A refund pending at its processor is re-checked less often as it ages (a tenth of its
         -- age, at least $10 seconds, at most an hour): card refunds can stay pending for days.
         -- A refund waiting for a retry is due after its backoff ($12).
@@ -251,10 +271,12 @@ RETURNING r.*"""
 async def insert_refund(conn, *, id: str, transaction_id: str, processor_id: str, invoice_id: str,
                         credit_note_id: str | None, amount: int, currency: str, reason: str | None,
                         metadata: dict[str, str], status: str, stage: str, idempotency_key: str,
-                        lease_seconds: float, request_id: str | None, event_detail: dict[str, Any]) -> Row:
+                        lease_seconds: float, request_id: str | None, event_detail: dict[str, Any],
+                        origin: str = "gateway", external_reference: str | None = None,
+                        previous_refund_id: str | None = None) -> Row:
     return await conn.fetchrow(INSERT_REFUND, id, transaction_id, processor_id, invoice_id, credit_note_id, amount,
                                currency, reason, metadata, status, stage, idempotency_key, lease_seconds,
-                               event_detail, request_id)
+                               event_detail, request_id, origin, external_reference, previous_refund_id)
 
 
 async def get_refund(conn, refund_id: str) -> Row | None:
@@ -300,17 +322,39 @@ async def transactions_by_any_reference(conn, processor_id: str, references: Seq
 async def insert_external_refund(conn, *, id: str, transaction_id: str, processor_id: str, invoice_id: str,
                                  amount: int, currency: str, status: str, stage: str, psp_refund_id: str,
                                  failure_code: str | None, failure_message: str | None,
-                                 snapshot_at: datetime | None = None) -> Row:
+                                 snapshot_at: datetime | None = None, next_action: str | None = None) -> Row:
     return await conn.fetchrow(INSERT_EXTERNAL_REFUND, id, transaction_id, processor_id, invoice_id, amount,
-                               currency, status, stage, psp_refund_id, failure_code, failure_message, snapshot_at)
+                               currency, status, stage, psp_refund_id, failure_code, failure_message, snapshot_at,
+                               next_action)
 
 
-async def refund_by_credit_note(conn, transaction_id: str, credit_note_id: str) -> Row | None:
-    return await conn.fetchrow(REFUND_BY_CREDIT_NOTE, transaction_id, credit_note_id)
+async def credit_note_refunds(conn, invoice_id: str, credit_note_id: str) -> list[Row]:
+    return await conn.fetch(CREDIT_NOTE_REFUNDS, invoice_id, credit_note_id)
 
 
-async def refund_by_invoice_credit_note(conn, invoice_id: str, credit_note_id: str) -> Row | None:
-    return await conn.fetchrow(REFUND_BY_INVOICE_CREDIT_NOTE, invoice_id, credit_note_id)
+async def credit_note_invoices(conn, credit_note_id: str) -> list[str]:
+    """The invoices that have refunds for this credit note id (at most two: one, or too many)."""
+    return [r["invoice_id"] for r in await conn.fetch(CREDIT_NOTE_INVOICES, credit_note_id)]
+
+
+async def lock_credit_note(conn, invoice_id: str, credit_note_id: str) -> None:
+    await conn.execute(LOCK_CREDIT_NOTE, invoice_id, credit_note_id)
+
+
+async def refund_followed(conn, refund_id: str) -> bool:
+    return await conn.fetchval(REFUND_FOLLOWED, refund_id)
+
+
+async def lock_invoice_transactions(conn, invoice_id: str) -> list[Row]:
+    return await conn.fetch(LOCK_INVOICE_TRANSACTIONS, invoice_id)
+
+
+async def mark_voided(conn, transaction_id: str) -> None:
+    await conn.execute(MARK_VOIDED, transaction_id)
+
+
+async def mark_settled(conn, transaction_id: str) -> Row:
+    return await conn.fetchrow(MARK_SETTLED, transaction_id)
 
 
 async def update_refund_state(conn, refund_id: str, *, from_status: str, from_stage: str, status: str, stage: str,
@@ -321,12 +365,14 @@ async def update_refund_state(conn, refund_id: str, *, from_status: str, from_st
                               event_detail: dict[str, Any] | None = None, snapshot_at: datetime | None = None,
                               reversed: bool = False, sent_at: datetime | None = None,
                               verify_at: datetime | None = None,
-                              duplicate_ids: Sequence[str] | None = None) -> Row | None:
+                              duplicate_ids: Sequence[str] | None = None, next_action: str | None = None,
+                              external_reference: str | None = None) -> Row | None:
     return await conn.fetchrow(UPDATE_REFUND_STATE, refund_id, from_status, from_stage, status, stage, psp_refund_id,
                                failure_code, failure_message, attempts, recheck_seconds, version_step, retry_in,
                                lease_seconds, reserved_delta, refunded_delta, event, event_detail or {}, request_id,
                                snapshot_at, reversed, sent_at, verify_at,
-                               list(duplicate_ids) if duplicate_ids is not None else None)
+                               list(duplicate_ids) if duplicate_ids is not None else None, next_action,
+                               external_reference)
 
 
 async def claim_recovery(conn, limit: int, lease_seconds: float) -> list[Row]:
@@ -676,7 +722,7 @@ UPDATE webhook_events SET status = 'received', next_attempt_at = now()
 WHERE status = $1 AND ($2::text IS NULL OR processor_id = $2)"""
 
 
-_FILTERABLE = frozenset({"invoice_id", "status", "processor_id", "failure_code"})
+_FILTERABLE = frozenset({"invoice_id", "status", "processor_id", "failure_code", "credit_note_id"})
 
 
 class _Filters:

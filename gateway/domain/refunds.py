@@ -12,7 +12,7 @@ class Status(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # the processor declined (or a succeeded refund was reversed)
     REQUIRES_ATTENTION = "requires_attention"  # retries spent or outcome unknown
-    REFUNDED_OFFLINE = "refunded_offline"  # an operator settled it outside the processor
+    REFUNDED_OFFLINE = "refunded_offline"  # paid back outside the processor (the billing core or an operator)
     CANCELED = "canceled"
 
 
@@ -34,6 +34,15 @@ class Outcome(StrEnum):
     DECLINED = "declined"
     CANCELED = "canceled"
     NEEDS_ATTENTION = "needs_attention"  # an answer we cannot map: never treated as success
+
+
+class NextAction(StrEnum):
+    """What the billing core can do about a failed or stuck refund (each processor maps its codes)."""
+
+    RETRY = "retry"  # a new attempt may succeed: processor down, merchant balance short, rate limited
+    REFUND_OFFLINE = "refund_offline"  # the card cannot take it: closed or expired card, payment too old, voided
+    CONTACT_SUPPORT = "contact_support"  # the processor disagrees, a duplicate, an answer nobody can read
+    NONE = "none"  # nothing to do: the refund is on its way or done
 
 
 class Bucket(StrEnum):
@@ -66,8 +75,9 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     # A processor can fail a refund after reporting success (a reversal); a look-up can find it
     # carried out twice (reopened for attention, DUPLICATE).
     Status.SUCCEEDED: frozenset({Status.FAILED, Status.REQUIRES_ATTENTION}),
-    # Final, but an operator's settlement reopens when the processor contradicts it (CONTRADICTED_BY).
-    Status.FAILED: frozenset({Status.REQUIRES_ATTENTION}),
+    # Final, but an operator's settlement reopens when the processor contradicts it (CONTRADICTED_BY);
+    # a declined refund paid back outside the processor is recorded so (only a person says that).
+    Status.FAILED: frozenset({Status.REQUIRES_ATTENTION, Status.REFUNDED_OFFLINE}),
     Status.CANCELED: frozenset({Status.REQUIRES_ATTENTION}),
     Status.REFUNDED_OFFLINE: frozenset({Status.REQUIRES_ATTENTION}),
 }

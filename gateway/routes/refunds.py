@@ -6,11 +6,21 @@ import asyncio
 
 from aiohttp import web
 
-from gateway import errors, keys, services
+from gateway import errors, keys, operations, services
 from gateway.auth import require
 from gateway.db import store
+from gateway.domain.refunds import Stage
 from gateway.http import model_response, parse_body, parse_query
-from gateway.models import RefundCreate, RefundList, RefundOut, RefundQuery, RefundTarget
+from gateway.models import (
+    CancelRequest,
+    CreditNoteOut,
+    CreditNoteQuery,
+    RefundCreate,
+    RefundList,
+    RefundOut,
+    RefundQuery,
+    RefundTarget,
+)
 
 routes = web.RouteTableDef()
 
@@ -20,24 +30,37 @@ async def _refund(request: web.Request, cmd: RefundCreate) -> web.Response:
     settings = app[keys.SETTINGS]
     pool = app[keys.POOL]
     recovered = request.get(keys.RECOVERED_RESOURCE)
-    if recovered:  # the first request with this key created the refund and then died
-        async with pool.acquire() as conn:
-            row = await store.get_refund(conn, recovered)
-        if row is not None:
-            return model_response(RefundOut.from_row(row), 201)
     claim = request.get(keys.IDEMPOTENCY)
     async with pool.acquire() as conn:
-        refund, transaction, created = await services.create_refund(
-            conn, cmd, lease_seconds=settings.lease_seconds, request_id=request[keys.REQUEST_ID],
-            claim=services.IdempotencyClaim(*claim) if claim else None)
-    if not created:
-        return model_response(RefundOut.from_row(refund), 200)
-    # The connection is back in the pool: the processor call runs without one.
-    task = app[keys.EXECUTOR].start(refund, transaction, request[keys.REQUEST_ID])
-    done, _ = await asyncio.wait({task}, timeout=settings.refund_response_budget_seconds)
-    if task in done and task.exception() is None:
-        refund = task.result()
-    return model_response(RefundOut.from_row(refund), 201)
+        # The first request with this key created the refund and then died: answer with it.
+        result = await services.recovered(conn, recovered) if recovered else None
+        if result is None:
+            recovered = None
+            result = await services.create_refund(
+                conn, cmd, lease_seconds=settings.lease_seconds, request_id=request[keys.REQUEST_ID],
+                claim=services.IdempotencyClaim(*claim) if claim else None)
+    refunds = result.refunds
+    if result.created and not recovered:
+        # The connection is back in the pool: the processor calls run without one.
+        tasks = [app[keys.EXECUTOR].start(r, result.transactions[r["transaction_id"]], request[keys.REQUEST_ID])
+                 for r in refunds if r["stage"] == Stage.SENDING]
+        if tasks:
+            await asyncio.wait(tasks, timeout=settings.refund_response_budget_seconds)
+            answered = {t.result()["id"]: t.result() for t in tasks if t.done() and t.exception() is None}
+            refunds = [answered.get(r["id"], r) for r in refunds]
+    status = 201 if result.created or recovered else 200
+    if cmd.allocation is not None:
+        async with pool.acquire() as conn:
+            return model_response(await _credit_note(conn, cmd.invoice_id, cmd.credit_note_id), status)
+    return model_response(RefundOut.from_row(refunds[0]), status)
+
+
+async def _credit_note(conn, invoice_id: str, credit_note_id: str) -> CreditNoteOut:
+    rows = await store.credit_note_refunds(conn, invoice_id, credit_note_id)
+    if not rows:
+        raise errors.NotFound(f"no refund for credit note {credit_note_id!r} on invoice {invoice_id!r}",
+                              code="credit_note_not_found")
+    return CreditNoteOut.from_rows(invoice_id, credit_note_id, rows)
 
 
 @routes.post("/v1/refunds")
@@ -94,6 +117,37 @@ async def list_refunds(request: web.Request) -> web.Response:
     query = parse_query(request, RefundQuery)
     async with request.app[keys.POOL].acquire() as conn:
         rows = await store.list_refunds(conn, invoice_id=query.invoice_id, status=query.status,
-                                        starting_after=query.starting_after, limit=query.limit)
+                                        credit_note_id=query.credit_note_id, starting_after=query.starting_after,
+                                        limit=query.limit)
     return model_response(RefundList(data=[RefundOut.from_row(r) for r in rows[:query.limit]],
                                      has_more=len(rows) > query.limit))
+
+
+@routes.post("/v1/refunds/{id}/cancel")
+async def cancel_refund(request: web.Request) -> web.Response:
+    """Cancel a refund that has not reached the processor (or that the processor holds for an
+    action nobody will take); its amount is released."""
+    client = require(request, "refunds:write")
+    body = await parse_body(request, CancelRequest, optional=True)
+    app = request.app
+    row = await operations.cancel(app[keys.POOL], app[keys.EXECUTOR], request.match_info["id"], actor=client.id,
+                                  reason=body.reason if body else None, request_id=request[keys.REQUEST_ID])
+    return model_response(RefundOut.from_row(row))
+
+
+@routes.get("/v1/credit-notes/{credit_note_id}")
+async def get_credit_note(request: web.Request) -> web.Response:
+    require(request, "refunds:read")
+    credit_note_id = request.match_info["credit_note_id"]
+    query = parse_query(request, CreditNoteQuery)
+    async with request.app[keys.POOL].acquire() as conn:
+        invoice_id = query.invoice_id
+        if invoice_id is None:
+            invoices = await store.credit_note_invoices(conn, credit_note_id)
+            if len(invoices) > 1:
+                raise errors.Conflict(f"credit note {credit_note_id!r} is used on several invoices: give invoice_id",
+                                      code="ambiguous_credit_note")
+            if not invoices:
+                raise errors.NotFound(f"no refund for credit note {credit_note_id!r}", code="credit_note_not_found")
+            invoice_id = invoices[0]
+        return model_response(await _credit_note(conn, invoice_id, credit_note_id))

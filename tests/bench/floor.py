@@ -45,7 +45,8 @@ async def run(args: argparse.Namespace) -> dict:
         cmd = RefundCreate(invoice_id=tx["invoice_id"], transaction_id=tx["id"], amount=plan.get("amount", 100),
                            currency="EUR")
         async with pool.acquire() as conn:
-            refund, transaction, _ = await services.create_refund(conn, cmd, lease_seconds=settings.lease_seconds)
+            made = await services.create_refund(conn, cmd, lease_seconds=settings.lease_seconds)
+        refund, transaction = made.refund, made.transactions[made.refund["transaction_id"]]
         attempt = Attempt("refund", datetime.now(timezone.utc), 0, "succeeded", None, "succeeded")
         await executor.record(refund, RefundResult(Outcome.SUCCEEDED, psp_refund_id=f"re_{uuid.uuid4().hex}"),
                               [attempt], event="processor_answer", refund_calls=1)

@@ -44,7 +44,7 @@ from adapters.stripe_sim.testing import running_simulator
 from adapters.stripe_sim.world import RefundBehaviour
 from gateway.settings import BridgePayProcessor, StripeProcessor
 from tests.processes import free_port
-from gateway.domain.refunds import Outcome
+from gateway.domain.refunds import NextAction, Outcome
 
 
 def refund_request(amount: int, **overrides) -> RefundRequest:
@@ -65,6 +65,7 @@ class AdapterCase:
     succeeding: Callable[[], RefundRequest]
     declining: Callable[[], RefundRequest]
     decline_processor_code: str  # the raw code the processor sends with `declining`
+    decline_next_action: NextAction  # what the adapter's table says to do about that code
     outcome_unknown: Callable[[], RefundRequest]
     unknown_was_executed: bool  # whether the processor really carried out `outcome_unknown`
     signed_webhook: Callable[[str, str], tuple[dict[str, str], bytes]]  # (psp_refund_id, refund_id) -> signed
@@ -97,6 +98,7 @@ async def mock_case() -> AsyncIterator[AdapterCase]:
             succeeding=lambda: refund_request(1_050),
             declining=lambda: refund_request(4002),
             decline_processor_code="insufficient_funds",
+            decline_next_action=NextAction.RETRY,
             outcome_unknown=lambda: refund_request(6001),
             unknown_was_executed=True,
             signed_webhook=mock_signed_webhook(),
@@ -145,6 +147,7 @@ async def stripe_case() -> AsyncIterator[AdapterCase]:
                 succeeding=lambda: on_new_charge(1_050),
                 declining=lambda: on_new_charge(1_050, refunds="failed"),
                 decline_processor_code="expired_or_canceled_card",
+                decline_next_action=NextAction.REFUND_OFFLINE,
                 outcome_unknown=losing_the_answer,
                 unknown_was_executed=True,
                 signed_webhook=signed_webhook,
@@ -198,6 +201,7 @@ async def bridgepay_case() -> AsyncIterator[AdapterCase]:
                 succeeding=lambda: on_new_settled_sale(1_050),
                 declining=lambda: on_new_settled_sale(300),
                 decline_processor_code="30032",
+                decline_next_action=NextAction.REFUND_OFFLINE,
                 outcome_unknown=losing_the_answer,
                 unknown_was_executed=True,
                 signed_webhook=unsigned_webhook,
@@ -245,6 +249,7 @@ async def test_declined_refund_is_a_value_with_the_processors_code_kept(adapter_
     assert result.outcome is Outcome.DECLINED
     assert result.processor_code == adapter_case.decline_processor_code
     assert result.decline_code
+    assert result.next_action is adapter_case.decline_next_action
 
 
 async def test_lost_answer_raises_outcome_unknown_not_a_result(adapter_case):
@@ -592,7 +597,7 @@ def test_mock_webhook_signed_with_the_secret_is_parsed(mock):
     [refund] = event.refunds
     assert (event.type, refund.psp_refund_id, refund.refund_id) == ("refund.updated", "mre_00000001", "rf_1")
     assert refund.result() == RefundResult(Outcome.DECLINED, psp_refund_id="mre_00000001",
-                                           processor_code="declined")
+                                           processor_code="declined", next_action=NextAction.REFUND_OFFLINE)
     assert (refund.payment_references, refund.amount, refund.currency) == (["ch_contract"], 1_050, "EUR")
 
 

@@ -119,10 +119,11 @@ async def test_a_refund_made_under_a_key_is_returned_to_the_keys_other_holder(ap
     claim = services.IdempotencyClaim("billing", "two-holders")
     async with api.app[keys.POOL].acquire() as conn:
         await store.claim_key(conn, "billing", "two-holders", "POST", "/v1/refunds", b"h", 35)
-        first, _, created = await services.create_refund(conn, cmd, lease_seconds=30, claim=claim)
-        assert created
-        again, _, created = await services.create_refund(conn, cmd, lease_seconds=30, claim=claim)
-        assert not created and again["id"] == first["id"]
+        made = await services.create_refund(conn, cmd, lease_seconds=30, claim=claim)
+        assert made.created
+        first = made.refund
+        again = await services.create_refund(conn, cmd, lease_seconds=30, claim=claim)
+        assert not again.created and again.refund["id"] == first["id"]
         assert (await store.get_key(conn, "billing", "two-holders"))["resource_id"] == first["id"]
         # A key given up by its other holder meanwhile is no claim at all: retry, never refund unguarded.
         with pytest.raises(errors.ServiceUnavailable) as lost:

@@ -57,10 +57,10 @@ async def new_refund(pool, amount: int, *, processor: str = "mock", total: int =
     async with pool.acquire() as conn:
         tx, _ = await services.register_transaction(conn, TransactionCreate(
             processor=processor, psp_reference=f"ch_{n}", invoice_id=f"inv_{n}", amount=total, currency="EUR"))
-        refund, tx, created = await services.create_refund(
+        made = await services.create_refund(
             conn, RefundCreate(invoice_id=f"inv_{n}", amount=amount, currency="EUR"), lease_seconds=LEASE)
-    assert created
-    return refund, tx
+    assert made.created
+    return made.refund, made.transactions[made.refund["transaction_id"]]
 
 
 async def sent(pool, executor: RefundExecutor, amount: int, **kwargs):
@@ -299,8 +299,8 @@ async def test_a_success_that_no_longer_fits_the_payment_needs_attention_and_is_
     await operations.resolve(pool, first["id"], "failed", actor="ops", reason="no answer for days",
                              external_reference=None, request_id=None)
     async with pool.acquire() as conn:  # its amount, released, goes to another refund
-        second, tx, _ = await services.create_refund(conn, RefundCreate(
-            invoice_id=tx["invoice_id"], amount=9_000, currency="EUR"), lease_seconds=LEASE)
+        second = (await services.create_refund(conn, RefundCreate(
+            invoice_id=tx["invoice_id"], amount=9_000, currency="EUR"), lease_seconds=LEASE)).refund
     assert (await executor.send(second, tx))["status"] == "succeeded"
 
     # The processor carried the first one out after all (a webhook says so): it needs attention.

@@ -17,10 +17,10 @@ async def _refund(pool, amount=1_000):
     async with pool.acquire() as conn:
         tx, _ = await services.register_transaction(conn, TransactionCreate(
             processor="mock", psp_reference="ch_1", invoice_id="inv_1", amount=10_000, currency="EUR"))
-        refund, tx, created = await services.create_refund(
+        made = await services.create_refund(
             conn, RefundCreate(invoice_id="inv_1", amount=amount, currency="EUR"), lease_seconds=60)
-    assert created
-    return refund, tx
+    assert made.created
+    return made.refund, made.transactions[made.refund["transaction_id"]]
 
 
 async def _balance(pool, tx_id):

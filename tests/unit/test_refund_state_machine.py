@@ -42,6 +42,7 @@ ALLOWED = {
     (P, P), (P, S), (P, F), (P, RA), (P, C), (P, RO),  # an operator may settle a stuck pending refund offline
     (RA, P), (RA, S), (RA, F), (RA, C), (RA, RO), (RA, RA),
     (S, F),  # a reversal reported after success
+    (F, RO),  # a declined refund paid back outside the processor (an operator's resolution)
 }
 ALL_PAIRS = list(itertools.product(Status, Status))
 # An operator's settlement the processor contradicts (it carried the refund out after all) reopens it.
@@ -88,11 +89,18 @@ def test_final_statuses_are_succeeded_failed_canceled_and_refunded_offline():
     assert FINAL == {S, F, C, RO}
 
 
-@pytest.mark.parametrize("status", [F, C, RO])
+@pytest.mark.parametrize("status", [C, RO])
 def test_final_status_other_than_succeeded_has_no_exit(status):
     for target in Status:
         with pytest.raises(InvalidTransition):
             check_transition(status, target)
+
+
+def test_a_failed_refund_can_only_be_recorded_as_refunded_offline():
+    check_transition(F, RO)
+    for target in set(Status) - {RO}:
+        with pytest.raises(InvalidTransition):
+            check_transition(F, target)
 
 
 def test_succeeded_refund_can_only_become_failed():
@@ -278,6 +286,11 @@ class RefundLifecycle(RuleBasedStateMachine):
             return
         assert (current, target_status) in ALLOWED, f"{current}->{target_status} should be refused"
         delta = balance_delta(current, target_status, self.refund_amount[rid])
+        if self.reserved + self.refunded + delta.reserved + delta.refunded > self.amount:
+            # Released money counted again (a failed refund recorded as refunded offline after its
+            # amount went to another refund): the ledger refuses it (would_over_refund).
+            assert current in (F, C) and delta.refunded > 0
+            return
         self.reserved += delta.reserved
         self.refunded += delta.refunded
         self.status[rid] = target_status

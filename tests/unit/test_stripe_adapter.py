@@ -529,7 +529,7 @@ LEDGER_CASES = {
                Status.FAILED, Stage.DONE, "insufficient_funds"),
     "canceled": (answer(200, refund_object("canceled")), Status.CANCELED, Stage.DONE, "canceled"),
     "requires_action": (answer(200, refund_object("requires_action")), Status.REQUIRES_ATTENTION,
-                        Stage.OUTCOME_UNKNOWN, "unrecognised_processor_status"),
+                        Stage.OUTCOME_UNKNOWN, "requires_action"),  # cancelable: POST /v1/refunds/{id}/cancel
     "unknown_status": (answer(200, refund_object("processing")), Status.REQUIRES_ATTENTION, Stage.OUTCOME_UNKNOWN,
                        "unrecognised_processor_status"),
     "garbage_200": (answer(200, b"<html>"), Status.REQUIRES_ATTENTION, Stage.OUTCOME_UNKNOWN,
