@@ -261,8 +261,7 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
     for refund in refunds:
         log.info("refund_created", refund_id=refund["id"], transaction_id=refund["transaction_id"],
                  processor=refund["processor_id"], amount=refund["amount"], currency=refund["currency"],
-                 status=refund["status"], stage=refund["stage"], credit_note_id=cmd.credit_note_id,
-                 previous_refund_id=refund["previous_refund_id"])
+                 status=refund["status"], stage=refund["stage"], previous_refund_id=refund["previous_refund_id"])
     return CommandResult(refunds, transactions, True)
 
 

@@ -209,7 +209,9 @@ def refund_answer(response: Element) -> RefundResult:
         details = {"bridgepay_type": _text(message_el, "ResponseType") or "",
                    "remaining_amount": _text(message_el, "RemainingAmount") or "", "gateway_message": message or ""}
         if prefix in SUCCEEDED_MESSAGES and trans_id:
-            return RefundResult(Outcome.SUCCEEDED, psp_refund_id=trans_id, processor_code=prefix, details=details)
+            # A void (of an unsettled sale) is the one BridgePay allows it until the sale settles.
+            return RefundResult(Outcome.SUCCEEDED, psp_refund_id=trans_id, processor_code=prefix, details=details,
+                                voided_payment=details["bridgepay_type"] == "void")
         if prefix in PENDING_MESSAGES and trans_id:
             return RefundResult(Outcome.PENDING, psp_refund_id=trans_id, processor_code=prefix, details=details)
         return RefundResult(Outcome.NEEDS_ATTENTION, psp_refund_id=trans_id, processor_code=prefix or code,
@@ -247,7 +249,7 @@ def lookup_answer(envelope: bytes, refund_id: str) -> RefundResult | None:
                                       next_action=NextAction.CONTACT_SUPPORT))
         else:
             found.append(RefundResult(Outcome.SUCCEEDED, psp_refund_id=field("TransactionId"),
-                                      processor_code="reporting", details=details))
+                                      processor_code="reporting", details=details, voided_payment=kind == "void"))
     if len(found) > 1:
         # Our refund id went out twice and both were carried out: a person must sort out the money.
         return replace(found[0], duplicate_psp_refund_ids=tuple(r.psp_refund_id or "?" for r in found[1:]),

@@ -82,10 +82,26 @@ async def test_refund_of_an_unsettled_sale_is_a_void_and_only_one_is_allowed(bri
     [created, answered] = await bridgepay.events(void["id"])
     assert answered["detail"]["bridgepay_type"] == "void"
     assert answered["detail"]["gateway_message"].startswith("A07")
-    second = await bridgepay.refund(tx, 1_000)
-    assert (second["status"], second["failure_code"]) == ("failed", "already_voided")
+    # The payment shows what BridgePay holds: nothing refundable while the sale is unsettled.
+    payment = await (await bridgepay.api.get(f"/v1/transactions/{tx['id']}")).json()
+    assert (payment["refunded_amount"], payment["refundable_amount"]) == (2_000, 0)
+    assert payment["voided_at"] is not None and payment["settled_at"] is None
+    # A second refund is refused before BridgePay (which would answer 10042, already voided).
+    resp = await bridgepay.api.post("/v1/refunds", {"invoice_id": tx["invoice_id"], "transaction_id": tx["id"],
+                                                    "amount": 1_000, "currency": "USD"})
+    assert resp.status == 422 and (await resp.json())["code"] == "payment_voided"
     sale = await bridgepay.sim_sale(tx["psp_reference"])
-    assert sale["refund_executions"] == 1 and sale["voided"] == 2_000
+    assert sale["refund_executions"] == 1 and sale["voided"] == 2_000 and sale["remaining"] == 0
+    # Once the batch settles (BridgePay's books) and the billing core says so, the rest is refundable.
+    assert (await bridgepay.control.post("/_sim/settle", json={})).status_code == 200
+    settled = await bridgepay.api.post("/v1/transactions", {
+        "processor": "bridgepay", "psp_reference": tx["psp_reference"], "invoice_id": tx["invoice_id"],
+        "amount": 5_000, "currency": "USD", "settled": True})
+    assert settled.status == 200 and (await settled.json())["refundable_amount"] == 3_000
+    rest = await bridgepay.refund(tx)
+    assert (rest["status"], rest["amount"]) == ("succeeded", 3_000)
+    sale = await bridgepay.sim_sale(tx["psp_reference"])
+    assert (sale["voided"], sale["refunded"], sale["remaining"]) == (2_000, 3_000, 0)
 
 
 async def test_settled_sale_is_refunded_in_parts_down_to_nothing(bridgepay):
