@@ -52,6 +52,8 @@ ERROR_CODES: dict[str, Code] = {
     "transaction_not_found": Code(404, "No registered payment matches (the transaction id, the psp_reference, or "
                                        "any on the invoice).", "invoice 'INV-2024-0042' has no registered payment"),
     "refund_not_found": Code(404, "No refund with this id.", "no refund 'rf_01hz3v7c9p1r3t5v7x9z1b3d5f'"),
+    "credit_note_not_found": Code(404, "No refund was ever made for this credit note (on this invoice).",
+                                  "no refund for credit note 'CN-2024-0007'"),
     "webhook_event_not_found": Code(404, "No stored webhook event with this id that can be reprocessed now.",
                                     "no webhook event '42' that can be reprocessed now"),
     "method_not_allowed": Code(405, "The path does not take this method.", "Method Not Allowed"),
@@ -66,6 +68,19 @@ ERROR_CODES: dict[str, Code] = {
     "ambiguous_transaction": Code(409, "Several of the invoice's payments could take the refund: name one with "
                                        "transaction_id.", "several transactions match: name one with transaction_id",
                                   {"candidates": _CANDIDATES}),
+    "credit_note_conflict": Code(409, "The credit note already has a live or refunded refund, and the command asks "
+                                      "for another amount or method: read the credit note; retry only after a "
+                                      "decline or a cancel.",
+                                 "credit note 'CN-2024-0007': the credit note already has rf_01hz3v7c9p1r3t5v7x9z1b3d5f "
+                                 "(succeeded, 1500): it cannot also be refunded 2000",
+                                 {"refund_id": "rf_01hz3v7c9p1r3t5v7x9z1b3d5f", "refund_amount": 1500,
+                                  "refunds": [{"id": "rf_01hz3v7c9p1r3t5v7x9z1b3d5f", "status": "succeeded",
+                                               "amount": 1500}]}),
+    "ambiguous_credit_note": Code(409, "The credit note id is used on several invoices: give invoice_id.",
+                                  "credit note 'CN-7' is used on several invoices: give invoice_id"),
+    "refund_superseded": Code(409, "A later refund of the same credit note retried this one: act on that one.",
+                              "refund rf_01hz3v7c9p1r3t5v7x9z1b3d5f was retried by a later refund of its credit note",
+                              {"status_now": "failed"}),
     "refund_final": Code(409, "The refund is final: nothing to replay or resolve.",
                          "a succeeded refund cannot be replayed", {"status_now": "succeeded"}),
     "refund_in_flight": Code(409, "A processor call for this refund is in flight: retry after Retry-After.",
@@ -96,6 +111,13 @@ ERROR_CODES: dict[str, Code] = {
                                    {"errors": [{"field": "currency", "message": "not supported by this processor"}]}),
     "amount_exceeds_refundable": Code(422, "More than is left to refund; `refundable_amount` says what is.",
                                       "amount 3000 exceeds the refundable 2700", {"refundable_amount": 2700}),
+    "payment_voided": Code(422, "The processor voided this unsettled payment once (BridgePay allows one void per "
+                                "sale): nothing more is refundable through it until it is registered again as "
+                                "settled; refund the rest with method offline.",
+                           "the processor voided transaction tx_01hz3v6r1k8m2q4w6y8a0c2e4g while it was unsettled",
+                           {"refundable_amount": 0, "transaction_id": "tx_01hz3v6r1k8m2q4w6y8a0c2e4g"}),
+    "processor_unavailable": Code(503, "The processor did not answer a cancel: retry after Retry-After.",
+                                  "the processor did not answer the cancel: Stripe 503; retry"),
     "currency_mismatch": Code(422, "The refund's currency is not the payment's.",
                               "the transaction is in EUR, the refund in USD", {"transaction_currency": "EUR"}),
     "invoice_mismatch": Code(422, "The named payment belongs to another invoice.",
@@ -123,7 +145,8 @@ _KEYED = ("unauthorized", "forbidden", "rate_limited")  # auth middleware: every
 _IDEMPOTENT = ("invalid_idempotency_key", "idempotency_key_reused", "idempotency_key_in_use")  # keyed POSTs
 _PARSED_BODY = ("malformed_request", "payload_too_large", "unsupported_media_type", "validation_error")
 _REFUND_CODES = ("invalid_amount", "invalid_currency", "transaction_not_found", "ambiguous_transaction",
-                 "amount_exceeds_refundable", "currency_mismatch", "invoice_mismatch", "idempotency_key_lost")
+                 "amount_exceeds_refundable", "currency_mismatch", "invoice_mismatch", "idempotency_key_lost",
+                 "credit_note_conflict", "payment_voided")
 _ADMIN_REFUND_CODES = ("refund_not_found", "refund_final", "refund_in_flight")
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "string"}}}
 _RESPONSE_HEADERS = {401: {"WWW-Authenticate": {"schema": {"type": "string"}}}, 409: _RETRY_AFTER,
@@ -169,6 +192,11 @@ class Operation:
         return list(dict.fromkeys(found + list(self.codes)))
 
 
+_REFUND_ANSWERS = {201: (models.RefundOut, models.CreditNoteOut), 200: (models.RefundOut, models.CreditNoteOut)}
+_REFUND_NOTES = {201: "Created: its status so far (pending if the processor has not answered in time). With "
+                      "allocation auto, the credit note with its refunds.",
+                 200: "Asked before the same way: the credit note's refund (or, with allocation auto, the credit "
+                      "note)."}
 _ADMIN_LIST = ("Only refunds not final are replayed; each is audited, and a refusal (final, in flight) is a "
                "result, not an error.")
 
@@ -183,13 +211,17 @@ OPERATIONS = [
     Operation("get", "/v1/transactions/{id}", "One payment, with refunded, reserved and refundable amounts",
               "transactions:read", answers={200: models.TransactionOut}, codes=("transaction_not_found",)),
     Operation("post", "/v1/refunds", "Refund (part of) an invoice's payment", "refunds:write", models.RefundCreate,
-              {201: models.RefundOut, 200: models.RefundOut}, _REFUND_CODES,
-              notes={201: "Created: its status so far (pending if the processor has not answered in time).",
-                     200: "The refund this credit note made before."}),
+              _REFUND_ANSWERS, _REFUND_CODES, notes=_REFUND_NOTES),
     Operation("post", "/v1/invoices/{invoice_id}/refund", "Refund an invoice (the billing core's shape)",
-              "refunds:write", models.RefundTarget, {201: models.RefundOut, 200: models.RefundOut}, _REFUND_CODES,
-              notes={201: "Created: its status so far (pending if the processor has not answered in time).",
-                     200: "The refund this credit note made before."}),
+              "refunds:write", models.RefundTarget, _REFUND_ANSWERS, _REFUND_CODES, notes=_REFUND_NOTES),
+    Operation("post", "/v1/refunds/{id}/cancel", "Cancel a refund that has not reached the processor",
+              "refunds:write", models.CancelRequest, {200: models.RefundOut},
+              ("refund_not_found", "refund_final", "refund_in_flight", "unknown_processor", "processor_unavailable"),
+              notes={200: "Canceled: its amount is released. A Stripe refund in requires_action is canceled at "
+                          "Stripe first."}),
+    Operation("get", "/v1/credit-notes/{credit_note_id}", "A credit note: where it stands and every attempt",
+              "refunds:read", answers={200: models.CreditNoteOut}, query=models.CreditNoteQuery,
+              codes=("credit_note_not_found", "ambiguous_credit_note")),
     Operation("get", "/v1/refunds", "Refunds, newest first", "refunds:read", answers={200: models.RefundList},
               query=models.RefundQuery),
     Operation("get", "/v1/refunds/{id}", "One refund", "refunds:read", answers={200: models.RefundOut},
@@ -210,7 +242,10 @@ OPERATIONS = [
               models.BulkReplayRequest, {200: (models.BulkReplayPreview, models.BulkReplayResult)},
               notes={200: _ADMIN_LIST}),
     Operation("post", "/admin/refunds/{id}/resolve", "Resolve a refund outside the processor", "admin",
-              models.ResolveRequest, {200: models.RefundOut}, (*_ADMIN_REFUND_CODES, "would_over_refund")),
+              models.ResolveRequest, {200: models.RefundOut},
+              (*_ADMIN_REFUND_CODES, "would_over_refund", "refund_superseded"),
+              notes={200: "Settled. A failed refund may be resolved refunded_offline (paid back outside the "
+                          "processor) unless the billing core retried it."}),
     Operation("get", "/admin/webhook-events", "Stored webhook events (unmatched, failed, ...)", "admin",
               answers={200: models.WebhookEventList}, query=models.WebhookEventQuery),
     Operation("post", "/admin/webhook-events/{id}/reprocess", "Apply one stored event again", "admin",

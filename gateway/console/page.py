@@ -68,8 +68,10 @@ def _refund(refund: Row, events: Sequence[Row], attempts: Sequence[Row], history
     facts = [("Processor", _text(refund["processor_id"])), ("Amount", _amount(refund["amount"], refund["currency"])),
              ("Invoice", _text(refund["invoice_id"])), ("Credit note", _text(refund["credit_note_id"])),
              ("Payment", _text(refund["transaction_id"])), ("Processor's refund id", _text(refund["psp_refund_id"])),
+             ("Origin", _text(refund["origin"])), ("External reference", _text(refund["external_reference"])),
+             ("Retries refund", _text(refund["previous_refund_id"])),
              ("Failure", _text(refund["failure_code"])), ("Message", _text(refund["failure_message"])),
-             ("Processor calls", _text(refund["attempts"])), ("Created", _when(refund["created_at"])),
+             ("Next action", _text(refund["next_action"])), ("Processor calls", _text(refund["attempts"])), ("Created", _when(refund["created_at"])),
              ("Last change", _when(refund["updated_at"]))]
     facts_html = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in facts if value)
     event_rows = [(_when(e["created_at"]), _text(e["event"]),

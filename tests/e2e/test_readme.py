@@ -47,7 +47,7 @@ def test_readme_walkthrough_answers_what_it_says(gateways, database_url, tmp_pat
     for part in run.stdout.split("@@step ")[1:]:
         number, *lines = part.strip().splitlines()
         steps[int(number)] = [json.loads(line) for line in lines if line.strip()]
-    assert sorted(steps) == [1, 2, 3, 4, 5], run.stdout
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6, 7], run.stdout
 
     [payment] = steps[1]
     assert payment["amount"] == 10_000 and payment["invoice_id"] == "INV-1001", payment
@@ -60,7 +60,15 @@ def test_readme_walkthrough_answers_what_it_says(gateways, database_url, tmp_pat
     said = re.search(r'"failure_code": "([a-z_]+)"', prose)
     assert said, "the prose no longer names step 4's failure code"
     assert declined["status"] == "failed" and declined["failure_code"] == said.group(1), declined
-    [refused] = steps[5]
+    assert f'"next_action": "{declined["next_action"]}"' in prose
+    note, retried = steps[5]
+    assert f'"status": "{note["status"]}"' in prose and note["status"] == "pending_refund", note
+    assert retried["previous_refund_id"] == declined["id"] and retried["status"] == "failed", retried
+    offline, settled = steps[6]
+    assert (offline["status"], offline["external_reference"]) == ("refunded_offline", "SEPA-1001-2"), offline
+    assert settled["status"] == "refunded_offline" and [r["id"] for r in settled["refunds"]] == [
+        declined["id"], retried["id"], offline["id"]], settled
+    [refused] = steps[7]
     assert refused["status"] == 422 and refused["code"] == "amount_exceeds_refundable", refused
     assert f'"code": "{refused["code"]}"' in prose and "HTTP 422" in prose
-    assert refused["refundable_amount"] == 10_000 - 2_500
+    assert refused["refundable_amount"] == 10_000 - 2_500 - 4_001

@@ -451,3 +451,29 @@ async def test_under_faults_every_refund_ends_once_at_stripe_and_the_totals_agre
     assert stored == len(state["events"])  # every event once, however often it was delivered
     assert {"500", "rate_limit", "no_answer"} <= {r["processor_code"] for r in faulted}  # the faults did happen
     assert sum(1 for d in state["webhook_deliveries"] if d.get("duplicate")) > 0
+
+
+async def test_a_refund_stripe_holds_for_the_customer_is_canceled_at_stripe_and_released(stripe):
+    charge = await stripe.charge(2_000)
+    tx = await stripe.api.transaction(amount=2_000, psp_reference=charge["id"], processor="stripe",
+                                      invoice_id=f"INV-{uuid.uuid4().hex[:8]}")
+    await stripe.faults({"refund_requires_action": {"probability": 1.0, "count": 1}})
+    held = await _refund(stripe, tx, 700, credit_note_id="CN-RA")
+    assert (held["status"], held["failure_code"], held["next_action"]) == ("requires_attention", "requires_action",
+                                                                            "refund_offline")
+    resp = await stripe.api.post(f"/v1/refunds/{held['id']}/cancel", {"reason": "customer never answered"})
+    assert resp.status == 200, await resp.text()
+    canceled = await resp.json()
+    assert (canceled["status"], canceled["stage"]) == ("canceled", "done")
+    # Stripe's books: the refund is canceled there and no longer counts on the charge.
+    [at_stripe] = [c for c in (await stripe.state())["charges"] if c["id"] == charge["id"]]
+    assert at_stripe["amount_refunded"] == 0
+    assert [r["status"] for r in at_stripe["refunds"]["data"]] == ["canceled"]
+    await stripe.settled()  # its webhooks change nothing more
+    payment = await (await stripe.api.get(f"/v1/transactions/{tx['id']}")).json()
+    assert (payment["reserved_amount"], payment["refunded_amount"]) == (0, 0)
+    assert (await stripe.refund_state(held["id"]))["status"] == "canceled"
+    # A refund Stripe has carried out cannot be: Stripe refuses, the gateway says so.
+    done = await _refund(stripe, tx, 300)
+    resp = await stripe.api.post(f"/v1/refunds/{done['id']}/cancel")
+    assert resp.status == 409 and (await resp.json())["code"] == "refund_final"
