@@ -244,7 +244,7 @@ class Chaos:
             "transactions": await conn.fetch("SELECT id, processor_id, psp_reference, amount, refunded_amount, "
                                              "reserved_amount FROM transactions"),
             "refunds": await conn.fetch("SELECT id, transaction_id, amount, status, stage, failure_code, "
-                                        "failure_message, version FROM refunds"),
+                                        "failure_message, version, created_at, previous_refund_id FROM refunds"),
             "webhooks": await conn.fetch("SELECT event_id, status FROM webhook_events WHERE processor_id = 'stripe'"),
             "outbox": await conn.fetch("SELECT refund_id, version, delivered_at FROM outbox_events"),
         }

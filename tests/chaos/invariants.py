@@ -154,8 +154,8 @@ def load_happened(*, commands: Sequence[Command], minimum_commands: int, process
 
 def answers(commands: Iterable[Command], refunds_by_id: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Duplicates got the first command's refund back (same key: the same answer; same credit note:
-    the same refund or a clean conflict), every command got a final answer, and every refund the
-    billing core was given exists."""
+    the same refund, a clean conflict, or a retry of a declined one that names it), every command
+    got a final answer, and every refund the billing core was given exists."""
     violations = []
     by_key: dict[str, list[Command]] = defaultdict(list)
     by_note: dict[tuple[str, str], set[str]] = defaultdict(set)
@@ -173,6 +173,11 @@ def answers(commands: Iterable[Command], refunds_by_id: Mapping[str, Mapping[str
     for key, same in by_key.items():
         if len({(c.status, c.refund_id) for c in same}) > 1:
             violations.append(f"Idempotency-Key {key} answered differently: {[(c.status, c.refund_id) for c in same]}")
-    violations += [f"credit note {note} has {len(ids)} refunds: {sorted(ids)}"
-                   for (_, note), ids in by_note.items() if len(ids) > 1]
+    for (_, note), ids in by_note.items():
+        # A credit note has more than one refund only as retries: each after a failed or canceled one.
+        rows = sorted((refunds_by_id[i] for i in ids if i in refunds_by_id), key=lambda r: r["created_at"])
+        chained = all(later.get("previous_refund_id") == earlier["id"] and earlier["status"] in ("failed", "canceled")
+                      for earlier, later in zip(rows, rows[1:]))
+        if not chained:
+            violations.append(f"credit note {note} has {len(ids)} refunds that are not retries: {sorted(ids)}")
     return violations

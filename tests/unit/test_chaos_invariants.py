@@ -3,7 +3,7 @@ would let a chaos run pass whatever happened)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from tests.chaos import invariants
 from tests.chaos.billing import Command
@@ -95,13 +95,21 @@ def test_duplicates_answered_differently_and_two_refunds_for_one_credit_note_are
     commands = [Command("tx_1", body, "k1", "partial", 201, "re_1"), Command("tx_1", body, "k1", "same_key", 201, "re_2"),
                 Command("tx_1", body, "k2", "same_credit_note", 201, "re_2"),
                 Command("tx_1", {"credit_note_id": "CN-2"}, "k3", "partial", None)]
-    found = invariants.answers(commands, {"re_1": {}, "re_2": {}})
+    rows = {"re_1": {"id": "re_1", "status": "succeeded", "created_at": NOW},
+            "re_2": {"id": "re_2", "status": "pending", "created_at": NOW + timedelta(seconds=1),
+                     "previous_refund_id": None}}
+    found = invariants.answers(commands, rows)
     assert "command k3 (partial) never got a final answer" in found
     assert any(v.startswith("Idempotency-Key k1 answered differently") for v in found)
-    assert "credit note CN-1 has 2 refunds: ['re_1', 're_2']" in found
+    assert "credit note CN-1 has 2 refunds that are not retries: ['re_1', 're_2']" in found
     clean = [Command("tx_1", body, "k1", "partial", 201, "re_1"), Command("tx_1", body, "k1", "same_key", 201, "re_1"),
              Command("tx_1", body, "k2", "same_credit_note", 409, None, "conflict")]
-    assert invariants.answers(clean, {"re_1": {}}) == []
+    assert invariants.answers(clean, rows) == []
+    # A retry of a declined refund, naming it, is the credit note's second refund by design.
+    retried = {"re_1": {**rows["re_1"], "status": "failed"}, "re_2": {**rows["re_2"], "previous_refund_id": "re_1"}}
+    retry = [Command("tx_1", body, "k1", "partial", 201, "re_1"),
+             Command("tx_1", body, "k2", "same_credit_note", 201, "re_2")]
+    assert invariants.answers(retry, retried) == []
 
 
 def _load(**overrides) -> dict:
