@@ -215,8 +215,9 @@ class Chaos:
         await asyncio.gather(*(one(n) for n in range(self.args.payments)))
 
     async def settle(self, timeout: float) -> dict[str, int]:
-        """Waits until nothing is left to do: no refund pending, no webhook waiting, no callback
-        undelivered, no Stripe delivery in flight. Returns what was still left (empty when settled)."""
+        """Waits until nothing is left to do: no refund pending, no look-up for a second execution
+        due, no webhook waiting, no callback undelivered, no Stripe delivery in flight. Returns what
+        was still left (empty when settled)."""
         deadline = time.monotonic() + timeout
         left: dict[str, int] = {}
         while time.monotonic() < deadline:
@@ -225,6 +226,7 @@ class Chaos:
                 try:
                     left = dict(await conn.fetchrow("""
                         SELECT (SELECT count(*) FROM refunds WHERE status = 'pending') AS refunds_pending,
+                               (SELECT count(*) FROM refunds WHERE verify_at IS NOT NULL) AS duplicate_checks_due,
                                (SELECT count(*) FROM webhook_events WHERE status IN ('received', 'failed'))
                                    AS webhooks_waiting,
                                (SELECT count(*) FROM outbox_events WHERE delivered_at IS NULL) AS callbacks_undelivered
