@@ -12,10 +12,11 @@ from aiohttp import web
 
 from adapters.registry import build_adapters, close_adapters
 from gateway import callbacks, keys, metrics, tracing, webhooks
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, SourceLimiter
 from gateway.db.migrate import migrate
 from gateway.db.pool import create_pool
 from gateway.execution import RefundExecutor
+from gateway.logging import register_secrets
 from gateway.middleware import (
     auth_middleware,
     error_middleware,
@@ -107,6 +108,11 @@ async def _flush_spans(app: web.Application) -> None:
     app[keys.TRACING].shutdown()
 
 
+async def _without_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp names itself and Python, with versions, in a Server header: send none."""
+    response.headers.popall("Server", None)
+
+
 def create_app(settings: Settings, *, tracer_provider: "TracerProvider | None" = None) -> web.Application:
     """`tracer_provider`: trace into this OpenTelemetry provider (tests); else tracing follows the settings."""
     traces = (tracing.Tracing(tracer_provider) if tracer_provider is not None
@@ -114,13 +120,18 @@ def create_app(settings: Settings, *, tracer_provider: "TracerProvider | None" =
     middlewares = [request_id_middleware, error_middleware, auth_middleware, url_middleware, idempotency_middleware]
     if traces is not None:  # inside the request id, outside the errors: the span sees the final status
         middlewares.insert(1, traces.middleware)
+    # Whatever a processor or a caller echoes, a configured secret is redacted before it is stored,
+    # logged or sent.
+    register_secrets(settings.secret_values())
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
+    app.on_response_prepare.append(_without_server_header)
     app[keys.SETTINGS] = settings
     app[keys.TRACING] = traces
     app[keys.DATABASE_GAUGES] = metrics.DatabaseGauges()
     if traces is not None:
         app.on_cleanup.append(_flush_spans)
     app[keys.AUTH] = Authenticator(settings.clients)
+    app[keys.SOURCE_LIMITER] = SourceLimiter(settings.failed_sign_ins_per_minute, settings.unauthenticated_per_second)
     app[keys.WEBHOOK_WAKE] = asyncio.Event()
     app.cleanup_ctx.extend([_database, _processors, _background])
     for module in (ops, transactions, refunds, events, webhook_routes, admin, console):

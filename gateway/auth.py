@@ -9,11 +9,12 @@ import hashlib
 import hmac
 import math
 import time
+from collections import OrderedDict
 from typing import Sequence
 
 from aiohttp import web
 
-from gateway import errors, keys
+from gateway import errors, keys, metrics
 from gateway.settings import ClientConfig, Scope
 
 # The operator console is a page for a browser, which cannot add a Bearer header to a navigation:
@@ -88,13 +89,62 @@ class TokenBucket:
 
     def take(self) -> float:
         """Take a token; returns 0, or the seconds until one will be there."""
+        wait = self.wait()
+        if wait == 0:
+            self._tokens -= 1
+        return wait
+
+    def wait(self) -> float:
+        """0 when a token is there, else the seconds until one will be (takes none)."""
         now = self._clock()
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return 0.0
-        return (1 - self._tokens) / self._rate
+        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self._rate
+
+
+class SourceLimiter:
+    """Limits per source address before sign-in, per process: failed sign-ins (so that guessing a
+    key or the console's password costs time) and requests to the routes that take no key. The
+    addresses kept are bounded (the least recently seen are forgotten), so a flood from many
+    addresses cannot grow the process."""
+
+    KEPT = 10_000
+
+    def __init__(self, failures_per_minute: int, unauthenticated_per_second: float, clock=time.monotonic):
+        self._failures = (failures_per_minute / 60, failures_per_minute)
+        self._open = (unauthenticated_per_second, max(1, math.ceil(unauthenticated_per_second * 2)))
+        self._clock = clock
+        self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+
+    def _bucket(self, kind: str, source: str) -> TokenBucket:
+        key = (kind, source)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            rate, burst = self._failures if kind == "failed_sign_in" else self._open
+            bucket = self._buckets[key] = TokenBucket(rate, burst, self._clock)
+            if len(self._buckets) > self.KEPT:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket
+
+    def check_sign_in(self, source: str) -> None:
+        """429 while this address has spent its failed sign-ins."""
+        self._refuse("failed_sign_in", self._bucket("failed_sign_in", source).wait())
+
+    def failed_sign_in(self, source: str) -> None:
+        self._bucket("failed_sign_in", source).take()
+
+    def unauthenticated(self, source: str) -> None:
+        self._refuse("unauthenticated", self._bucket("unauthenticated", source).take())
+
+    @staticmethod
+    def _refuse(limit: str, wait: float) -> None:
+        if wait > 0:
+            metrics.SOURCE_LIMITED.labels(limit).inc()
+            detail = ("too many failed sign-ins from this address" if limit == "failed_sign_in"
+                      else "too many requests from this address")
+            raise errors.TooManyRequests(detail, headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
 
 def require(request: web.Request, scope: Scope) -> ClientConfig:

@@ -21,6 +21,7 @@ import structlog
 from gateway import metrics
 from gateway.db import store
 from gateway.ids import new_id
+from gateway.logging import scrub_text, without_credentials
 
 log = structlog.get_logger(__name__)
 
@@ -61,10 +62,10 @@ async def dispatch_due(pool: asyncpg.Pool, http: httpx.AsyncClient, url: str, se
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
         except httpx.HTTPError as e:
-            error = f"{type(e).__name__}: {e}"[:300]
+            error = scrub_text(f"{type(e).__name__}: {e}")[:300]
         latency_ms = int((time.perf_counter() - started) * 1000)
         async with pool.acquire() as conn, conn.transaction():
-            await store.insert_delivery(conn, row["id"], url, status, error, latency_ms)
+            await store.insert_delivery(conn, row["id"], without_credentials(url), status, error, latency_ms)
             if error is None:
                 await store.mark_delivered(conn, row["id"])
             else:

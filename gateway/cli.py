@@ -25,7 +25,7 @@ from gateway.commands import refunds as refund_commands
 from gateway.commands import webhooks as webhook_commands
 from gateway.db.migrate import migrate
 from gateway.db.pool import connect
-from gateway.logging import configure
+from gateway.logging import configure, register_secrets
 from gateway.middleware import error_middleware
 from gateway.routes import ops
 from gateway.settings import ConfigError, Settings, load_settings
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"psp-gateway: {e}", file=sys.stderr)
         return 2
+    register_secrets(settings.secret_values())
     if args.command in ("refunds", "webhooks"):
         return _operate(args, settings)
     configure(settings.log_format, settings.log_level)

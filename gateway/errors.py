@@ -58,6 +58,10 @@ class Conflict(GatewayError):
     status, code, title = 409, "conflict", "Conflict"
 
 
+class RequestTimeout(GatewayError):
+    status, code, title = 408, "request_timeout", "Request timeout"
+
+
 class PayloadTooLarge(GatewayError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from adapters.base import ProcessorAdapter
-    from gateway.auth import Authenticator
+    from gateway.auth import Authenticator, SourceLimiter
     from gateway.execution import RefundExecutor
     from gateway.metrics import DatabaseGauges
     from gateway.settings import ClientConfig, Settings
@@ -21,6 +21,7 @@ POOL: web.AppKey[asyncpg.Pool] = web.AppKey("pool")
 ADAPTERS: web.AppKey[dict[str, "ProcessorAdapter"]] = web.AppKey("adapters")
 EXECUTOR: web.AppKey["RefundExecutor"] = web.AppKey("executor")
 AUTH: web.AppKey["Authenticator"] = web.AppKey("auth")
+SOURCE_LIMITER: web.AppKey["SourceLimiter"] = web.AppKey("source_limiter")
 WEBHOOK_WAKE: web.AppKey[asyncio.Event] = web.AppKey("webhook_wake")  # set when an event was stored
 TRACING: web.AppKey["Tracing | None"] = web.AppKey("tracing")  # None: tracing is off
 DATABASE_GAUGES: web.AppKey["DatabaseGauges"] = web.AppKey("database_gauges")  # /metrics' reads of the database

@@ -74,13 +74,21 @@ def said(text: str | None) -> str | None:
     return scrub_text(text)[:500] if text else text
 
 
+def _said_details(details: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """An adapter's facts (a processor's message among them) as stored: scrubbed like its words."""
+    if details is None:
+        return None
+    return {k: said(v) if isinstance(v, str) else v for k, v in details.items()}
+
+
 def decide(answer: RefundResult | BaseException) -> Decision:
     if isinstance(answer, RefundResult) and answer.duplicate_psp_refund_ids:
         ids = ", ".join([answer.psp_refund_id or "?", *answer.duplicate_psp_refund_ids])
         return Decision(REOPENED, answer.psp_refund_id, DUPLICATE,
                         said(f"the processor carried this refund out {1 + len(answer.duplicate_psp_refund_ids)} "
                              f"times ({ids}): money went out more than once"),
-                        {**(answer.details or {}), "duplicate_psp_refund_ids": list(answer.duplicate_psp_refund_ids)},
+                        {**(_said_details(answer.details) or {}),
+                         "duplicate_psp_refund_ids": list(answer.duplicate_psp_refund_ids)},
                         duplicate_ids=answer.duplicate_psp_refund_ids, next_action=NextAction.CONTACT_SUPPORT)
     if isinstance(answer, RefundResult):
         failure_code = failure_message = next_action = None
@@ -94,7 +102,7 @@ def decide(answer: RefundResult | BaseException) -> Decision:
         elif answer.outcome is Outcome.CANCELED:
             failure_code, failure_message = answer.processor_code or "canceled", answer.message
         return Decision(target_for(answer.outcome), answer.psp_refund_id, failure_code, said(failure_message),
-                        answer.details, next_action=next_action,
+                        _said_details(answer.details), next_action=next_action,
                         voided_payment=answer.voided_payment and answer.outcome is Outcome.SUCCEEDED)
     attention = Status.REQUIRES_ATTENTION
     if isinstance(answer, TransientProcessorError):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
+from xml.sax.saxutils import escape as xml_escape
 
 import structlog
 
@@ -16,10 +18,14 @@ REDACTED = "[redacted]"
 _SECRET_WORDS = frozenset({"password", "passwd", "secret", "secrets", "token", "signature", "authorization",
                            "card", "pan", "cvc", "cvv", "apikey", "credentials"})
 _SECRET_NAMES = frozenset({"api_key", "x_api_key", "database_url", "dsn"})
-# Card-number-like digit runs (13-19 digits, spaces or dashes allowed), bearer/basic credentials,
-# key-shaped strings, passwords in URLs and `password=...` in free text.
-# Digits, not word boundaries, delimit it: "evt_4111111111111111" holds a card number too.
-_PAN = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+# Runs of digit groups joined by one space or dash: a card number is 13 to 19 digits of consecutive
+# groups that pass Luhn ("4111 1111 1111 1111", "CN-4111111111111111-2"). Digits, not word
+# boundaries, delimit a run: "evt_4111111111111111" holds a card number too.
+_DIGIT_RUN = re.compile(r"\d+(?:[ -]\d+)*")
+_DIGIT_GROUP = re.compile(r"\d+")
+# Credential elements of the wire formats (BridgePay's SOAP, as XML or escaped inside XML).
+_CREDENTIAL_ELEMENT = re.compile(
+    r"(?i)((?:<|&lt;)(?:\w+:)?(?:password|passwd|pwd|username|user|userid)(?:\s[^<>&]*)?(?:>|&gt;))([^<&]*)")
 _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;\"']+")
 _KEYLIKE = re.compile(r"\b(?:sk|rk|pk|whsec)_[A-Za-z0-9_]{6,}\b")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
@@ -46,15 +52,90 @@ def _is_secret_name(key: str) -> bool:
     return bool(words & _SECRET_WORDS)
 
 
+def card_spans(text: str) -> list[tuple[int, int]]:
+    """Where `text` holds a card number: consecutive digit groups of 13 to 19 digits passing Luhn."""
+    spans = []
+    for run in _DIGIT_RUN.finditer(text):
+        groups = list(_DIGIT_GROUP.finditer(run.group(0)))
+        i = 0
+        while i < len(groups):
+            found = None
+            digits = ""
+            for j in range(i, len(groups)):
+                digits += groups[j].group(0)
+                if len(digits) > 19:
+                    break
+                if len(digits) >= 13 and _luhn_ok(digits):
+                    found = j  # the longest from here
+            if found is None:
+                i += 1
+                continue
+            spans.append((run.start() + groups[i].start(), run.start() + groups[found].end()))
+            i = found + 1
+    return spans
+
+
+def has_card_number(text: str) -> bool:
+    return bool(card_spans(text))
+
+
+# Every configured secret (processor keys and passwords, webhook and callback secrets, client keys,
+# the database password), redacted by value wherever it turns up: a processor may echo what it was
+# sent, in any shape. Registered once the settings are known (register_secrets).
+_KNOWN_SECRETS: list[str] = []
+_SHORTEST_SECRET = 6  # shorter values would redact ordinary words
+
+
+def without_credentials(url: str) -> str:
+    """A URL as it may be stored or shown: without its user part (a password, or a key given as the
+    user name), anything secret-shaped in the rest redacted."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return scrub_text(url)
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    return scrub_text(urlunsplit(parts))
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Redact these values (and their XML- and URL-escaped forms) from now on."""
+    found = set(_KNOWN_SECRETS)
+    for value in values:
+        if value and len(value) >= _SHORTEST_SECRET:
+            found.update({value, xml_escape(value), quote(value, safe=""), quote_plus(value)})
+    _KNOWN_SECRETS[:] = sorted(found, key=len, reverse=True)
+
+
+def scrub_stored(text: str) -> str:
+    """What no stored text may hold, whatever its shape: a configured secret, a wire format's
+    credential element, a card number. (scrub_text also redacts what merely looks like a key.)"""
+    for secret in _KNOWN_SECRETS:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    text = _CREDENTIAL_ELEMENT.sub(lambda m: f"{m.group(1)}{REDACTED}" if m.group(2) else m.group(0), text)
+    for start, end in reversed(card_spans(text)):
+        text = text[:start] + REDACTED + text[end:]
+    return text
+
+
+def scrub_stored_value(value: Any) -> Any:
+    """scrub_stored over the strings of a JSON-shaped value."""
+    if isinstance(value, str):
+        return scrub_stored(value)
+    if isinstance(value, Mapping):
+        return {scrub_stored(str(k)): scrub_stored_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_stored_value(v) for v in value]
+    return value
+
+
 def scrub_text(text: str) -> str:
-    def pan(m: re.Match[str]) -> str:
-        digits = re.sub(r"\D", "", m.group(0))
-        return REDACTED if _luhn_ok(digits) else m.group(0)
+    text = scrub_stored(text)
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1).capitalize()} {REDACTED}", text)
     text = _KEYLIKE.sub(REDACTED, text)
     text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
-    text = _ASSIGNED_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-    return _PAN.sub(pan, text)
+    return _ASSIGNED_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
 
 
 def scrub(value: Any, key: str = "") -> Any:

@@ -51,6 +51,11 @@ FENCED_ANSWERS = Counter(
 DUPLICATE_EXECUTIONS = Counter(
     "gateway_duplicate_executions_total", "Refunds a look-up found carried out more than once at their processor",
     ["processor"])
+SOURCE_LIMITED = Counter(
+    "gateway_source_limited_total", "Requests refused (429) before sign-in, per source address limit: "
+    "failed_sign_in (too many wrong or missing keys) or unauthenticated (routes without a key)", ["limit"])
+SLOW_BODIES = Counter("gateway_request_body_timeouts_total",
+                      "Requests whose body did not arrive within request_read_seconds (408)")
 WEBHOOK_EVENTS = Counter(
     "gateway_webhook_events_total",
     "Processor webhooks: received (stored), duplicate, rejected, and how applying them ended "

@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 
 from gateway import errors, keys
 from gateway.db import store
-from gateway.http import check_url, problem_response
+from gateway.http import check_url, problem_response, read_body
 from gateway.ids import new_id
 from gateway.logging import scrub_text
 
@@ -94,10 +94,20 @@ def _database_away(error: BaseException) -> bool:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    limiter = request.app[keys.SOURCE_LIMITER]
+    source = request.remote or "unknown"
     # Webhooks authenticate by their processor's signature, not by an API key.
     if request.path.startswith(_PROTECTED) and not request.path.startswith("/v1/webhooks/"):
-        request[keys.CLIENT] = request.app[keys.AUTH].authenticate(request)
+        limiter.check_sign_in(source)
+        try:
+            request[keys.CLIENT] = request.app[keys.AUTH].authenticate(request)
+        except errors.Unauthorized:
+            limiter.failed_sign_in(source)
+            log.info("sign_in_failed", source=source, path=request.path)
+            raise
         structlog.contextvars.bind_contextvars(client_id=request[keys.CLIENT].id)
+    else:
+        limiter.unauthenticated(source)
     return await handler(request)
 
 
@@ -135,7 +145,7 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
         raise errors.MalformedRequest("Idempotency-Key must be 1 to 255 printable ASCII characters",
                                       code="invalid_idempotency_key")
     client_id = request[keys.CLIENT].id
-    body = await request.read()
+    body = await read_body(request)
     digest = _request_hash(request, body)
     pool = request.app[keys.POOL]
     settings = request.app[keys.SETTINGS]

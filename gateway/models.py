@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from gateway.domain import credit_notes, money
 from gateway.domain.credit_notes import CreditNoteStatus
 from gateway.domain.refunds import NextAction, Outcome, Stage, Status
+from gateway.logging import has_card_number
 
 
 def _amount(value: Any) -> int:
@@ -28,11 +29,20 @@ def _currency(value: Any) -> str:
         raise PydanticCustomError("invalid_currency", str(e)) from None
 
 
+def _no_card_number(value: str) -> str:
+    # Card data never enters the gateway: not stored, not shown, not sent on as metadata.
+    if has_card_number(value):
+        raise PydanticCustomError("card_number_not_allowed", "looks like a card number, which the gateway never "
+                                                             "takes: remove it")
+    return value
+
+
 Amount = Annotated[int, BeforeValidator(_amount)]
 Currency = Annotated[str, BeforeValidator(_currency)]
-Ref = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
+NoCard = AfterValidator(_no_card_number)
+Ref = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$"), NoCard]
 Metadata = Annotated[
-    dict[Annotated[str, Field(min_length=1, max_length=40)], Annotated[str, Field(max_length=500)]],
+    dict[Annotated[str, Field(min_length=1, max_length=40), NoCard], Annotated[str, Field(max_length=500), NoCard]],
     Field(max_length=50),
 ]
 
@@ -105,7 +115,7 @@ class RefundTarget(_Request):
     # leaving the field out may mean "refund everything".
     amount: Amount = None  # type: ignore[assignment]
     currency: Currency | None = None
-    reason: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=255), NoCard] | None = None
     metadata: Metadata = Field(default_factory=dict)
     method: Literal["processor", "offline"] = Field(
         "processor", description="offline: the billing core refunded it outside the processor (a bank transfer, a "
@@ -275,13 +285,13 @@ class CreditNoteOut(CreditNoteState):
 
 # --- operator requests ----------------------------------------------------------------------------
 
-Reason = Annotated[str, Field(min_length=3, max_length=1000)]
+Reason = Annotated[str, Field(min_length=3, max_length=1000), NoCard]
 
 
 class CancelRequest(_Request):
     model_config = _examples({"reason": "the customer chose store credit"})
 
-    reason: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=1000), NoCard] | None = None
 
 
 class ReplayRequest(_Request):

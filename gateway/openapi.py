@@ -111,6 +111,14 @@ ERROR_CODES: dict[str, Code] = {
                                    {"errors": [{"field": "currency", "message": "not supported by this processor"}]}),
     "amount_exceeds_refundable": Code(422, "More than is left to refund; `refundable_amount` says what is.",
                                       "amount 3000 exceeds the refundable 2700", {"refundable_amount": 2700}),
+    "card_number_not_allowed": Code(422, "A text field, a path or a query value holds what looks like a card number "
+                                         "(13 to 19 digits passing the Luhn check, spaces or dashes allowed): the "
+                                         "gateway never takes card data. `errors` names the field; the value is "
+                                         "never echoed.", "reason: looks like a card number, which the gateway "
+                                                          "never takes: remove it",
+                                    {"errors": [{"field": "reason", "type": "card_number_not_allowed",
+                                                 "message": "looks like a card number, which the gateway never "
+                                                            "takes: remove it"}]}),
     "payment_voided": Code(422, "The processor voided this unsettled payment once (BridgePay allows one void per "
                                 "sale): nothing more is refundable through it until it is registered again as "
                                 "settled; refund the rest with method offline.",
@@ -143,7 +151,8 @@ ERROR_CODES: dict[str, Code] = {
 GLOBAL_CODES = ("not_found", "method_not_allowed", "internal_error", "http_error")
 _KEYED = ("unauthorized", "forbidden", "rate_limited")  # auth middleware: every operation with a scope
 _IDEMPOTENT = ("invalid_idempotency_key", "idempotency_key_reused", "idempotency_key_in_use")  # keyed POSTs
-_PARSED_BODY = ("malformed_request", "payload_too_large", "unsupported_media_type", "validation_error")
+_PARSED_BODY = ("malformed_request", "payload_too_large", "unsupported_media_type", "validation_error",
+                "card_number_not_allowed")
 _REFUND_CODES = ("invalid_amount", "invalid_currency", "transaction_not_found", "ambiguous_transaction",
                  "amount_exceeds_refundable", "currency_mismatch", "invoice_mismatch", "idempotency_key_lost",
                  "credit_note_conflict", "payment_voided")
@@ -186,7 +195,7 @@ class Operation:
         if self.parses_body():
             found += _PARSED_BODY
         if self.query is not None or "{" in self.path:  # gateway.http.check_url and the query model
-            found.append("validation_error")
+            found += ["validation_error", "card_number_not_allowed"]
         if self.database:
             found.append("database_unavailable")
         return list(dict.fromkeys(found + list(self.codes)))

@@ -12,6 +12,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -43,6 +44,8 @@ class ProcessorBase(_Strict):
     # The longest one processor call may take, whole (connect, send, wait, read), not per read.
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     max_connections: int = Field(default=100, ge=1, le=10_000)
+    # The most of one answer the adapter reads, counted once decompressed; more is a protocol error.
+    max_answer_bytes: int = Field(default=1_048_576, gt=0)
     # How long after a refund request was sent the processor may still carry it out (a request
     # queued or slow on its side, whose answer the gateway gave up on). Used only for processors
     # without idempotency keys: a look-up's "no record" counts as "never executed" only after it.
@@ -135,6 +138,12 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)  # webhooks carry whole charges
+    # A request's whole body must arrive within this long: a client trickling bytes holds no connection.
+    request_read_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Before sign-in, per source address: failed sign-ins (a wrong or missing key) a minute, and
+    # requests a second to routes without a key (webhooks, health, metrics, docs). Over: 429.
+    failed_sign_ins_per_minute: int = Field(default=60, ge=1)
+    unauthenticated_per_second: float = Field(default=100.0, gt=0)
     # How long POST /v1/refunds waits for the processor before answering with a pending refund.
     refund_response_budget_seconds: float = Field(default=5.0, gt=0)
     # Retries inside one run (a request, or one round of background work): quick, bounded.
@@ -211,6 +220,26 @@ class Settings(BaseSettings):
 
     def processor(self, processor_id: str) -> ProcessorConfig | None:
         return next((p for p in self.processors if p.id == processor_id), None)
+
+    def secret_values(self) -> list[str]:
+        """Every secret configured (processors' keys and passwords, webhook and callback secrets,
+        clients' keys, the metrics token, the database password): for redaction by value."""
+        found: list[str] = []
+
+        def walk(value: object) -> None:
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                for name in type(value).model_fields:
+                    walk(getattr(value, name))
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    walk(item)
+        walk(self)
+        if self.database_url is not None:
+            password = urlsplit(self.database_url.get_secret_value()).password
+            found.append(unquote(password) if password else "")
+        return [v for v in found if v]
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -18,21 +18,40 @@ from typing import Mapping
 import asyncpg
 import structlog
 
-from adapters.base import ProcessorAdapter, RefundSnapshot, WebhookEvent, WebhookPayloadError
+from adapters.base import ProcessorAdapter, RefundSnapshot, WebhookEvent, WebhookPayloadError, WebhookVerificationError
 from gateway import ledger, metrics, services
 from gateway.db import store
 from gateway.ids import new_id
+from gateway.logging import scrub_stored, scrub_stored_value, scrub_text
 
 log = structlog.get_logger(__name__)
 
 BATCH = 50
 APPLY_CONCURRENCY = 8
 LEASE_SECONDS = 60.0
-_UNSTORED_HEADERS = frozenset({"authorization", "cookie", "x-api-key"})
+# The headers worth keeping with a webhook (what it is, who sent it, its signature, the processor's
+# delivery ids): an allow-list, as anyone can send any header with a forged one.
+STORED_HEADERS = frozenset({"content-type", "content-length", "content-encoding", "user-agent", "x-request-id",
+                            "stripe-signature", "mock-signature", "webhook-id", "webhook-timestamp",
+                            "x-delivery-id", "x-event-id"})
+_HEADER_VALUE_MAX = 1024
+
+
+def _text(value: str) -> str:
+    """A header value as JSON can hold it: undecodable bytes (kept as surrogates) and NULs replaced."""
+    return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 def storable_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {str(k): v for k, v in headers.items() if k.lower() not in _UNSTORED_HEADERS}
+    return {str(k): scrub_stored(_text(v[:_HEADER_VALUE_MAX])) for k, v in headers.items()
+            if str(k).lower() in STORED_HEADERS}
+
+
+def storable_body(body: bytes) -> bytes:
+    """The body as stored: the same bytes, unless it holds a card number or a configured secret."""
+    text = body.decode("utf-8", "surrogateescape")
+    scrubbed = scrub_stored(text)
+    return body if scrubbed == text else scrubbed.encode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +77,15 @@ async def receive(pool: asyncpg.Pool, adapter: ProcessorAdapter, headers: Mappin
         event = adapter.parse_webhook(headers, body)
     except WebhookPayloadError as e:
         return await _keep_unreadable(pool, adapter, headers, body, e)
+    except (ValueError, TypeError, OverflowError) as e:
+        # Headers are anyone's: one an adapter cannot even parse is a failed verification, never a 500.
+        raise WebhookVerificationError(f"unreadable signature header ({type(e).__name__})") from None
+    # The event as stored, and applied later: without card numbers or secrets a processor relayed.
+    event = WebhookEvent.model_validate(scrub_stored_value(event.model_dump(mode="json")))
     async with pool.acquire() as conn:
         row_id = await store.insert_webhook_event(
             conn, processor_id=adapter.id, event_id=event.event_id, event_type=event.type,
-            headers=storable_headers(headers), body=body,
+            headers=storable_headers(headers), body=storable_body(body),
             event=event.model_dump(mode="json"), match_keys=event.match_keys())
     log.info("webhook_received", processor=adapter.id, event_id=event.event_id, event_type=event.type,
              duplicate=row_id is None)
@@ -77,7 +101,8 @@ async def _keep_unreadable(pool: asyncpg.Pool, adapter: ProcessorAdapter, header
     async with pool.acquire() as conn:
         row_id = await store.insert_unreadable_webhook_event(
             conn, processor_id=adapter.id, event_id=event_id, event_type=error.event_type or "unknown",
-            headers=storable_headers(headers), body=body, error=f"unreadable: {error}"[:500])
+            headers=storable_headers(headers), body=storable_body(body),
+            error=scrub_text(f"unreadable: {error}")[:500])
     log.warning("webhook_unreadable", processor=adapter.id, event_id=event_id, event_type=error.event_type,
                 reason=str(error)[:200], duplicate=row_id is None)
     metrics.WEBHOOK_EVENTS.labels(adapter.id, "received" if row_id is not None else "duplicate").inc()
@@ -202,11 +227,11 @@ async def _process_row(pool: asyncpg.Pool, row: asyncpg.Record, *, recheck_secon
         log.warning("webhook_unreadable", processor=row["processor_id"], event_id=row["event_id"],
                     attempts=row["attempts"], reason=str(e)[:200])
         async with pool.acquire() as conn:
-            await store.fail_webhook_event(conn, row["id"], f"unreadable: {e}"[:500])
+            await store.fail_webhook_event(conn, row["id"], scrub_text(f"unreadable: {e}")[:500])
         return "failed"
     except Exception as e:
         log.exception("webhook_failed", processor=row["processor_id"], event_id=row["event_id"],
                       attempts=row["attempts"])
         async with pool.acquire() as conn:
-            await store.fail_webhook_event(conn, row["id"], f"{type(e).__name__}: {e}"[:500])
+            await store.fail_webhook_event(conn, row["id"], scrub_text(f"{type(e).__name__}: {e}")[:500])
         return "failed"

@@ -16,7 +16,7 @@ from adapters.base import CredentialCheck, CredentialStatus
 from adapters.registry import build_adapters, close_adapters
 from gateway.commands import output
 from gateway.db.migrate import current_version, latest_version
-from gateway.logging import scrub_text
+from gateway.logging import scrub_text, without_credentials
 from gateway.settings import ConfigError, Settings, load_settings
 
 CHECK_SECONDS = 30.0  # the longest one processor's check may take, whatever its timeouts
@@ -101,13 +101,13 @@ def _report(settings: Settings, source: str | None, database: dict[str, str],
     url = settings.database_url
     return {
         "config": source,
-        "processors": [{"id": p.id, "kind": p.kind, "base_url": output.redacted_url(p.base_url) if p.base_url else None,
+        "processors": [{"id": p.id, "kind": p.kind, "base_url": without_credentials(p.base_url) if p.base_url else None,
                         "credentials": (checks[p.id].status.value if p.id in checks else "not_checked"),
                         "detail": checks[p.id].detail if p.id in checks else "--offline"}
                        for p in settings.processors],
         "clients": [{"id": c.id, "scopes": list(c.scopes), "keys": len(c.digests()),
                      "rate_limit_per_second": c.rate_limit_per_second} for c in settings.clients],
-        "database": {"url": output.redacted_url(url.get_secret_value()) if url else None, **database},
+        "database": {"url": without_credentials(url.get_secret_value()) if url else None, **database},
     }
 
 

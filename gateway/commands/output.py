@@ -6,12 +6,10 @@ from __future__ import annotations
 import sys
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
 from gateway.domain import money
-from gateway.logging import REDACTED, scrub_text
 
 
 def print_json(data: Any) -> None:
@@ -53,15 +51,6 @@ def fields(title: str, pairs: Sequence[tuple[str, Any]]) -> str:
 
 def indent(text: str) -> str:
     return "\n".join(f"  {line}" for line in text.splitlines())
-
-
-def redacted_url(url: str) -> str:
-    """A URL with any password (in the user part or the query) replaced."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        host = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}")
-    return scrub_text(urlunsplit(parts))
 
 
 def when(moment: datetime) -> str:

@@ -8,7 +8,8 @@ from aiohttp import web
 from adapters.base import WebhookVerificationError
 from gateway import errors, keys, metrics, webhooks
 from gateway.db import store
-from gateway.http import model_response
+from gateway.http import model_response, read_body
+from gateway.logging import scrub_text
 from gateway.models import WebhookReceipt
 
 routes = web.RouteTableDef()
@@ -26,7 +27,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
                   content_type=request.content_type[:100])
         raise errors.UnsupportedMediaType("webhooks must be application/json")
     try:
-        body = await request.read()
+        body = await read_body(request)
     except web.HTTPRequestEntityTooLarge:
         _rejected(processor_id, "body larger than max_body_bytes", request.content_length)
         raise
@@ -35,8 +36,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
     except WebhookVerificationError as e:
         _rejected(processor_id, str(e), len(body))
         async with request.app[keys.POOL].acquire() as conn:
-            await store.insert_rejection(conn, processor_id, str(e),
-                                         webhooks.storable_headers(request.headers), body)
+            await store.insert_rejection(conn, processor_id, scrub_text(str(e)),
+                                         webhooks.storable_headers(request.headers), webhooks.storable_body(body))
         raise errors.MalformedRequest(f"webhook rejected: {e}", code="invalid_signature") from None
     if receipt.stored and not receipt.unreadable:
         request.app[keys.WEBHOOK_WAKE].set()

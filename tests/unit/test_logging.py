@@ -10,7 +10,7 @@ import pytest
 import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.logging import REDACTED, configure
+from gateway.logging import REDACTED, card_spans, configure, has_card_number, register_secrets, scrub_text
 
 CARD = "4242424242424242"  # Luhn-valid test Visa
 NOT_A_CARD = "4242424242424241"  # same length, fails the Luhn check
@@ -240,3 +240,27 @@ def test_the_libraries_stdlib_loggers_go_through_the_same_redaction_as_json(logs
                                                                     "Error handling request from 127.0.0.1")
     assert "ValueError" in record["exception"] and API_KEY not in record["exception"]
     assert CARD not in logs()
+
+
+@pytest.mark.parametrize(("text", "cards"), [
+    ("4111111111111111", ["4111111111111111"]),
+    ("card 4111 1111 1111 1111.", ["4111 1111 1111 1111"]),
+    ("CN-4111111111111111-2", ["4111111111111111"]),  # a trailing group does not hide it
+    ("ref 3782-822463-10005 x", ["3782-822463-10005"]),
+    ("4111111111111112", []),  # fails Luhn
+    ("order 20261121164832620802", []),  # 20 digits: no card number
+    ("2026-11-21 and 1732206512", []),
+])
+def test_card_numbers_are_found_in_any_grouping(text, cards):
+    assert [text[a:b] for a, b in card_spans(text)] == cards
+    assert has_card_number(text) == bool(cards)
+
+
+def test_a_registered_secret_is_redacted_by_value_in_any_escaping_and_credential_elements_always():
+    secret = "pa$$<w0rd>&more"
+    register_secrets([secret, "short"])
+    echoed = (f"fault: {secret} / &lt;Password&gt;pa$$&lt;w0rd&gt;&amp;more&lt;/Password&gt; / "
+              f"pa%24%24%3Cw0rd%3E%26more / <User>gw_user</User> <Password>anything</Password>")
+    scrubbed = scrub_text(echoed)
+    assert "w0rd" not in scrubbed and "gw_user" not in scrubbed and "anything" not in scrubbed, scrubbed
+    assert scrub_text("a short word") == "a short word"  # too short to register: ordinary words stay
