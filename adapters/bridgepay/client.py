@@ -25,6 +25,7 @@ from adapters.base import (
     WebhookVerificationError,
 )
 from adapters.bridgepay import transformers
+from adapters.http import read_answer
 from gateway.domain.refunds import Outcome
 from gateway.settings import BridgePayProcessor
 
@@ -58,15 +59,9 @@ class BridgePayAdapter:
             headers["X-Request-ID"] = request_id
         try:
             # httpx's timeouts are per read: the deadline is the whole call's (a trickling answer).
-            async with asyncio.timeout(self._config.timeout_seconds), \
-                    self._client.stream("POST", url, content=body, headers=headers) as response:
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > transformers.MAX_ANSWER_BYTES:
-                        raise ProcessorProtocolError("BridgePay answer too large", code="too_large")
-                    chunks.append(chunk)
-                status = response.status_code
+            async with asyncio.timeout(self._config.timeout_seconds):
+                answer = await read_answer(self._client, "POST", url, max_bytes=self._config.max_answer_bytes,
+                                           processor="BridgePay", content=body, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
             raise TransientProcessorError(f"BridgePay unreachable: {type(e).__name__}", code="connect") from None
         except (httpx.TimeoutException, TimeoutError, httpx.RemoteProtocolError, httpx.ReadError,
@@ -75,9 +70,7 @@ class BridgePayAdapter:
                 raise TransientProcessorError(f"no answer from BridgePay: {type(e).__name__}",
                                               code="no_answer") from None
             raise OutcomeUnknownError(f"no answer from BridgePay: {type(e).__name__}", code="no_answer") from None
-        except httpx.DecodingError as e:
-            raise ProcessorProtocolError(f"BridgePay answer cannot be decoded: {e}", code="unparseable") from None
-        data = b"".join(chunks)
+        status, data = answer.status_code, answer.content
         if status >= 500 and not (status == 500 and transformers.is_soap_envelope(data)):
             # A proxy's or server's error page (SOAP faults alone come as a 500 envelope): the
             # refund may or may not have been carried out; a read can simply be asked again.

@@ -1,8 +1,9 @@
 """BridgeComm's wire shapes and their mapping to ours: the SOAP envelopes, the request XML of a
 refund (RequestType 012), its answers, and the Reporting API's rows. Pure functions.
 
-Answers are parsed with defusedxml (no DTDs, no entity expansion, no external entities) after
-a size check: a hostile or malformed answer is a protocol error, never a crash.
+Answers are parsed with defusedxml (no DTDs, no entity expansion, no external entities), and
+arrive capped in size (max_answer_bytes, read by adapters.http): a hostile or malformed answer is a
+protocol error, never a crash.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ PROCESS_NS = "http://bridgepaynetsecuretx.com/requesthandler"
 PROCESS_ACTION = f"{PROCESS_NS}/IRequestHandler/ProcessRequest"
 REPORTING_NS = "http://tempuri.org/"
 REPORTING_ACTION = f"{REPORTING_NS}IReportingAPI/PublicGetTransactionsByFilter"
-MAX_ANSWER_BYTES = 1024 * 1024
 SOFTWARE_VENDOR = "psp-gateway"
 
 SUCCEEDED_MESSAGES = {"A02", "A03", "A07", "A08"}  # credit, void, partial void, partial refund posted
@@ -141,8 +141,6 @@ def lookup_envelope(invoice_number: str, *, username: str, password: str) -> byt
 
 
 def parse_xml(data: bytes, what: str) -> Element:
-    if len(data) > MAX_ANSWER_BYTES:
-        raise ProcessorProtocolError(f"BridgePay {what} is larger than {MAX_ANSWER_BYTES} bytes", code="too_large")
     try:
         return fromstring(data, forbid_dtd=True)
     except (ParseError, DefusedXmlException, ValueError, LookupError) as e:  # LookupError: unknown encoding

@@ -183,9 +183,13 @@ class MockAdapter:
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """Mock webhooks: `{"id", "type", "refund": {"id", "refund_id", "payment", "amount", "currency",
         "status"}}`, signed as hex HMAC-SHA256 of the body in `Mock-Signature`."""
-        signature = headers.get("Mock-Signature", "")
-        if not self._secrets or not any(
-                hmac.compare_digest(hmac.new(s, body, hashlib.sha256).hexdigest(), signature) for s in self._secrets):
+        signature = headers.get("Mock-Signature")
+        if not self._secrets or not signature or not isinstance(signature, str):
+            raise WebhookVerificationError("bad or missing Mock-Signature")
+        # As bytes: compare_digest raises TypeError for a str with non-ASCII characters in it.
+        given = signature.encode("utf-8", "replace")
+        if not any([hmac.compare_digest(hmac.new(s, body, hashlib.sha256).hexdigest().encode(), given)
+                    for s in self._secrets]):
             raise WebhookVerificationError("bad or missing Mock-Signature")
         return self.parse_webhook_body(body)
 

@@ -1,5 +1,6 @@
-"""The Stripe-like adapter's client: httpx with the account's base URL, secret key, timeouts and
-connection limits. It logs nothing of what it sends: bodies carry references, headers the key."""
+"""The Stripe-like adapter's client: httpx with the account's base URL, secret key, timeouts,
+connection limits and a cap on answer size. It logs nothing of what it sends: bodies carry
+references, headers the key."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from adapters.base import (
     TransientProcessorError,
     WebhookEvent,
 )
+from adapters.http import Answer, read_answer
 from adapters.stripe import transformers
 from gateway.settings import StripeProcessor
 
@@ -35,6 +37,7 @@ class StripeAdapter:
     def __init__(self, config: StripeProcessor, *, transport: httpx.AsyncBaseTransport | None = None):
         self.id = config.id
         self._timeout = config.timeout_seconds
+        self._max_answer_bytes = config.max_answer_bytes
         self._secrets = [s.get_secret_value().encode() for s in config.webhook_secrets]
         self._client = httpx.AsyncClient(
             base_url=config.base_url,
@@ -46,14 +49,15 @@ class StripeAdapter:
         )
 
     async def _send(self, method: str, url: str, *, request_id: str | None = None,
-                    headers: dict[str, str] | None = None, **kwargs) -> httpx.Response:
+                    headers: dict[str, str] | None = None, **kwargs) -> Answer:
         headers = dict(headers or {})
         if request_id:
             headers["X-Request-ID"] = request_id
         try:
             # httpx's timeouts are per read: the deadline is the whole call's (a trickling answer).
             async with asyncio.timeout(self._timeout):
-                return await self._client.request(method, url, headers=headers, **kwargs)
+                return await read_answer(self._client, method, url, max_bytes=self._max_answer_bytes,
+                                         processor="Stripe", headers=headers, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
             raise TransientProcessorError(f"Stripe unreachable: {type(e).__name__}", code="connect") from None
         except (httpx.TimeoutException, TimeoutError, httpx.RemoteProtocolError, httpx.ReadError,
@@ -106,6 +110,8 @@ class StripeAdapter:
         # The cheapest authenticated read that needs what refunds need: one refund, listed.
         try:
             response = await self._send("GET", "/v1/refunds", params={"limit": "1"})
+        except ProcessorProtocolError as e:  # an answer, but not one a Stripe API gives (too large)
+            return CredentialCheck(CredentialStatus.UNEXPECTED, str(e))
         except ProcessorError as e:
             return CredentialCheck(CredentialStatus.UNREACHABLE, str(e))
         return transformers.credentials_answer(response.status_code, response.content)

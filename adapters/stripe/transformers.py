@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from typing import Any, Mapping, Sequence
 
@@ -28,6 +29,10 @@ from adapters.base import (
 from gateway.domain.refunds import NextAction, Outcome
 
 SIGNATURE_TOLERANCE_SECONDS = 300
+# A header is anyone's input: a unix time in seconds has 10 digits until the year 2286 (int() of
+# 5000 digits raises, and 309 overflow a float), and Stripe sends a v1 per secret and a v0 or two.
+MAX_TIMESTAMP_DIGITS = 12
+MAX_SIGNATURE_PARTS = 16
 STRIPE_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
 
 # Exhaustive: a status that is not here needs a person, never counts as success.
@@ -116,10 +121,12 @@ def _json(body: bytes) -> Any:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After", "")
     try:
-        return max(0.0, float(headers.get("Retry-After", "")))
+        seconds = float(value) if value.isascii() else math.nan  # float() reads other scripts' digits
     except ValueError:
         return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None  # "1e999", "nan"
 
 
 def refund_answer(status: int, headers: Mapping[str, str], body: bytes) -> RefundResult:
@@ -219,10 +226,13 @@ def verify_signature(header: str | None, body: bytes, secrets: Sequence[bytes], 
     """Check Stripe-Signature over the raw body: HMAC-SHA256 of "t.body", any v1, any secret, within tolerance."""
     if not secrets:
         raise WebhookVerificationError("no webhook secret is configured for this processor")
-    if not header:
+    if not header or not isinstance(header, str):
         raise WebhookVerificationError("missing Stripe-Signature header")
+    parts = header.split(",", MAX_SIGNATURE_PARTS)
+    if len(parts) > MAX_SIGNATURE_PARTS:
+        raise WebhookVerificationError("Stripe-Signature header has too many parts")
     timestamp, candidates = None, []
-    for part in header.split(","):
+    for part in parts:
         key, _, value = part.strip().partition("=")
         if key == "t":
             timestamp = value
@@ -230,6 +240,8 @@ def verify_signature(header: str | None, body: bytes, secrets: Sequence[bytes], 
             candidates.append(value)
     if not timestamp or not (timestamp.isascii() and timestamp.isdigit()) or not candidates:
         raise WebhookVerificationError("malformed Stripe-Signature header")
+    if len(timestamp) > MAX_TIMESTAMP_DIGITS:
+        raise WebhookVerificationError("Stripe-Signature timestamp is not a plausible time")
     if abs((time.time() if now is None else now) - int(timestamp)) > tolerance:
         raise WebhookVerificationError("Stripe-Signature timestamp outside the tolerance")
     signed = timestamp.encode() + b"." + body
