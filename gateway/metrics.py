@@ -14,7 +14,15 @@ from typing import Iterable
 
 import asyncpg
 import structlog
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -24,50 +32,54 @@ from gateway.db import store
 
 log = structlog.get_logger(__name__)
 
+# No `_created` series: one per counter and histogram, they double what a scrape carries for a
+# start time nobody alerts on.
+disable_created_metrics()
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 REFUND_TRANSITIONS = Counter(
-    "gateway_refund_transitions_total", "Refunds entering a status (a new refund enters pending)",
+    "psp_gateway_refund_transitions_total", "Refunds entering a status (a new refund enters pending)",
     ["processor", "status"])
 PROCESSOR_CALLS = Histogram(
-    "gateway_processor_call_duration_seconds",
+    "psp_gateway_processor_call_duration_seconds",
     "Processor calls by operation (refund, lookup) and outcome (succeeded, pending, declined, canceled, "
     "needs_attention, not_found, or the error class: transient, outcome_unknown, protocol, error, internal)",
     ["processor", "operation", "outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 PROCESSOR_RETRIES = Counter(
-    "gateway_processor_retries_total", "Quick retries of a processor call within one run", ["processor", "error_class"])
+    "psp_gateway_processor_retries_total", "Quick retries of a processor call within one run", ["processor", "error_class"])
 DURABLE_RETRIES = Counter(
-    "gateway_durable_retries_scheduled_total", "Refunds left pending with a due time for their next processor call",
+    "psp_gateway_durable_retries_scheduled_total", "Refunds left pending with a due time for their next processor call",
     ["processor"])
 EXECUTION_WINDOW_WAITS = Counter(
-    "gateway_execution_window_waits_total",
+    "psp_gateway_execution_window_waits_total",
     "Look-ups that found no record while a request sent earlier could still be carried out (no resend yet)",
     ["processor"])
 FENCED_ANSWERS = Counter(
-    "gateway_refund_answers_fenced_total",
+    "psp_gateway_refund_answers_fenced_total",
     "Processor answers got under a claim that was taken over since: kept as attempts, moving nothing", ["processor"])
 DUPLICATE_EXECUTIONS = Counter(
-    "gateway_duplicate_executions_total", "Refunds a look-up found carried out more than once at their processor",
+    "psp_gateway_duplicate_executions_total", "Refunds a look-up found carried out more than once at their processor",
     ["processor"])
 SOURCE_LIMITED = Counter(
-    "gateway_source_limited_total", "Requests refused (429) before sign-in, per source address limit: "
+    "psp_gateway_source_limited_total", "Requests refused (429) before sign-in, per source address limit: "
     "failed_sign_in (too many wrong or missing keys) or unauthenticated (routes without a key)", ["limit"])
-SLOW_BODIES = Counter("gateway_request_body_timeouts_total",
+SLOW_BODIES = Counter("psp_gateway_request_body_timeouts_total",
                       "Requests whose body did not arrive within request_read_seconds (408)")
 WEBHOOK_EVENTS = Counter(
-    "gateway_webhook_events_total",
+    "psp_gateway_webhook_events_total",
     "Processor webhooks: received (stored), duplicate, rejected, and how applying them ended "
     "(applied, ignored, unmatched, failed)", ["processor", "status"])
 WEBHOOK_LAG = Histogram(
-    "gateway_webhook_apply_lag_seconds", "From storing a webhook event to applying it", ["processor"],
+    "psp_gateway_webhook_apply_lag_seconds", "From storing a webhook event to applying it", ["processor"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400))
 CALLBACK_DELIVERIES = Counter(
-    "gateway_callback_deliveries_total", "Tries to deliver a refund event to the billing core", ["result"])
-DB_POOL = Gauge("gateway_db_pool_connections", "Database connections of the pool (size, idle, in_use)", ["state"],
-                multiprocess_mode="livesum")
-DB_POOL_MAX = Gauge("gateway_db_pool_max_connections", "The pool's largest size", multiprocess_mode="livesum")
+    "psp_gateway_callback_deliveries_total", "Tries to deliver a refund event to the billing core", ["result"])
+# idle + in_use is the pool's size: sum() over the states adds up to it, counting no connection twice.
+DB_POOL = Gauge("psp_gateway_db_pool_connections", "Database connections of the pool, by state (idle, in_use)",
+                ["state"], multiprocess_mode="livesum")
+DB_POOL_MAX = Gauge("psp_gateway_db_pool_max_connections", "The pool's largest size", multiprocess_mode="livesum")
 
 _ERROR_CLASSES = {"transient": "transient", "outcome_unknown": "outcome_unknown", "protocol_error": "protocol"}
 
@@ -85,7 +97,6 @@ def call_outcome(answer: RefundResult | BaseException | None) -> str:
 
 def observe_pool(pool: asyncpg.Pool) -> None:
     size, idle = pool.get_size(), pool.get_idle_size()
-    DB_POOL.labels("size").set(size)
     DB_POOL.labels("idle").set(idle)
     DB_POOL.labels("in_use").set(size - idle)
     DB_POOL_MAX.set(pool.get_max_size())
@@ -111,8 +122,8 @@ class _Families:
 async def database_families(pool: asyncpg.Pool, *, stuck_after_seconds: float, outbox: bool,
                             timeout: float) -> list[Metric]:
     """Gauges read from the database now: small, index-backed queries under one short timeout.
-    When they fail or run late, only `gateway_database_up 0`."""
-    up = GaugeMetricFamily("gateway_database_up", "1 when this scrape's database queries answered in time")
+    When they fail or run late, only `psp_gateway_database_up 0`."""
+    up = GaugeMetricFamily("psp_gateway_database_up", "1 when this scrape's database queries answered in time")
     try:
         async with asyncio.timeout(timeout), pool.acquire() as conn:
             refunds = await store.open_refund_counts(conn)
@@ -125,19 +136,21 @@ async def database_families(pool: asyncpg.Pool, *, stuck_after_seconds: float, o
         up.add_metric([], 0)
         return [up]
     up.add_metric([], 1)
-    open_refunds = GaugeMetricFamily("gateway_refunds_open", "Refunds not final now (pending, requires_attention)",
+    open_refunds = GaugeMetricFamily("psp_gateway_refunds_open", "Refunds not final now (pending, requires_attention)",
                                      labels=["processor", "status", "stage"])
     for r in refunds:
         open_refunds.add_metric([r["processor_id"], r["status"], r["stage"]], r["count"])
     stuck_refunds = GaugeMetricFamily(
-        "gateway_refunds_stuck", "Stuck refunds by reason, as GET /admin/refunds?stuck=true counts them",
+        "psp_gateway_refunds_stuck", "Stuck refunds by reason, as GET /admin/refunds?stuck=true counts them",
         labels=["reason"])
     for reason, count in stuck.items():
         stuck_refunds.add_metric([reason], count)
-    open_webhooks = GaugeMetricFamily("gateway_webhook_events_open", "Webhook events not applied now (received, "
+    if not stuck:  # 0, not absent: an alert on it, or a graph of it, sees nothing stuck
+        stuck_refunds.add_metric(["none"], 0)
+    open_webhooks = GaugeMetricFamily("psp_gateway_webhook_events_open", "Webhook events not applied now (received, "
                                       "failed, unmatched)", labels=["processor", "status"])
     oldest_webhooks = GaugeMetricFamily(
-        "gateway_webhook_oldest_open_seconds", "Age of the oldest webhook event not applied now, from when it was "
+        "psp_gateway_webhook_oldest_open_seconds", "Age of the oldest webhook event not applied now, from when it was "
         "stored (received: waiting for the inbox, failed: failing since; unmatched: waiting for its payment, "
         "swept again with backoff)",
         labels=["processor", "status"])
@@ -146,15 +159,15 @@ async def database_families(pool: asyncpg.Pool, *, stuck_after_seconds: float, o
         oldest_webhooks.add_metric([r["processor_id"], r["status"]], r["oldest_seconds"])
     families: list[Metric] = [
         up, open_refunds, stuck_refunds, open_webhooks, oldest_webhooks,
-        GaugeMetricFamily("gateway_events_held_back", "Refund events committed but not yet served by GET "
+        GaugeMetricFamily("psp_gateway_events_held_back", "Refund events committed but not yet served by GET "
                           "/v1/events, because an older transaction is still open on the database server",
                           value=held_back["count"]),
-        GaugeMetricFamily("gateway_events_held_back_seconds", "Age of the oldest of those (0 when none)",
+        GaugeMetricFamily("psp_gateway_events_held_back_seconds", "Age of the oldest of those (0 when none)",
                           value=held_back["oldest_seconds"])]
     if backlog is not None:
-        families.append(GaugeMetricFamily("gateway_outbox_undelivered", "Refund events not yet delivered to the "
+        families.append(GaugeMetricFamily("psp_gateway_outbox_undelivered", "Refund events not yet delivered to the "
                                           "billing core", value=backlog["count"]))
-        families.append(GaugeMetricFamily("gateway_outbox_oldest_undelivered_seconds", "Age of the oldest "
+        families.append(GaugeMetricFamily("psp_gateway_outbox_oldest_undelivered_seconds", "Age of the oldest "
                                           "undelivered refund event (0 when none)", value=backlog["oldest_seconds"]))
     return families
 

@@ -88,6 +88,8 @@ ERROR_CODES: dict[str, Code] = {
     "would_over_refund": Code(409, "Settling the refund as refunded would take the payment's refunded total beyond "
                                    "its amount: reconcile with the processor first.",
                               "the payment's other refunds leave no room for this one"),
+    "request_timeout": Code(408, "The request body did not arrive within request_read_seconds; the connection "
+                                 "is closed.", "the request body did not arrive within 10 s"),
     "payload_too_large": Code(413, "The body is larger than max_body_bytes.",
                               "the request body is larger than this endpoint accepts"),
     "unsupported_media_type": Code(415, "The body is not sent as application/json.",
@@ -152,7 +154,7 @@ GLOBAL_CODES = ("not_found", "method_not_allowed", "internal_error", "http_error
 _KEYED = ("unauthorized", "forbidden", "rate_limited")  # auth middleware: every operation with a scope
 _IDEMPOTENT = ("invalid_idempotency_key", "idempotency_key_reused", "idempotency_key_in_use")  # keyed POSTs
 _PARSED_BODY = ("malformed_request", "payload_too_large", "unsupported_media_type", "validation_error",
-                "card_number_not_allowed")
+                "card_number_not_allowed", "request_timeout")
 _REFUND_CODES = ("invalid_amount", "invalid_currency", "transaction_not_found", "ambiguous_transaction",
                  "amount_exceeds_refundable", "currency_mismatch", "invoice_mismatch", "idempotency_key_lost",
                  "credit_note_conflict", "payment_voided")
@@ -239,7 +241,8 @@ OPERATIONS = [
               "refunds:read", answers={200: models.EventList}, codes=("unknown_cursor",), query=models.EventQuery),
     Operation("post", "/v1/webhooks/{processor_id}", "A processor's webhook, verified by its signature", None,
               (models.StripeEvent, models.MockWebhook), {200: models.WebhookReceipt},
-              ("processor_not_found", "unsupported_media_type", "payload_too_large", "invalid_signature"),
+              ("processor_not_found", "unsupported_media_type", "payload_too_large", "invalid_signature",
+               "request_timeout"),
               notes={200: "Verified and stored (applied in the background); a duplicate is acknowledged again."},
               headers=(("Stripe-Signature", "processors of kind stripe: t=<unix>,v1=<hex>"),
                        ("Mock-Signature", "processors of kind mock: hex HMAC-SHA256 of the body"))),
@@ -266,10 +269,10 @@ OPERATIONS = [
               codes=("migrations_pending",)),
     Operation("get", "/metrics", "Prometheus metrics, text exposition (a bearer token only when metrics_token "
               "is set)", None, answers={200: {"type": "string", "examples": [
-                  ("# HELP gateway_database_up 1 when this scrape's database queries answered in time\n"
-                   "# TYPE gateway_database_up gauge\ngateway_database_up 1.0\n")]}},
+                  ("# HELP psp_gateway_database_up 1 when this scrape's database queries answered in time\n"
+                   "# TYPE psp_gateway_database_up gauge\ngateway_database_up 1.0\n")]}},
               codes=("unauthorized",), database=False, media="text/plain",
-              notes={200: "Answers without the database too: then gateway_database_up is 0."}),
+              notes={200: "Answers without the database too: then psp_gateway_database_up is 0."}),
     Operation("get", "/openapi.json", "This document (OpenAPI 3.1, JSON)", None, answers={200: {
         "type": "object", "required": ["openapi", "info", "paths"], "properties": {"openapi": {"const": "3.1.0"}},
         "examples": [{"openapi": "3.1.0", "info": {"title": "psp-gateway", "version": "1"}, "paths": {}}]}},

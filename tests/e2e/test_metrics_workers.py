@@ -40,7 +40,8 @@ def test_two_server_processes_report_every_refund_once_and_the_database_gauges_o
     try:
         gateway.wait_ready(60)
         # Both children write their pool's numbers: the sum shows both are counted.
-        gateway.wait_until(lambda: value(scrape(gateway.url), "gateway_db_pool_connections", state="size") >= 4,
+        gateway.wait_until(lambda: sum(value(scrape(gateway.url), "psp_gateway_db_pool_connections", state=state)
+                                           for state in ("idle", "in_use")) >= 4,
                            "both processes in /metrics")
         assert len(list(tmp_path.glob("psp-gateway-metrics-*"))) == 1  # made by the parent, under TMPDIR
         headers = {"Authorization": f"Bearer {KEY}"}
@@ -57,11 +58,11 @@ def test_two_server_processes_report_every_refund_once_and_the_database_gauges_o
             assert stuck.json()["status"] == "requires_attention", stuck.text
         for _ in range(6):  # whichever child answers, nothing is lost and nothing doubled
             samples = scrape(gateway.url)
-            assert value(samples, "gateway_refund_transitions_total", processor="mock", status="succeeded") == REFUNDS
-            assert value(samples, "gateway_processor_call_duration_seconds_count", processor="mock",
+            assert value(samples, "psp_gateway_refund_transitions_total", processor="mock", status="succeeded") == REFUNDS
+            assert value(samples, "psp_gateway_processor_call_duration_seconds_count", processor="mock",
                          operation="refund", outcome="succeeded") == REFUNDS
-            assert value(samples, "gateway_refunds_stuck", reason="requires_attention:unrecognised_processor_status") == 1
-            assert value(samples, "gateway_database_up") == 1
+            assert value(samples, "psp_gateway_refunds_stuck", reason="requires_attention:unrecognised_processor_status") == 1
+            assert value(samples, "psp_gateway_database_up") == 1
     finally:
         exit_code = gateway.stop()
     assert exit_code == 0
@@ -74,9 +75,10 @@ def test_a_worker_answers_metrics_on_its_own_port_and_nothing_else(tmp_path, dat
                             GATEWAY_DATABASE_URL=database_url, GATEWAY_DB_POOL_MIN="2")
     try:
         worker.wait_working()
-        worker.wait_until(lambda: value(scrape(worker.url), "gateway_db_pool_connections", state="size") >= 2,
+        worker.wait_until(lambda: sum(value(scrape(worker.url), "psp_gateway_db_pool_connections", state=state)
+                                          for state in ("idle", "in_use")) >= 2,
                           "its pool in /metrics")
-        assert value(scrape(worker.url), "gateway_database_up") == 1
+        assert value(scrape(worker.url), "psp_gateway_database_up") == 1
         with httpx.Client(base_url=worker.url, timeout=10) as client:
             assert client.get("/readyz").status_code == 404  # the API is not served here
             assert client.post("/v1/refunds", json={}).status_code == 404

@@ -86,6 +86,7 @@ async def running():
 
 async def test_refunds_through_the_mock_show_by_processor_and_status_with_call_latency_retries_and_stuck(api):
     before = await scrape(api)
+    assert before[("psp_gateway_refunds_stuck", (("reason", "none"),))] == 0  # nothing stuck: 0, not absent
     tx = await api.transaction(amount=50_000)
     assert (await api.refund(tx, 1_000))["status"] == "succeeded"
     assert (await api.refund(tx, 4001))["status"] == "failed"
@@ -93,27 +94,31 @@ async def test_refunds_through_the_mock_show_by_processor_and_status_with_call_l
     assert (await api.refund(tx, 8001))["status"] == "requires_attention"  # stuck at once
     after = await scrape(api)
 
-    assert grown(after, before, "gateway_refund_transitions_total", processor="mock", status="pending") == 4
-    assert grown(after, before, "gateway_refund_transitions_total", processor="mock", status="succeeded") == 2
-    assert grown(after, before, "gateway_refund_transitions_total", processor="mock", status="failed") == 1
-    assert grown(after, before, "gateway_refund_transitions_total", processor="mock", status="requires_attention") == 1
-    calls = "gateway_processor_call_duration_seconds_count"
+    assert grown(after, before, "psp_gateway_refund_transitions_total", processor="mock", status="pending") == 4
+    assert grown(after, before, "psp_gateway_refund_transitions_total", processor="mock", status="succeeded") == 2
+    assert grown(after, before, "psp_gateway_refund_transitions_total", processor="mock", status="failed") == 1
+    assert grown(after, before, "psp_gateway_refund_transitions_total", processor="mock", status="requires_attention") == 1
+    calls = "psp_gateway_processor_call_duration_seconds_count"
     assert grown(after, before, calls, processor="mock", operation="refund", outcome="succeeded") == 2
     assert grown(after, before, calls, processor="mock", operation="refund", outcome="declined") == 1
     assert grown(after, before, calls, processor="mock", operation="refund", outcome="transient") == 1
     assert grown(after, before, calls, processor="mock", operation="refund", outcome="needs_attention") == 1
-    assert grown(after, before, "gateway_processor_call_duration_seconds_bucket", processor="mock", operation="refund",
+    assert grown(after, before, "psp_gateway_processor_call_duration_seconds_bucket", processor="mock", operation="refund",
                 outcome="succeeded", le="+Inf") == 2
-    assert grown(after, before, "gateway_processor_retries_total", processor="mock", error_class="transient") == 1
+    assert grown(after, before, "psp_gateway_processor_retries_total", processor="mock", error_class="transient") == 1
     # Read from this test's database at scrape time: exact, not deltas.
-    assert total(after, "gateway_database_up") == 1
-    assert total(after, "gateway_refunds_stuck", reason="requires_attention:unrecognised_processor_status") == 1
-    assert total(after, "gateway_refunds_stuck") == 1
-    assert total(after, "gateway_refunds_open", processor="mock", status="requires_attention") == 1
-    assert total(after, "gateway_refunds_open", status="pending") == 0
-    assert total(after, "gateway_db_pool_max_connections") == 60
-    assert total(after, "gateway_db_pool_connections", state="size") >= 1
-    assert not has(after, "gateway_outbox_undelivered")  # no callback_url: events are only polled
+    assert total(after, "psp_gateway_database_up") == 1
+    assert total(after, "psp_gateway_refunds_stuck", reason="requires_attention:unrecognised_processor_status") == 1
+    assert total(after, "psp_gateway_refunds_stuck") == 1
+    assert ("psp_gateway_refunds_stuck", (("reason", "none"),)) not in after
+    assert total(after, "psp_gateway_refunds_open", processor="mock", status="requires_attention") == 1
+    assert total(after, "psp_gateway_refunds_open", status="pending") == 0
+    assert total(after, "psp_gateway_db_pool_max_connections") == 60
+    # idle + in_use is the pool: summed over the states, each connection once, no "size" to double it.
+    assert total(after, "psp_gateway_db_pool_connections") >= 1
+    assert total(after, "psp_gateway_db_pool_connections", state="size") == 0
+    assert not any(n.endswith("_created") for n, _ in after), "no _created series"
+    assert not has(after, "psp_gateway_outbox_undelivered")  # no callback_url: events are only polled
 
 
 async def test_a_fault_that_outlasts_the_request_counts_a_durable_retry(api):
@@ -128,8 +133,8 @@ async def test_a_fault_that_outlasts_the_request_counts_a_durable_retry(api):
         return body["status"] == "succeeded"
     await eventually(settled)  # the janitor's retry went through
     after = await scrape(api)
-    assert grown(after, before, "gateway_durable_retries_scheduled_total", processor="mock") == 1
-    assert grown(after, before, "gateway_processor_retries_total", processor="mock") == 2
+    assert grown(after, before, "psp_gateway_durable_retries_scheduled_total", processor="mock") == 1
+    assert grown(after, before, "psp_gateway_processor_retries_total", processor="mock") == 2
 
 
 def mock_webhook(refund: dict, status: str, secret: str = WHSEC) -> tuple[bytes, dict[str, str]]:
@@ -153,19 +158,19 @@ async def test_webhook_events_are_counted_by_status_with_their_apply_lag(databas
         return (await (await api.get(f"/v1/refunds/{refund['id']}")).json())["status"] == "succeeded"
     await eventually(applied)
     after = await eventually(lambda: _scrape_when(api, lambda s: total(
-        s, "gateway_webhook_events_total", processor="mock", status="applied")
-        > total(before, "gateway_webhook_events_total", processor="mock", status="applied")))
+        s, "psp_gateway_webhook_events_total", processor="mock", status="applied")
+        > total(before, "psp_gateway_webhook_events_total", processor="mock", status="applied")))
 
-    assert grown(after, before, "gateway_webhook_events_total", processor="mock", status="received") == 1
-    assert grown(after, before, "gateway_webhook_events_total", processor="mock", status="duplicate") == 1
-    assert grown(after, before, "gateway_webhook_events_total", processor="mock", status="rejected") == 1
-    assert grown(after, before, "gateway_webhook_events_total", processor="mock", status="applied") == 1
-    assert grown(after, before, "gateway_webhook_apply_lag_seconds_count", processor="mock") == 1
-    assert total(after, "gateway_webhook_events_open") == 0  # nothing left to apply
+    assert grown(after, before, "psp_gateway_webhook_events_total", processor="mock", status="received") == 1
+    assert grown(after, before, "psp_gateway_webhook_events_total", processor="mock", status="duplicate") == 1
+    assert grown(after, before, "psp_gateway_webhook_events_total", processor="mock", status="rejected") == 1
+    assert grown(after, before, "psp_gateway_webhook_events_total", processor="mock", status="applied") == 1
+    assert grown(after, before, "psp_gateway_webhook_apply_lag_seconds_count", processor="mock") == 1
+    assert total(after, "psp_gateway_webhook_events_open") == 0  # nothing left to apply
 
 
 async def test_a_stalled_inbox_shows_the_age_of_its_oldest_open_event_before_any_is_applied(api):
-    assert not has(await scrape(api), "gateway_webhook_oldest_open_seconds")  # nothing open: no sample
+    assert not has(await scrape(api), "psp_gateway_webhook_oldest_open_seconds")  # nothing open: no sample
     async with api.app[keys.POOL].acquire() as conn:
         for event_id, status, age in (("evt_old", "received", 600), ("evt_new", "received", 60),
                                       ("evt_parked", "unmatched", 3600)):
@@ -174,11 +179,11 @@ async def test_a_stalled_inbox_shows_the_age_of_its_oldest_open_event_before_any
                 "status, received_at, next_attempt_at) VALUES ('mock', $1, 'refund.updated', '{}', '{}', '{}', '{}', "
                 "$2, now() - make_interval(secs => $3), now() + interval '1 hour')", event_id, status, age)
     samples = await scrape(api)
-    assert 600 <= total(samples, "gateway_webhook_oldest_open_seconds", processor="mock", status="received") < 700
-    assert 3600 <= total(samples, "gateway_webhook_oldest_open_seconds", processor="mock", status="unmatched") < 3700
+    assert 600 <= total(samples, "psp_gateway_webhook_oldest_open_seconds", processor="mock", status="received") < 700
+    assert 3600 <= total(samples, "psp_gateway_webhook_oldest_open_seconds", processor="mock", status="unmatched") < 3700
     # Parked events waiting for their payment (swept again with backoff) are counted apart.
-    assert total(samples, "gateway_webhook_events_open", processor="mock", status="unmatched") == 1
-    assert total(samples, "gateway_webhook_events_open", processor="mock", status="received") == 2
+    assert total(samples, "psp_gateway_webhook_events_open", processor="mock", status="unmatched") == 1
+    assert total(samples, "psp_gateway_webhook_events_open", processor="mock", status="received") == 2
 
 
 async def _scrape_when(api: Api, condition) -> Samples | None:
@@ -190,8 +195,8 @@ async def test_metrics_hold_no_secret_and_take_a_token_when_one_is_set(database_
     api = await running(make_settings(database_url, processors=MOCK_WITH_WEBHOOKS, metrics_token=METRICS_TOKEN,
                                       callback_url="http://127.0.0.1:9/callbacks",
                                       callback_secrets=[CALLBACK_SECRET], callback_poll_seconds=30))
-    tx = await api.transaction(metadata={"card_number": CARD, "note": f"key {WRITER_KEY}"})
-    refund = await api.refund(tx, 1_000, metadata={"card": CARD})
+    tx = await api.transaction(metadata={"note": f"key {WRITER_KEY}"})  # card numbers are refused at the door
+    refund = await api.refund(tx, 1_000, metadata={"card": "last4 4242"})
 
     refused = await api.get("/metrics", key=None)
     assert refused.status == 401 and refused.content_type == "application/problem+json"
@@ -200,8 +205,8 @@ async def test_metrics_hold_no_secret_and_take_a_token_when_one_is_set(database_
     text = await resp.text()
     assert resp.status == 200
     samples = parse(text)
-    assert total(samples, "gateway_outbox_undelivered") >= 2  # created and succeeded, not delivered
-    assert total(samples, "gateway_outbox_oldest_undelivered_seconds") >= 0
+    assert total(samples, "psp_gateway_outbox_undelivered") >= 2  # created and succeeded, not delivered
+    assert total(samples, "psp_gateway_outbox_oldest_undelivered_seconds") >= 0
     for secret in (WRITER_KEY, READER_KEY, ADMIN_KEY, WHSEC, CALLBACK_SECRET, METRICS_TOKEN, CARD,
                    database_url.split("@")[0], refund["id"], tx["id"], tx["invoice_id"]):
         assert secret not in text
@@ -226,12 +231,12 @@ async def test_metrics_still_answer_with_the_database_down(own_postgres, running
     api = await running(make_settings(own_postgres.uri, metrics_database_timeout_seconds=1.0))
     tx = await api.transaction()
     await api.refund(tx, 1_000)
-    assert total(await scrape(api), "gateway_database_up") == 1
+    assert total(await scrape(api), "psp_gateway_database_up") == 1
     own_postgres.stop()
     samples = await scrape(api)
-    assert total(samples, "gateway_database_up") == 0
-    assert not has(samples, "gateway_refunds_open") and not has(samples, "gateway_refunds_stuck")
-    assert total(samples, "gateway_refund_transitions_total", processor="mock", status="succeeded") >= 1
+    assert total(samples, "psp_gateway_database_up") == 0
+    assert not has(samples, "psp_gateway_refunds_open") and not has(samples, "psp_gateway_refunds_stuck")
+    assert total(samples, "psp_gateway_refund_transitions_total", processor="mock", status="succeeded") >= 1
 
 
 # --- X-Request-ID -----------------------------------------------------------------------------------
@@ -290,10 +295,10 @@ async def test_an_incoming_request_id_reaches_the_processor_and_the_billing_core
         assert got == {"refund.created": "obs-req-42", "refund.succeeded": "obs-req-42"}
 
         def delivered(samples) -> bool:  # counted once the gateway has recorded the delivery, a moment later
-            return grown(samples, before, "gateway_callback_deliveries_total", result="delivered") >= 2
+            return grown(samples, before, "psp_gateway_callback_deliveries_total", result="delivered") >= 2
         after = await eventually(lambda: _scrape_when(api, delivered))
-    assert grown(after, before, "gateway_callback_deliveries_total", result="failed") == 1
-    assert grown(after, before, "gateway_callback_deliveries_total", result="delivered") == 2
+    assert grown(after, before, "psp_gateway_callback_deliveries_total", result="failed") == 1
+    assert grown(after, before, "psp_gateway_callback_deliveries_total", result="delivered") == 2
 
 
 @pytest.mark.parametrize("incoming", ["sk_live_abcdefgh123", "4242-4242-4242-4242", "two words", "x" * 129])
@@ -338,7 +343,7 @@ async def test_tracing_records_a_server_span_with_a_child_client_span_for_a_refu
     await client.start_server()
     try:
         api = Api(client)
-        tx = await api.transaction(metadata={"card_number": CARD})
+        tx = await api.transaction(metadata={"note": f"key {WRITER_KEY}"})
         resp = await api.post("/v1/refunds", {"invoice_id": tx["invoice_id"], "amount": 1_000, "currency": "EUR"},
                               headers={"X-Request-ID": "obs-trace-1",
                                        "traceparent": f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"})
@@ -418,7 +423,7 @@ async def test_events_held_back_by_an_open_transaction_are_counted_until_it_ends
         await idle.fetchval("SELECT pg_current_xact_id()")
         await api.refund(tx, 1_000)  # its events commit after the open transaction began
         samples = await scrape(api)
-        assert total(samples, "gateway_events_held_back") >= 2
-        assert total(samples, "gateway_events_held_back_seconds") >= 0
+        assert total(samples, "psp_gateway_events_held_back") >= 2
+        assert total(samples, "psp_gateway_events_held_back_seconds") >= 0
         await forgotten.rollback()
-    await eventually(lambda: _scrape_when(api, lambda s: total(s, "gateway_events_held_back") == 0))
+    await eventually(lambda: _scrape_when(api, lambda s: total(s, "psp_gateway_events_held_back") == 0))

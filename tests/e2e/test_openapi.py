@@ -174,7 +174,7 @@ async def test_what_each_handler_raises_and_whether_it_reads_the_database_is_doc
         source = inspect.getsource(handler)
         raised = set(re.findall(r'code="(\w+)"', source))
         assert raised <= documented, (method, path, raised - documented)
-        # /metrics answers without the database (gateway_database_up 0); every other reader may be refused.
+        # /metrics answers without the database (psp_gateway_database_up 0); every other reader may be refused.
         keyed_post = method == "POST" and "security" in operation  # the idempotency middleware's table
         reads_database = ("keys.POOL" in source and path != "/metrics") or keyed_post
         assert ("database_unavailable" in documented) == reads_database, (method, path)

@@ -83,7 +83,7 @@ async def test_a_scrape_with_the_database_away_reports_only_database_up_zero_and
     families = await metrics.database_families(_DeadPool(), stuck_after_seconds=900, outbox=True, timeout=0.05)
     text = generate_latest(metrics._Families(families)).decode()
     parsed = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
-    assert parsed == {"gateway_database_up": 0.0}
+    assert parsed == {"psp_gateway_database_up": 0.0}
 
 
 class _SlowPool:
