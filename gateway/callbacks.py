@@ -32,7 +32,8 @@ SIGNATURE_HEADER = "Gateway-Signature"
 
 def event_body(row: Mapping[str, Any]) -> dict[str, Any]:
     """The event as the billing core sees it, in callbacks and in GET /v1/events."""
-    return {"id": row["id"], "created_at": row["created_at"].isoformat().replace("+00:00", "Z"), **row["payload"]}
+    return {"id": row["id"], "object": "event", "created_at": row["created_at"].isoformat().replace("+00:00", "Z"),
+            **row["payload"]}
 
 
 def signature(body: bytes, secrets: Sequence[bytes], timestamp: int) -> str:

@@ -113,9 +113,10 @@ def _serve_many(settings: Settings, workers: int) -> int:
 
 
 def _metrics_only(gateway: web.Application) -> web.Application:
-    """GET /metrics of `gateway` and nothing else: a worker's listener serves no API."""
+    """GET /metrics of `gateway`, and /healthz for a liveness probe: a worker's listener serves no API."""
     app = web.Application(middlewares=[error_middleware])
     app.router.add_get("/metrics", lambda request: ops.render_metrics(gateway, request))
+    app.router.add_get("/healthz", ops.healthz)
     return app
 
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
     worker = sub.add_parser("worker", help="run only the background work (no API), next to or instead of serve")
     worker.add_argument("--metrics-port", type=int,
-                        help="answer GET /metrics on this port (and GATEWAY_HOST); off by default")
+                        help="answer GET /metrics and /healthz on this port (and GATEWAY_HOST); off by default")
     sub.add_parser("migrate", help="apply database migrations and exit")
     check_config.add_parser(sub)
     refund_commands.add_parser(sub)

@@ -20,7 +20,8 @@ class GatewayError(Exception):
         self.extra = extra
 
     def problem(self) -> dict[str, Any]:
-        return {"type": f"https://errors.psp-gateway.dev/{self.code}", "title": self.title,
+        # A relative URI (RFC 9457 3.1.1): this gateway serves it, as the code's entry on /docs.
+        return {"type": f"/problems/{self.code}", "title": self.title,
                 "status": self.status, "code": self.code, "detail": self.detail, **self.extra}
 
 

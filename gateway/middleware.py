@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from http import HTTPStatus
 
 import asyncpg
 import orjson
@@ -46,9 +47,12 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 
 def _http_error(exc: web.HTTPException) -> errors.GatewayError:
     err = errors.GatewayError(exc.reason or "error", code=_HTTP_CODES.get(exc.status, "http_error"))
-    err.status, err.title = exc.status, exc.reason
+    phrase = HTTPStatus(exc.status).phrase if exc.status in HTTPStatus._value2member_map_ else "Error"
+    err.status, err.title = exc.status, phrase[:1] + phrase[1:].lower()  # "Not found", as the family writes it
     if exc.status == 413:
         err.detail = "the request body is larger than this endpoint accepts"
+    if isinstance(exc, web.HTTPMethodNotAllowed):  # RFC 9110: a 405 says what the path takes
+        err.headers = {"Allow": ", ".join(sorted(exc.allowed_methods))}
     return err
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from gateway.domain import credit_notes, money
@@ -148,6 +148,7 @@ def refundable_amount(row: Any, *, through_processor: bool = True) -> int:
 class TransactionOut(BaseModel):
     model_config = _examples(TRANSACTION_EXAMPLE)
 
+    object: Literal["transaction"] = "transaction"
     id: str
     processor: str
     psp_reference: str
@@ -181,6 +182,7 @@ class TransactionOut(BaseModel):
 class RefundOut(BaseModel):
     model_config = _examples(REFUND_EXAMPLE, DECLINED_REFUND_EXAMPLE)
 
+    object: Literal["refund"] = "refund"
     id: str
     status: Status
     stage: Stage
@@ -266,6 +268,7 @@ class CreditNoteOut(CreditNoteState):
                               "refunded_amount": 1500, "pending_amount": 0, "open_amount": 0,
                               "refunds": [DECLINED_REFUND_EXAMPLE, OFFLINE_REFUND_EXAMPLE]})
 
+    object: Literal["credit_note"] = "credit_note"
     currency: str
     amount: int = Field(description="refunded + pending + open: what the credit note's refunds add up to now")
     refunded_amount: int = Field(description="succeeded, or refunded outside the processor")
@@ -349,6 +352,12 @@ class BulkReprocessRequest(_Request):
 class _Query(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
+    @model_validator(mode="after")
+    def _one_cursor(self) -> "_Query":
+        if getattr(self, "starting_after", None) and getattr(self, "ending_before", None):
+            raise PydanticCustomError("one_cursor", "give starting_after or ending_before, not both")
+        return self
+
 
 def _limit(default: int, most: int) -> Any:
     return Field(default, ge=1, le=most, description=f"at most this many (default {default})")
@@ -366,6 +375,8 @@ class RefundQuery(_Query):
     limit: int = _limit(20, 100)
     starting_after: Ref | None = Field(None, description="the last refund id of the previous page",
                                        examples=[_RF_ID])
+    ending_before: Ref | None = Field(None, description="the first refund id of the next page: the page before "
+                                                        "it (newer refunds)")
 
 
 class CreditNoteQuery(_Query):
@@ -389,6 +400,7 @@ class AdminRefundQuery(_Query):
                                            "stuck_after_seconds setting); also for stuck_counts")
     limit: int = _limit(50, 500)
     starting_after: Ref | None = Field(None, description="the last refund id of the previous page")
+    ending_before: Ref | None = Field(None, description="the first refund id of the next page: the page before it")
 
 
 WebhookEventStatus = Literal["received", "applied", "unmatched", "failed", "ignored"]
@@ -399,6 +411,8 @@ class WebhookEventQuery(_Query):
     processor: Ref | None = Field(None, examples=["stripe"])
     limit: int = _limit(50, 500)
     starting_after: int = Field(0, ge=0, le=2**62, description="the last event id of the previous page (0: none)")
+    ending_before: int = Field(0, ge=0, le=2**62, description="the first event id of the next page: the page "
+                                                              "before it (0: none)")
 
 
 # --- responses ------------------------------------------------------------------------------------
@@ -412,6 +426,7 @@ class _Response(BaseModel):
 class TransactionList(_Response):
     model_config = _examples({"data": [TRANSACTION_EXAMPLE], "has_more": False})
 
+    object: Literal["list"] = "list"
     data: list[TransactionOut]
     has_more: bool
 
@@ -419,6 +434,7 @@ class TransactionList(_Response):
 class RefundList(_Response):
     model_config = _examples({"data": [REFUND_EXAMPLE], "has_more": True})
 
+    object: Literal["list"] = "list"
     data: list[RefundOut]
     has_more: bool = Field(description="more after the last one: ask again with starting_after")
 
@@ -447,6 +463,7 @@ class Event(_Response):
 
     model_config = _examples(EVENT_EXAMPLE)
 
+    object: Literal["event"] = "event"
     id: int = Field(description="the event's id: a delivery's Gateway-Event-Id, the cursor of GET /v1/events")
     created_at: datetime
     type: Literal[EVENT_TYPES] = Field(  # type: ignore[valid-type]
@@ -463,6 +480,7 @@ class Event(_Response):
 class EventList(_Response):
     model_config = _examples({"data": [EVENT_EXAMPLE], "has_more": False})
 
+    object: Literal["list"] = "list"
     data: list[Event]
     has_more: bool
 
@@ -522,6 +540,7 @@ WEBHOOK_EVENT_EXAMPLE = {
 class WebhookEventOut(_Response):
     model_config = _examples(WEBHOOK_EVENT_EXAMPLE)
 
+    object: Literal["webhook_event"] = "webhook_event"
     id: int
     processor_id: str
     event_id: str
@@ -541,6 +560,7 @@ class WebhookEventOut(_Response):
 class WebhookEventList(_Response):
     model_config = _examples({"data": [WEBHOOK_EVENT_EXAMPLE], "has_more": False})
 
+    object: Literal["list"] = "list"
     data: list[WebhookEventOut]
     has_more: bool
 
@@ -602,7 +622,7 @@ class Problem(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(description="https://errors.psp-gateway.dev/<code>")
+    type: str = Field(description="/problems/<code>, relative to the gateway: it serves the code's meaning there")
     title: str
     status: int
     code: str = Field(description="stable, for code to branch on")

@@ -277,6 +277,9 @@ OPERATIONS = [
         "type": "object", "required": ["openapi", "info", "paths"], "properties": {"openapi": {"const": "3.1.0"}},
         "examples": [{"openapi": "3.1.0", "info": {"title": "psp-gateway", "version": "1"}, "paths": {}}]}},
               database=False),
+    Operation("get", "/problems/{code}", "A problem code's meaning: the `type` of every problem", None,
+              answers={302: {"type": "string", "examples": [""]}}, codes=("not_found",), database=False,
+              notes={302: "To the code's entry on /docs (Location: /docs#examples-<code>)."}),
     Operation("get", "/docs", "This document as a page (HTML)", None, answers={200: {
         "type": "string", "examples": ["<!doctype html><html>...</html>"]}}, database=False, media="text/html"),
 ]

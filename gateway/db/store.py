@@ -737,18 +737,29 @@ class _Filters:
         self.args.append(value)
         self.clauses.append(template.format(n=len(self.args)))
 
-    def page(self, starting_after: Any, limit: int) -> str:
-        """WHERE ... ORDER BY id DESC LIMIT: one more than `limit`, to tell whether there is more."""
+    def page(self, starting_after: Any, limit: int, ending_before: Any = None) -> str:
+        """WHERE ... ORDER BY id LIMIT: one more than `limit`, to tell whether there is more. Newest
+        first after `starting_after`; with `ending_before`, the ones just newer than it, oldest
+        first (`in_order` turns them round)."""
         if starting_after is not None:
             self.add("id < ${n}", starting_after)
+        if ending_before is not None:
+            self.add("id > ${n}", ending_before)
         self.args.append(limit + 1)
         where = f"WHERE {' AND '.join(self.clauses)} " if self.clauses else ""
-        return f"{where}ORDER BY id DESC LIMIT ${len(self.args)}"
+        return f"{where}ORDER BY id {'ASC' if ending_before is not None else 'DESC'} LIMIT ${len(self.args)}"
+
+
+def in_order(rows: list[Row], limit: int, ending_before: Any) -> list[Row]:
+    """A page newest first, with the row that tells there is more (if any) last, either way."""
+    if ending_before is None:
+        return rows
+    return list(reversed(rows[:limit])) + rows[limit:]
 
 
 async def list_refunds(conn, *, starting_after: str | None, limit: int, stuck_older_than: float | None = None,
                        ids: Sequence[str] | None = None, statuses: Sequence[str] | None = None,
-                       **equal: str | None) -> list[Row]:
+                       ending_before: str | None = None, **equal: str | None) -> list[Row]:
     """Newest first, filtered by equality on the given columns (None: no filter), by ids or
     statuses, and, with `stuck_older_than`, to stuck refunds."""
     filters = _Filters()
@@ -761,7 +772,9 @@ async def list_refunds(conn, *, starting_after: str | None, limit: int, stuck_ol
         assert column in _FILTERABLE, column
         if value is not None:
             filters.add(f"{column} = ${{n}}", value)
-    return await conn.fetch(f"SELECT * FROM refunds {filters.page(starting_after, limit)}", *filters.args)
+    rows = await conn.fetch(f"SELECT * FROM refunds {filters.page(starting_after, limit, ending_before)}",
+                            *filters.args)
+    return in_order(rows, limit, ending_before)
 
 
 async def stuck_counts(conn, older_than: float) -> dict[str, int]:
@@ -815,15 +828,16 @@ async def update_audit_result(conn, audit_id: int, result: dict[str, Any]) -> No
 
 
 async def list_webhook_events(conn, *, status: str | None, processor: str | None, starting_after: int | None,
-                              limit: int) -> list[Row]:
+                              limit: int, ending_before: int | None = None) -> list[Row]:
     filters = _Filters()
     for column, value in (("status", status), ("processor_id", processor)):
         if value is not None:
             filters.add(f"{column} = ${{n}}", value)
-    return await conn.fetch(
+    rows = await conn.fetch(
         "SELECT id, processor_id, event_id, event_type, status, attempts, last_error, match_keys, received_at, "
         "processed_at, signature, event IS NOT NULL AS parsed "
-        f"FROM webhook_events {filters.page(starting_after, limit)}", *filters.args)
+        f"FROM webhook_events {filters.page(starting_after, limit, ending_before)}", *filters.args)
+    return in_order(rows, limit, ending_before)
 
 
 async def claim_webhook_event(conn, event_row_id: int, lease_seconds: float) -> Row | None:

@@ -47,7 +47,7 @@ async def list_refunds(request: web.Request) -> web.Response:
         rows = await store.list_refunds(
             conn, stuck_older_than=older_than if query.stuck else None, status=query.status,
             processor_id=query.processor, failure_code=query.failure_code, starting_after=query.starting_after,
-            limit=limit)
+            ending_before=query.ending_before, limit=limit)
         counts = await store.stuck_counts(conn, older_than)
     return model_response(AdminRefundList(data=[RefundOut.from_row(r) for r in rows[:limit]],
                                           has_more=len(rows) > limit, stuck_counts=counts,
@@ -105,7 +105,8 @@ async def list_webhook_events(request: web.Request) -> web.Response:
     limit = query.limit
     async with request.app[keys.POOL].acquire() as conn:
         rows = await store.list_webhook_events(conn, status=query.status, processor=query.processor,
-                                               starting_after=query.starting_after or None, limit=limit)
+                                               starting_after=query.starting_after or None,
+                                               ending_before=query.ending_before or None, limit=limit)
     return model_response(WebhookEventList(data=[WebhookEventOut.model_validate(dict(r)) for r in rows[:limit]],
                                            has_more=len(rows) > limit))
 

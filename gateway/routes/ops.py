@@ -159,6 +159,15 @@ def _page() -> str:
     return _docs_page(_document())
 
 
+@routes.get("/problems/{code}")
+async def problem_type(request: web.Request) -> web.Response:
+    """A problem's `type`: its code's entry on /docs."""
+    code = request.match_info["code"]
+    if code not in openapi.ERROR_CODES:
+        raise errors.NotFound(f"no problem code {code!r}", code="not_found")
+    raise web.HTTPFound(f"/docs#examples-{code}")
+
+
 @routes.get("/docs")
 async def docs(request: web.Request) -> web.Response:
     return web.Response(text=_page(), content_type="text/html", charset="utf-8", headers=_DOCS_HEADERS)

@@ -118,7 +118,7 @@ async def list_refunds(request: web.Request) -> web.Response:
     async with request.app[keys.POOL].acquire() as conn:
         rows = await store.list_refunds(conn, invoice_id=query.invoice_id, status=query.status,
                                         credit_note_id=query.credit_note_id, starting_after=query.starting_after,
-                                        limit=query.limit)
+                                        ending_before=query.ending_before, limit=query.limit)
     return model_response(RefundList(data=[RefundOut.from_row(r) for r in rows[:query.limit]],
                                      has_more=len(rows) > query.limit))
 

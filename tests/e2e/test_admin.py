@@ -603,7 +603,7 @@ async def test_webhook_event_admin_refuses_unknown_events_and_bad_statuses(api):
     status, body = await admin(api, "POST", "/admin/webhook-events/reprocess", {"status": "unmatched"})
     assert (status, body["code"]) == (422, "validation_error")
     status, body = await admin(api, "GET", "/admin/webhook-events", params={"status": "unmatched"})
-    assert (status, body) == (200, {"data": [], "has_more": False})
+    assert (status, body) == (200, {"object": "list", "data": [], "has_more": False})
     assert audited(await audit_rows(api)) == [
         ("ops", "webhook_event.reprocess", target, REASON, {"refused": "webhook_event_not_found"})
         for target in ("webhook_event:999999", "webhook_event:evt_x")]

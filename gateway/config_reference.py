@@ -1,0 +1,376 @@
+"""The configuration reference, docs/configuration.md, generated from the settings models:
+`python -m gateway.config_reference > docs/configuration.md`. Names, variables, defaults and limits
+come from the models; the meanings are written here, and a field without one stops the generator."""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from pathlib import Path
+
+import annotated_types
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from gateway.settings import (
+    BridgePayProcessor,
+    ClientConfig,
+    MockProcessor,
+    ProcessorBase,
+    Settings,
+    StripeProcessor,
+)
+
+COMMAND = "python -m gateway.config_reference > docs/configuration.md"
+
+# Settings fields by section: field -> meaning. Every field of Settings is in exactly one section.
+SETTINGS: list[tuple[str, dict[str, str]]] = [
+    ("The file and the database", {
+        "config": "The TOML file to read. Set it as a variable: the file cannot name itself.",
+        "database_url": "The Postgres to use. Unset, the gateway starts an embedded Postgres under `data_dir`. "
+                        "The embedded one is for development only.",
+        "data_dir": "Where the embedded Postgres keeps its data.",
+        "db_pool_min": "Database connections each process opens at start.",
+        "db_pool_max": "Database connections each process holds at most. All processes together must fit "
+                       "Postgres' `max_connections`.",
+        "database_statement_cache_size": "Prepared statements asyncpg keeps per connection. "
+                                         "Set `0` behind a transaction-mode pooler such as PgBouncer.",
+        "migrate_on_start": "`serve` and `worker` apply migrations at start, under an advisory lock. "
+                            "Set `false` behind a transaction-mode pooler. Then run `psp-gateway migrate` "
+                            "against Postgres directly.",
+    }),
+    ("Listening and logs", {
+        "host": "The address to listen on. `worker --metrics-port` listens there too.",
+        "port": "The port the API listens on.",
+        "log_format": "`json` for machines, `console` for people. `make run` uses `console`.",
+        "log_level": "The lowest level that is logged.",
+        "shutdown_grace_seconds": "After SIGTERM, how long requests and processor calls in flight may finish. "
+                                  "A call still running then keeps its lease. The janitor takes it over "
+                                  "once the lease runs out.",
+    }),
+    ("Requests and limits", {
+        "max_body_bytes": "The largest request body. A larger one gets 413.",
+        "request_read_seconds": "A request's whole body must arrive within this time. "
+                                "Later, the answer is 408 and the connection is closed.",
+        "failed_sign_ins_per_minute": "Failed sign-ins per source address and minute. Over it, every request "
+                                      "from that address gets 429.",
+        "unauthenticated_per_second": "Requests per second and source address to routes without a key: "
+                                      "webhooks, health, metrics and docs. Over it, 429.",
+        "refund_response_budget_seconds": "How long a refund POST waits for the processor. After it, the answer "
+                                          "is a `pending` refund that keeps going.",
+    }),
+    ("Retries and stuck refunds", {
+        "retry_max_attempts": "Quick retries of a transient processor fault: calls per request, "
+                              "or per round of background work.",
+        "retry_max_seconds": "Quick retries start no new call after this time.",
+        "retry_initial_backoff_seconds": "The first wait between quick retries. It doubles each time, "
+                                         "with jitter. A longer `Retry-After` from the processor wins.",
+        "retry_max_backoff_seconds": "The longest wait between two quick retries.",
+        "durable_retry_max_attempts": "Processor calls in all, look-ups included, before a refund needs "
+                                      "attention. A replay starts a new count.",
+        "durable_retry_initial_seconds": "The first wait before a retry that outlasts its request. "
+                                         "It doubles each round, with jitter.",
+        "durable_retry_max_seconds": "The longest wait between two durable retries.",
+        "lease_seconds": "How long a run holds a refund before the janitor presumes its process dead. "
+                         "It must exceed `retry_max_seconds` + 2 x `timeout_seconds` + 1 s for every processor. "
+                         "The gateway refuses to start otherwise.",
+        "stuck_after_seconds": "A refund still `pending` this long after its creation counts as stuck.",
+    }),
+    ("Background work", {
+        "pending_poll_seconds": "How often refunds pending at their processor are looked for. "
+                                "It is also the first wait before such a refund is looked up again. "
+                                "Later waits are a tenth of its age, at most an hour.",
+        "webhook_poll_seconds": "How often the inbox looks for stored webhooks to apply, at the latest. "
+                                "A new webhook wakes it at once.",
+        "janitor_poll_seconds": "How often the janitor looks for due retries, expired leases and "
+                                "duplicate checks.",
+    }),
+    ("Callbacks", {
+        "callback_url": "Where refund events are POSTed. Unset, events are only served by `GET /v1/events`. "
+                        "Events are kept either way, so setting it later sends the whole history, "
+                        "oldest first.",
+        "callback_secrets": "The secrets that sign callbacks; in the variable, a JSON list. "
+                            "Required with `callback_url`. The first one signs. "
+                            "During a rotation list two: both sign.",
+        "callback_timeout_seconds": "How long one callback POST may wait to connect, to send or to read.",
+        "callback_initial_backoff_seconds": "The wait before a failed callback is tried again. "
+                                            "It doubles with each failure.",
+        "callback_max_backoff_seconds": "The longest wait between two tries of one callback.",
+        "callback_poll_seconds": "How often the dispatcher looks for callbacks that are due.",
+    }),
+    ("Metrics and tracing", {
+        "metrics_token": "Set, `GET /metrics` needs `Authorization: Bearer <token>`. "
+                         "`/healthz` stays open.",
+        "metrics_database_timeout_seconds": "How long a scrape waits for the gauges read from the database. "
+                                            "Later, `/metrics` answers without them.",
+        "otel_enabled": "Tracing on or off. Unset, it is on when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.",
+    }),
+    ("Processors and clients", {
+        "processors": "The processor accounts: `[[processors]]` tables in the file. The variable takes "
+                      "the same as JSON. See [Processor accounts](#processor-accounts).",
+        "clients": "The API clients: `[[clients]]` tables in the file. The variable takes the same as JSON. "
+                   "See [API clients](#api-clients).",
+    }),
+]
+
+PROCESSOR_COMMON = {
+    "id": "The account's name. Refunds and payments carry it, and its webhooks go to `/v1/webhooks/{id}`.",
+    "timeout_seconds": "The deadline of one processor call, whole: connect, send, wait and read.",
+    "max_connections": "HTTP connections to the processor, at most, per process.",
+    "max_answer_bytes": "The most of one answer that is read, counted after decompression. "
+                        "More is a protocol error, and the refund needs attention.",
+    "execution_window_seconds": "How long after a send a processor without idempotency keys may still "
+                                "carry the request out. A look-up's \"no record\" counts only after it.",
+}
+
+PROCESSORS: list[tuple[str, type[BaseModel], dict[str, str]]] = [
+    ("Stripe", StripeProcessor, {
+        "kind": "The processor. See [Stripe](processors/stripe.md).",
+        "base_url": "Stripe's API, or a Stripe-compatible server such as the simulator.",
+        "api_key": "The secret key: `sk_test_...` in test mode, `sk_live_...` live. "
+                   "It must create and read refunds.",
+        "webhook_secrets": "The webhook endpoint's signing secrets. Two during a rotation.",
+    }),
+    ("BridgePay", BridgePayProcessor, {
+        "kind": "The processor. See [BridgePay](processors/bridgepay.md).",
+        "base_url": "BridgePay's SOAP API. The test host is `https://www.bridgepaynetsecuretest.com`.",
+        "reporting_base_url": "The Reporting API, when it is not at `base_url`.",
+        "username": "The API user.",
+        "password": "The API user's password.",
+        "merchant_code": "The merchant code BridgePay gave the account.",
+        "merchant_account_code": "The merchant account code BridgePay gave the account.",
+    }),
+    ("The mock", MockProcessor, {
+        "kind": "The processor. See [The mock processor](processors/mock.md).",
+        "base_url": "Accepted, and unused: the mock runs in the gateway's process.",
+        "execution_window_seconds": "As above. The mock's abandoned calls are cancelled with it, "
+                                    "so nothing can land later.",
+        "pending_settle_seconds": "How long the amounts 7001 and 7002 stay `pending`.",
+        "latency_seconds": "Added to every call.",
+        "idempotency_keys": "`false` acts like a processor that carries out every resend, as BridgePay does. "
+                            "The gateway then resends only after a look-up finds no record.",
+        "lookup": "`false` acts like a processor that cannot find a refund again. An unknown outcome is then "
+                  "resent with the same key if `idempotency_keys` is true. Otherwise it needs attention.",
+        "webhook_secrets": "The secrets that verify mock webhooks, signed in `Mock-Signature`.",
+    }),
+]
+
+CLIENT = {
+    "id": "The client's name. It is the console's user name and the actor in the audit.",
+    "api_key": "One key in clear, at least 16 characters.",
+    "api_keys": "Several keys in clear, for a rotation.",
+    "api_key_sha256": "Keys as SHA-256 hex digests, so that the file holds no secret. "
+                      "Make one with `printf %s \"$KEY\" | sha256sum`.",
+    "scopes": "What the client may do. `admin` reaches the admin API and the console.",
+    "rate_limit_per_second": "Requests per second for this client, per process. Over it, 429 with "
+                             "`Retry-After`. Unset, no limit.",
+    "rate_limit_burst": "Requests allowed at once above the rate. Used only with `rate_limit_per_second`.",
+}
+
+INTRO = """\
+# Configuration
+
+<!-- Generated by `{command}` from gateway/settings.py. Do not edit: change the models or
+     gateway/config_reference.py, then run the command. tests/unit/test_docs.py checks it. -->
+
+Settings come from two places.
+
+- A TOML file, named by `GATEWAY_CONFIG`. `make run` uses `deploy/dev.toml`.
+- `GATEWAY_*` environment variables. They win over the file.
+
+Any value in the file may be written as `${{ENV_VAR}}`. A variable that is not set is an error.
+A bad configuration stops the start with a message that names the field.
+`psp-gateway check-config` checks a configuration without starting anything.
+See [Operations](operations.md#commands).
+
+Every setting below may also be written at the top of the file, under its name in the file.
+Its variable wins over the file.
+
+## An example: test mode
+
+One environment per file. This one is test mode: Stripe's test mode and BridgePay's test host.
+A live file has the live keys and hosts, and nothing from test mode.
+
+```toml
+[[processors]]
+id = "stripe-test"
+kind = "stripe"
+base_url = "https://api.stripe.com"
+api_key = "${{STRIPE_TEST_SECRET_KEY}}"           # sk_test_...
+webhook_secrets = ["${{STRIPE_TEST_WEBHOOK_SECRET}}"]
+
+[[processors]]
+id = "bridgepay-test"
+kind = "bridgepay"
+base_url = "https://www.bridgepaynetsecuretest.com"
+username = "${{BRIDGEPAY_TEST_USERNAME}}"
+password = "${{BRIDGEPAY_TEST_PASSWORD}}"
+merchant_code = "${{BRIDGEPAY_TEST_MERCHANT_CODE}}"
+merchant_account_code = "${{BRIDGEPAY_TEST_MERCHANT_ACCOUNT_CODE}}"
+
+[[clients]]
+id = "billing-core"
+api_key = "${{BILLING_CORE_KEY}}"
+scopes = ["transactions:write", "transactions:read", "refunds:write", "refunds:read"]
+rate_limit_per_second = 200
+rate_limit_burst = 400
+
+[[clients]]
+id = "operator"
+# Digests: the file holds no secret. Two keys at once during a rotation.
+api_key_sha256 = ["${{OPERATOR_KEY_SHA256}}", "${{OPERATOR_NEXT_KEY_SHA256}}"]
+scopes = ["admin"]
+```
+
+`deploy/k8s/configmap.yaml` holds the same test-mode file for Kubernetes.
+"""
+
+CALLBACK_NOTE = """\
+Turning `GATEWAY_CALLBACK_URL` on later sends every event recorded so far.
+The gateway writes an event for each change of a refund, with or without a callback URL.
+The dispatcher then delivers every event not yet delivered, from the first one.
+To start from now, read `GET /v1/events` instead. See [The billing core](billing-core.md).
+"""
+
+TRACING_NOTE = """\
+Tracing also reads the usual `OTEL_*` variables, such as `OTEL_EXPORTER_OTLP_ENDPOINT` and
+`OTEL_SERVICE_NAME`. See [Observability](observability.md#tracing).
+"""
+
+
+def _code(text: str) -> str:
+    return f"`{text}`"
+
+
+def _default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
+    if field.default_factory is not None:
+        value = field.default_factory()
+        return "none" if value in ([], {}, ()) else _code(repr(value))
+    value = field.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return _code(str(value).lower())
+    if isinstance(value, float) and value.is_integer():
+        return _code(str(int(value)))
+    if isinstance(value, Path):
+        return _code(str(value))
+    return _code(str(value))
+
+
+def _choices(annotation: object) -> list[str] | None:
+    """The values of a Literal, or of a list of Literals; None for anything else."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return [str(v) for v in typing.get_args(annotation)]
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return _choices(item)
+    return None
+
+
+def _allowed(field: FieldInfo) -> str:
+    parts: list[str] = []
+    annotation = field.annotation
+    choices = _choices(annotation)
+    if choices:
+        parts.append(", ".join(_code(c) for c in choices))
+    args = typing.get_args(annotation)
+    optional = (typing.get_origin(annotation) in (typing.Union, types.UnionType)) and type(None) in args
+    if annotation is bool or (optional and bool in args):
+        parts.append("`true`, `false`")
+    for item in field.metadata:
+        if isinstance(item, annotated_types.Gt):
+            parts.append(f"> {item.gt:g}")
+        elif isinstance(item, annotated_types.Ge):
+            parts.append(f">= {item.ge:g}")
+        elif isinstance(item, annotated_types.Lt):
+            parts.append(f"< {item.lt:g}")
+        elif isinstance(item, annotated_types.Le):
+            parts.append(f"<= {item.le:g}")
+        elif isinstance(item, annotated_types.MinLen):
+            parts.append(f"at least {item.min_length}")
+        elif isinstance(item, annotated_types.MaxLen):
+            parts.append(f"at most {item.max_length}")
+        elif getattr(item, "pattern", None):
+            parts.append(_code(item.pattern))
+    return "; ".join(parts)
+
+
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _check(what: str, documented: dict[str, str] | set[str], fields: typing.Iterable[str]) -> None:
+    missing = [f for f in fields if f not in documented]
+    extra = [f for f in documented if f not in set(fields)]
+    if missing or extra:
+        raise ValueError(f"gateway/config_reference.py is out of step with {what}: "
+                         f"no meaning for {missing}, meanings for no field {extra}")
+
+
+def settings_env_name(name: str) -> str:
+    return f"{Settings.model_config['env_prefix']}{name.upper()}"
+
+
+def render() -> str:
+    fields = Settings.model_fields
+    sectioned = [name for _, section in SETTINGS for name in section]
+    if len(sectioned) != len(set(sectioned)):
+        raise ValueError("a Settings field is in two sections of gateway/config_reference.py")
+    _check("Settings", set(sectioned), list(fields))
+    lines = [INTRO.format(command=COMMAND), "## Settings", ""]
+    for title, section in SETTINGS:
+        lines += [f"### {title}", "", "| Variable | In the file | Default | Allowed | Meaning |",
+                  "| --- | --- | --- | --- | --- |"]
+        for name, meaning in section.items():
+            field = fields[name]
+            lines.append(_row(_code(settings_env_name(name)), _code(name), _default(field), _allowed(field), meaning))
+        lines.append("")
+        if title == "Callbacks":
+            lines += [CALLBACK_NOTE]
+        if title == "Metrics and tracing":
+            lines += [TRACING_NOTE]
+
+    _check("ProcessorBase", PROCESSOR_COMMON, list(ProcessorBase.model_fields))
+    lines += ["## Processor accounts", "",
+              "Each `[[processors]]` table is one account at one processor. `kind` says which.",
+              "Every kind takes these fields.", "",
+              "| Field | Default | Allowed | Meaning |", "| --- | --- | --- | --- |"]
+    for name, meaning in PROCESSOR_COMMON.items():
+        field = ProcessorBase.model_fields[name]
+        lines.append(_row(_code(name), _default(field), _allowed(field), meaning))
+    lines.append("")
+    for title, model, own in PROCESSORS:
+        # A kind's own fields, and the common ones it sets apart (another default).
+        names = [n for n in model.model_fields
+                 if n not in ProcessorBase.model_fields
+                 or model.model_fields[n].default != ProcessorBase.model_fields[n].default]
+        _check(model.__name__, own, names)
+        lines += [f"### {title}", "", "| Field | Default | Allowed | Meaning |", "| --- | --- | --- | --- |"]
+        for name in own:  # in the order of the meanings: `kind` first
+            field = model.model_fields[name]
+            lines.append(_row(_code(name), _default(field), _allowed(field), own[name]))
+        lines.append("")
+
+    _check("ClientConfig", CLIENT, list(ClientConfig.model_fields))
+    lines += ["## API clients", "",
+              "Each `[[clients]]` table is one caller with its keys and scopes.",
+              "A client needs at least one key. Two clients may not share a key.", "",
+              "| Field | Default | Allowed | Meaning |", "| --- | --- | --- | --- |"]
+    for name, meaning in CLIENT.items():
+        field = ClientConfig.model_fields[name]
+        lines.append(_row(_code(name), _default(field), _allowed(field), meaning))
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def main() -> int:
+    sys.stdout.write(render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
