@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import importlib.metadata
 import multiprocessing
 import os
 import shutil
@@ -28,7 +30,7 @@ from gateway.db.pool import connect
 from gateway.logging import configure, register_secrets
 from gateway.middleware import error_middleware
 from gateway.routes import ops
-from gateway.settings import ConfigError, Settings, load_settings
+from gateway.settings import ConfigError, Settings, load_settings, missing_parts, unknown_variables
 
 
 @contextlib.contextmanager
@@ -55,12 +57,23 @@ def _fast_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+class CannotListen(Exception):
+    """The address is taken (or not ours to take): one line for the operator, not a traceback."""
+
+
 def _serve(settings: Settings, *, reuse_port: bool = False, banner: bool = True) -> None:
     _fast_loop()
     app = create_app(settings)
-    web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port,
-                print=(lambda _: print(_banner(settings), flush=True)) if banner else None,
-                access_log=None, shutdown_timeout=settings.shutdown_grace_seconds)
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port,
+                    print=(lambda _: print(_banner(settings), flush=True)) if banner else None,
+                    access_log=None, shutdown_timeout=settings.shutdown_grace_seconds)
+    except OSError as e:
+        if e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        reason = os.strerror(e.errno)
+        raise CannotListen(f"cannot listen on {settings.host}:{settings.port}: {reason[:1].lower()}{reason[1:]} "
+                           "(set GATEWAY_PORT or --port)") from None
 
 
 def _serve_child(settings: Settings) -> None:
@@ -154,9 +167,12 @@ async def _migrate(dsn: str) -> list[int]:
 
 def _operate(args: argparse.Namespace, settings: Settings) -> int:
     """The operator's commands, on the configured database or the embedded one `make run` uses. Logs
-    go to stderr, warnings only unless GATEWAY_LOG_LEVEL is set, so that stdout holds the answer."""
+    go to stderr, warnings only unless GATEWAY_LOG_LEVEL is set, so that stdout holds the answer;
+    for people (no --json) they read as lines of text, not JSON, unless GATEWAY_LOG_FORMAT says so."""
     level = settings.log_level if "log_level" in settings.model_fields_set else "warning"
-    configure(settings.log_format, level, stream=sys.stderr)
+    log_format = (settings.log_format if "log_format" in settings.model_fields_set or getattr(args, "json", False)
+                  else "console")
+    configure(log_format, level, stream=sys.stderr)
     if settings.database_url is None:
         print(f"psp-gateway: GATEWAY_DATABASE_URL is unset: using the embedded Postgres under {settings.data_dir} "
               "(as `make run` does)", file=sys.stderr)
@@ -164,8 +180,35 @@ def _operate(args: argparse.Namespace, settings: Settings) -> int:
         return args.operate(args, settings)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("psp-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def _config_option(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument("--config", metavar="PATH", default=default,
+                        help="the TOML configuration file (instead of GATEWAY_CONFIG)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command; a reader that stops reading (`check-config | head`) ends it quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit: point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except CannotListen as e:
+        print(f"psp-gateway: {e}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="psp-gateway", description="Refund gateway for payment processors")
+    parser.add_argument("--version", action="version", version=f"psp-gateway {_version()}")
+    _config_option(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP API and background work")
     serve.add_argument("--host", help="listen address (default GATEWAY_HOST or 127.0.0.1)")
@@ -178,7 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     check_config.add_parser(sub)
     refund_commands.add_parser(sub)
     webhook_commands.add_parser(sub)
+    for command in sub.choices.values():  # `psp-gateway serve --config x` as well as `psp-gateway --config x serve`
+        _config_option(command, default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.config:
+        os.environ["GATEWAY_CONFIG"] = args.config
+    for name in unknown_variables():
+        print(f"psp-gateway: warning: {name} is set but no setting reads it (misspelt?)", file=sys.stderr)
     if args.command == "check-config":
         return check_config.run(args)  # it reports a bad configuration its own way
 
@@ -190,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
             tracing.require_sdk()  # now, with a message, not as a traceback in every process
     except ConfigError as e:
         print(f"psp-gateway: {e}", file=sys.stderr)
+        return 2
+    missing = missing_parts(settings) if args.command in ("serve", "worker") else []
+    if missing:
+        print("psp-gateway: the configuration cannot serve refunds:", file=sys.stderr)
+        for problem in missing:
+            print(f"  {problem}", file=sys.stderr)
         return 2
     register_secrets(settings.secret_values())
     if args.command in ("refunds", "webhooks"):

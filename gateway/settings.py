@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -281,9 +281,44 @@ class _TomlSource(PydanticBaseSettingsSource):
         return expand_env(data)
 
 
+def _variable(field: str) -> str:
+    """`port` as `GATEWAY_PORT (port)` when the value came from that variable."""
+    name = f"GATEWAY_{field.upper()}"
+    return f"{name} ({field})" if name in os.environ else field
+
+
 def validation_problems(err: ValidationError) -> list[str]:
-    """One `field.path: message` line per failing field."""
-    return [f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors()]
+    """One `field.path: message` line per failing field, naming the variable a value came from."""
+    problems = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        if loc and loc[0] in Settings.model_fields:
+            loc[0] = _variable(loc[0])
+        problems.append(f"{'.'.join(loc) or 'config'}: {e['msg']}")
+    return problems
+
+
+# Read by the gateway though they are not settings of the model.
+_OTHER_VARIABLES = frozenset({"GATEWAY_CONFIG"})
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """GATEWAY_* variables that no setting reads: a misspelt one must not be silently ignored."""
+    known = {f"GATEWAY_{name.upper()}" for name in Settings.model_fields} | _OTHER_VARIABLES
+    return sorted(k for k in (os.environ if environ is None else environ)
+                  if k.upper().startswith("GATEWAY_") and k.upper() not in known)
+
+
+def missing_parts(settings: Settings) -> list[str]:
+    """What a gateway cannot serve without, with what to do: no processor, no client."""
+    problems = []
+    if not settings.processors:
+        problems.append("processors: none configured: add a [[processors]] table (kind mock, stripe or bridgepay) "
+                        "to the file GATEWAY_CONFIG names; deploy/dev.toml has a mock one")
+    if not settings.clients:
+        problems.append("clients: none configured: add a [[clients]] table with an api_key and scopes; every API "
+                        "request needs a client's key")
+    return problems
 
 
 def describe_validation_error(err: ValidationError) -> str:

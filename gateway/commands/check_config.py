@@ -17,7 +17,7 @@ from adapters.registry import build_adapters, close_adapters
 from gateway.commands import output
 from gateway.db.migrate import current_version, latest_version
 from gateway.logging import scrub_text, without_credentials
-from gateway.settings import ConfigError, Settings, load_settings
+from gateway.settings import ConfigError, Settings, load_settings, missing_parts
 
 CHECK_SECONDS = 30.0  # the longest one processor's check may take, whatever its timeouts
 DATABASE_SECONDS = 10.0
@@ -37,12 +37,15 @@ def run(args: argparse.Namespace) -> int:
              else "GATEWAY_* variables (no GATEWAY_CONFIG)")
     try:
         settings = load_settings()
+        problems = missing_parts(settings)
     except ConfigError as e:
+        problems = e.problems
+    if problems:
         if args.json:
-            output.print_json({"valid": False, "config": source, "problems": e.problems})
+            output.print_json({"valid": False, "config": source, "problems": problems})
         else:
             print(f"invalid configuration, from {where}:", file=sys.stderr)
-            for problem in e.problems:
+            for problem in problems:
                 print(f"  {problem}", file=sys.stderr)
         return 2
     database, checks = ({"status": "not_checked", "detail": "--offline"}, {}) if args.offline else asyncio.run(

@@ -261,3 +261,40 @@ async def test_invoice_refund_takes_the_currency_of_the_payment_the_body_points_
     other = await api.transaction(amount=1_000, currency="GBP")
     await _problem(await api.post("/v1/invoices/INV-2CUR/refund", {"amount": 1, "transaction_id": other["id"]}),
                    422, "invoice_mismatch")
+
+
+async def test_a_405_says_which_methods_the_path_takes(api):
+    resp = await api.http.delete("/v1/refunds", headers={"Authorization": f"Bearer {WRITER_KEY}"})
+    problem = await resp.json()
+    assert resp.status == 405 and set(resp.headers["Allow"].split(", ")) >= {"GET", "POST"}
+    assert (problem["code"], problem["title"]) == ("method_not_allowed", "Method not allowed")
+
+
+async def test_a_problems_type_is_served_by_the_gateway(api):
+    problem = await (await api.get("/v1/refunds/rf_nope")).json()
+    assert problem["type"] == "/problems/refund_not_found" and problem["title"] == "Not found"
+    resp = await api.http.get(problem["type"], allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"] == "/docs#examples-refund_not_found"
+    page = await (await api.http.get(problem["type"])).text()
+    assert "id='examples-refund_not_found'" in page
+    assert (await api.http.get("/problems/no_such_code", allow_redirects=False)).status == 404
+    unknown_path = await (await api.get("/nope")).json()
+    assert unknown_path["title"] == "Not found"  # one spelling, whoever raised it
+
+
+async def test_resources_and_lists_say_what_they_are_and_lists_page_both_ways(api):
+    tx = await api.transaction(amount=10_000)
+    made = [await api.refund(tx, 100 + n) for n in range(5)]
+    assert {r["object"] for r in made} == {"refund"}
+    assert (await (await api.get(f"/v1/transactions/{tx['id']}")).json())["object"] == "transaction"
+    ids = [r["id"] for r in sorted(made, key=lambda r: r["id"], reverse=True)]  # newest first
+    first = await (await api.get("/v1/refunds", params={"limit": "2"})).json()
+    assert first["object"] == "list" and [r["id"] for r in first["data"]] == ids[:2] and first["has_more"]
+    second = await (await api.get("/v1/refunds", params={"limit": "2", "starting_after": ids[1]})).json()
+    assert [r["id"] for r in second["data"]] == ids[2:4]
+    back = await (await api.get("/v1/refunds", params={"limit": "2", "ending_before": ids[2]})).json()
+    assert [r["id"] for r in back["data"]] == ids[:2] and not back["has_more"]
+    back = await (await api.get("/v1/refunds", params={"limit": "1", "ending_before": ids[2]})).json()
+    assert [r["id"] for r in back["data"]] == ids[1:2] and back["has_more"]
+    both = await api.get("/v1/refunds", params={"starting_after": ids[1], "ending_before": ids[3]})
+    assert both.status == 422

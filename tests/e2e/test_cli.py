@@ -95,3 +95,68 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "processors.0.stripe.api_key" in out.stderr
+
+
+def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_version_and_a_config_named_on_the_command_line(tmp_path):
+    version = _run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("psp-gateway ") and version.stdout.split()[1][0].isdigit()
+    config = tmp_path / "gateway.toml"
+    config.write_text(CONFIG)
+    env = {"CLI_TEST_KEY": KEY, "GATEWAY_CONFIG": ""}
+    for args in (("--config", str(config), "check-config", "--offline"),
+                 ("check-config", "--offline", "--config", str(config))):
+        checked = _run(*args, env=env)
+        assert checked.returncode == 0 and "configuration valid" in checked.stdout, checked
+
+
+def test_serve_refuses_a_configuration_with_no_processor_or_client(tmp_path):
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    served = _run("serve", env={"GATEWAY_CONFIG": str(empty)})
+    assert served.returncode == 2 and "processors: none configured" in served.stderr, served
+    assert "Traceback" not in served.stderr
+
+
+def test_a_bad_or_unknown_gateway_variable_is_named(tmp_path):
+    config = tmp_path / "gateway.toml"
+    config.write_text(CONFIG)
+    env = {"CLI_TEST_KEY": KEY, "GATEWAY_CONFIG": str(config), "GATEWAY_PORT": "abc", "GATEWAY_LOG_LEVELL": "x"}
+    out = _run("migrate", env=env)
+    assert out.returncode == 2 and "GATEWAY_PORT (port)" in out.stderr, out.stderr
+    assert "GATEWAY_LOG_LEVELL is set but no setting reads it" in out.stderr
+
+
+def test_check_config_into_a_closed_pipe_ends_quietly(tmp_path):
+    config = tmp_path / "gateway.toml"
+    config.write_text(CONFIG)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "check-config", "--offline"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "CLI_TEST_KEY": KEY,
+                                                         "GATEWAY_CONFIG": str(config)})
+    proc.stdout.close()  # `| head -0`: the reader is gone before anything is written
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err
+
+
+def test_a_port_in_use_is_one_line(gateway_factory, database_url, tmp_path):
+    first = gateway_factory(GATEWAY_DATABASE_URL=database_url)
+    first.wait_ready()
+    config = tmp_path / "second.toml"
+    config.write_text(CONFIG)
+    try:
+        second = _run("serve", env={"CLI_TEST_KEY": KEY, "GATEWAY_DATABASE_URL": database_url,
+                                    "GATEWAY_CONFIG": str(config), "GATEWAY_PORT": str(first.port),
+                                    "GATEWAY_LOG_FORMAT": "json"})
+    finally:
+        first.stop()
+    assert second.returncode == 1, second
+    lines = [line for line in second.stderr.splitlines() if line.strip() and not line.startswith("{")]
+    assert lines == [f"psp-gateway: cannot listen on 127.0.0.1:{first.port}: address already in use "
+                     "(set GATEWAY_PORT or --port)"], second.stderr

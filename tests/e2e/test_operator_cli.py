@@ -411,3 +411,24 @@ async def test_commands_share_the_embedded_postgres_of_a_running_gateway_and_lea
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{gw.url}/readyz")).status_code == 200  # its database is still there
     assert gw.stop() == 0
+
+
+async def test_a_replay_that_logs_a_warning_prints_no_json_line_to_a_person(cli, pool, stripe):
+    charge = stripe.sim.world.create_charge(10_000, "eur", {}, None)
+    stuck = await refund(pool, await payment(pool, charge["id"]), 2_500, outage())
+    stripe.sim.faults.configure({"api_error": {"count": 50, "path": "/v1/refunds"}})  # still failing: warnings
+
+    result = await cli("refunds", "replay", stuck, "--reason", REASON)
+
+    assert result.code == 0, result
+    assert "now requires_attention" in result.out or "now pending" in result.out, result.out
+    assert result.err.strip(), "the replay's warnings are shown"
+    assert not [line for line in result.err.splitlines() if line.lstrip().startswith("{")], result.err
+    as_json = await cli("refunds", "replay", stuck, "--reason", REASON, "--json")
+    assert all(line.lstrip().startswith("{") for line in as_json.err.splitlines() if line.strip()), as_json.err
+
+
+def test_check_config_refuses_a_configuration_with_no_processor_or_client(tmp_path):
+    out = check_config_offline(tmp_path / "empty.toml", "")
+    assert out.returncode == 2, out
+    assert "processors: none configured" in out.stderr and "clients: none configured" in out.stderr

@@ -17,6 +17,8 @@ from gateway.settings import (
     Settings,
     StripeProcessor,
     load_settings,
+    missing_parts,
+    unknown_variables,
 )
 
 CLIENT = """
@@ -253,7 +255,16 @@ def test_missing_config_file_raises_config_error_naming_gateway_config(tmp_path,
 
 def test_bad_environment_value_raises_config_error_naming_the_field(monkeypatch):
     monkeypatch.setenv("GATEWAY_PORT", "not-a-port")
-    assert "port:" in config_error()
+    assert "GATEWAY_PORT (port): " in config_error()  # the variable to fix, and the setting it feeds
+
+
+def test_a_gateway_variable_no_setting_reads_is_named():
+    environ = {"GATEWAY_PORT": "1", "GATEWAY_CONFIG": "x", "GATEWAY_LOG_LEVELL": "debug", "PATH": "/bin"}
+    assert unknown_variables(environ) == ["GATEWAY_LOG_LEVELL"]
+
+
+def test_a_configuration_without_a_processor_or_a_client_says_what_to_add():
+    assert [p.split(":")[0] for p in missing_parts(Settings())] == ["processors", "clients"]
 
 
 def test_settings_built_directly_reject_unknown_fields():
