@@ -8,6 +8,7 @@ exceptions are for answers that tell us nothing final.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Mapping, Protocol
 
@@ -27,6 +28,7 @@ class Capabilities:
     idempotency_key_window_seconds: float = 24 * 3600
     voids_while_unsettled: bool = False  # one void, not refunds, until the payment's batch settles
     cancel: bool = False  # can cancel a refund it holds but has not carried out (Stripe's requires_action)
+    listing: bool = False  # can list its refunds over a period (reconciliation)
     currencies: frozenset[str] | None = None  # the only currencies it refunds in; None: any
 
 
@@ -61,6 +63,20 @@ class RefundResult:
     next_action: NextAction | None = None
     # Carried out as a void of the unsettled payment (BridgePay): the processor allows one per payment.
     voided_payment: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorRefund:
+    """One refund as the processor's books list it (a reconciliation run compares these with ours)."""
+
+    psp_refund_id: str
+    payment_reference: str  # the payment it refunds, by the processor's id (a charge, a GatewayTransID)
+    amount: int  # minor units
+    currency: str  # ISO 4217, upper case
+    outcome: Outcome  # SUCCEEDED, PENDING, DECLINED, CANCELED; NEEDS_ATTENTION for a status nobody knows
+    created: datetime  # when the processor made it (UTC)
+    refund_id: str | None = None  # ours, when the processor kept it (metadata, InvoiceNumber)
+    kind: str | None = None  # the processor's word for it when it says more ("void", "refund")
 
 
 class CredentialStatus(StrEnum):
@@ -202,6 +218,11 @@ class ProcessorAdapter(Protocol):
         """Only with `capabilities.cancel`: cancel a refund the processor holds without having carried
         it out. Returns the refund's state after the call (CANCELED when it worked); raises
         CancelRefusedError when the processor will not cancel it, other ProcessorErrors for faults."""
+
+    async def list_refunds(self, since: datetime, until: datetime) -> list[ProcessorRefund]:
+        """Only with `capabilities.listing`: every refund the processor made in [since, until), oldest
+        first, whoever asked for it (the gateway, a dashboard, a portal). Raises ProcessorError when the
+        listing cannot be had whole (a fault, a page it cannot read, more than it will page through)."""
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """Verify and parse a webhook; raises WebhookVerificationError for the signature, then
