@@ -11,7 +11,7 @@ import httpx
 from aiohttp import web
 
 from adapters.registry import build_adapters, close_adapters
-from gateway import callbacks, keys, metrics, tracing, webhooks
+from gateway import callbacks, keys, metrics, reconcile, tracing, webhooks
 from gateway.auth import Authenticator, SourceLimiter
 from gateway.db.migrate import migrate
 from gateway.db.pool import create_pool
@@ -24,7 +24,8 @@ from gateway.middleware import (
     request_id_middleware,
     url_middleware,
 )
-from gateway.routes import admin, console, events, ops, refunds, transactions, webhooks as webhook_routes
+from gateway.routes import admin, console, events, ops, reconciliation, refunds, transactions
+from gateway.routes import webhooks as webhook_routes
 from gateway.settings import Settings
 from gateway.worker import (PENDING_BATCH, RECOVERY_BATCH, VERIFY_BATCH, check_due_pending, recover_due, run_loop,
                             verify_due)
@@ -60,6 +61,9 @@ async def _processors(app: web.Application) -> AsyncIterator[None]:
     await close_adapters(adapters)
 
 
+RECONCILE_POLL_SECONDS = 30.0  # how often a replica looks whether a scheduled reconciliation run is due
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     executor = RefundExecutor(app[keys.POOL], app[keys.ADAPTERS], settings, tracing=app[keys.TRACING])
@@ -84,6 +88,14 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
              asyncio.create_task(run_loop("duplicate_checks", duplicates, settings.janitor_poll_seconds)),
              asyncio.create_task(run_loop("webhook_inbox", inbox, settings.webhook_poll_seconds,
                                           app[keys.WEBHOOK_WAKE]))]
+    intervals = {p.id: (p.reconcile_interval_seconds, p.reconcile_lookback_seconds) for p in settings.processors
+                 if p.reconcile_interval_seconds}
+    if intervals:
+        async def reconciliation() -> bool:
+            await reconcile.run_due(pool, app[keys.ADAPTERS], intervals)
+            return False
+
+        loops.append(asyncio.create_task(run_loop("reconciliation", reconciliation, RECONCILE_POLL_SECONDS)))
     http = None
     if settings.callback_url:
         http = httpx.AsyncClient(timeout=settings.callback_timeout_seconds)
@@ -134,6 +146,6 @@ def create_app(settings: Settings, *, tracer_provider: "TracerProvider | None" =
     app[keys.SOURCE_LIMITER] = SourceLimiter(settings.failed_sign_ins_per_minute, settings.unauthenticated_per_second)
     app[keys.WEBHOOK_WAKE] = asyncio.Event()
     app.cleanup_ctx.extend([_database, _processors, _background])
-    for module in (ops, transactions, refunds, events, webhook_routes, admin, console):
+    for module in (ops, transactions, refunds, events, webhook_routes, admin, reconciliation, console):
         app.add_routes(module.routes)
     return app

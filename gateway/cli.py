@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from gateway import embedded, metrics, tracing
 from gateway.app import create_app
 from gateway.commands import check_config
+from gateway.commands import reconcile as reconcile_commands
 from gateway.commands import refunds as refund_commands
 from gateway.commands import webhooks as webhook_commands
 from gateway.db.migrate import migrate
@@ -221,6 +222,7 @@ def _main(argv: list[str] | None) -> int:
     check_config.add_parser(sub)
     refund_commands.add_parser(sub)
     webhook_commands.add_parser(sub)
+    reconcile_commands.add_parser(sub)
     for command in sub.choices.values():  # `psp-gateway serve --config x` as well as `psp-gateway --config x serve`
         _config_option(command, default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -247,7 +249,7 @@ def _main(argv: list[str] | None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 2
     register_secrets(settings.secret_values())
-    if args.command in ("refunds", "webhooks"):
+    if args.command in ("refunds", "webhooks", "reconcile"):
         return _operate(args, settings)
     configure(settings.log_format, settings.log_level)
 

@@ -62,6 +62,8 @@ FENCED_ANSWERS = Counter(
 DUPLICATE_EXECUTIONS = Counter(
     "psp_gateway_duplicate_executions_total", "Refunds a look-up found carried out more than once at their processor",
     ["processor"])
+RECONCILIATION_RUNS = Counter("psp_gateway_reconciliation_runs_total", "Reconciliation runs by how they ended "
+                              "(finished, failed: the listing could not be had)", ["processor", "status"])
 SOURCE_LIMITED = Counter(
     "psp_gateway_source_limited_total", "Requests refused (429) before sign-in, per source address limit: "
     "failed_sign_in (too many wrong or missing keys) or unauthenticated (routes without a key)", ["limit"])
@@ -131,6 +133,7 @@ async def database_families(pool: asyncpg.Pool, *, stuck_after_seconds: float, o
             webhooks = await store.open_webhook_counts(conn)
             backlog = await store.outbox_backlog(conn) if outbox else None
             held_back = await store.events_held_back(conn)
+            findings = await store.open_finding_counts(conn)
     except Exception as e:  # down, too slow, or the pool is exhausted: /metrics still answers
         log.warning("metrics_database_unavailable", error=type(e).__name__)
         up.add_metric([], 0)
@@ -157,8 +160,13 @@ async def database_families(pool: asyncpg.Pool, *, stuck_after_seconds: float, o
     for r in webhooks:
         open_webhooks.add_metric([r["processor_id"], r["status"]], r["count"])
         oldest_webhooks.add_metric([r["processor_id"], r["status"]], r["oldest_seconds"])
+    open_findings = GaugeMetricFamily(
+        "psp_gateway_reconciliation_findings", "Open reconciliation findings (GET /admin/reconciliation/findings)",
+        labels=["processor", "kind"])
+    for r in findings:
+        open_findings.add_metric([r["processor_id"], r["kind"]], r["count"])
     families: list[Metric] = [
-        up, open_refunds, stuck_refunds, open_webhooks, oldest_webhooks,
+        up, open_refunds, stuck_refunds, open_webhooks, oldest_webhooks, open_findings,
         GaugeMetricFamily("psp_gateway_events_held_back", "Refund events committed but not yet served by GET "
                           "/v1/events, because an older transaction is still open on the database server",
                           value=held_back["count"]),

@@ -600,6 +600,120 @@ class Readiness(_Response):
     schema_version: int
 
 
+# --- reconciliation -------------------------------------------------------------------------------
+
+FindingKind = Literal["missing_in_gateway", "missing_at_processor", "duplicate_at_processor", "amount_mismatch",
+                      "status_mismatch"]
+FINDING_EXAMPLE = {
+    "object": "reconciliation_finding", "id": 7, "run_id": 3, "processor": "bridgepay", "kind": "missing_in_gateway",
+    "status": "open", "refund_id": "rf_01hz3v9k2m4p6r8t0v2x4z6b8d", "transaction_id": _TX_ID,
+    "psp_refund_id": "113372", "action": "recorded_external", "gateway": None,
+    "processor_facts": {"psp_refund_id": "113372", "payment_reference": "113301", "status": "succeeded",
+                        "amount": 1200, "currency": "USD", "created": "2024-06-11T09:00:00+00:00",
+                        "refund_id": None, "kind": "refund"},
+    "created_at": "2024-06-12T02:00:01.120000Z", "resolved_at": None, "resolved_by": None, "resolution": None}
+
+
+class FindingOut(_Response):
+    model_config = _examples(FINDING_EXAMPLE)
+
+    object: Literal["reconciliation_finding"] = "reconciliation_finding"
+    id: int
+    run_id: int
+    processor: str
+    kind: FindingKind = Field(description="missing_in_gateway (the processor made a refund the gateway never "
+                                          "recorded), missing_at_processor (one the gateway counts succeeded is not "
+                                          "there), duplicate_at_processor, amount_mismatch, status_mismatch")
+    status: Literal["open", "resolved"]
+    refund_id: str | None
+    transaction_id: str | None
+    psp_refund_id: str | None
+    action: str | None = Field(description="what the run did: recorded_external (the refund is now recorded "
+                                           "against its payment), payment_unknown (flagged only), or null")
+    gateway: dict[str, Any] | None = Field(description="the gateway's facts")
+    processor_facts: dict[str, Any] | None = Field(description="the processor's facts")
+    created_at: datetime
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "FindingOut":
+        return cls(id=row["id"], run_id=row["run_id"], processor=row["processor_id"], kind=row["kind"],
+                   status=row["status"], refund_id=row["refund_id"], transaction_id=row["transaction_id"],
+                   psp_refund_id=row["psp_refund_id"], action=row["action"], gateway=row["gateway"],
+                   processor_facts=row["processor"], created_at=row["created_at"], resolved_at=row["resolved_at"],
+                   resolved_by=row["resolved_by"], resolution=row["resolution"])
+
+
+class FindingList(_Response):
+    model_config = _examples({"object": "list", "data": [FINDING_EXAMPLE], "has_more": False})
+
+    object: Literal["list"] = "list"
+    data: list[FindingOut]
+    has_more: bool
+
+
+RUN_EXAMPLE = {"object": "reconciliation_run", "id": 3, "processor": "bridgepay", "trigger": "schedule",
+               "status": "finished", "since": "2024-06-11T00:00:00Z", "until": "2024-06-12T00:00:00Z",
+               "started_at": "2024-06-12T02:00:00.020000Z", "finished_at": "2024-06-12T02:00:01.200000Z",
+               "processor_refunds": 41, "gateway_refunds": 40, "new_findings": {"missing_in_gateway": 1},
+               "error": None}
+
+
+class RunOut(_Response):
+    model_config = _examples(RUN_EXAMPLE)
+
+    object: Literal["reconciliation_run"] = "reconciliation_run"
+    id: int
+    processor: str
+    trigger: Literal["command", "schedule"]
+    status: Literal["running", "finished", "failed"]
+    since: datetime
+    until: datetime
+    started_at: datetime
+    finished_at: datetime | None
+    processor_refunds: int | None
+    gateway_refunds: int | None
+    new_findings: dict[str, int]
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "RunOut":
+        return cls(id=row["id"], processor=row["processor_id"], trigger=row["trigger"], status=row["status"],
+                   since=row["period_start"], until=row["period_end"], started_at=row["started_at"],
+                   finished_at=row["finished_at"], processor_refunds=row["processor_refunds"],
+                   gateway_refunds=row["gateway_refunds"], new_findings=row["counts"], error=row["error"])
+
+
+class RunList(_Response):
+    model_config = _examples({"object": "list", "data": [RUN_EXAMPLE], "has_more": False})
+
+    object: Literal["list"] = "list"
+    data: list[RunOut]
+    has_more: bool
+
+
+class FindingQuery(_Query):
+    status: Literal["open", "resolved"] | None = Field(None, description="open or resolved (default: both)")
+    processor: Ref | None = None
+    kind: FindingKind | None = None
+    limit: int = _limit(50, 500)
+    starting_after: int = Field(0, ge=0, le=2**62, description="the last finding id of the previous page (0: none)")
+
+
+class RunQuery(_Query):
+    processor: Ref | None = None
+    limit: int = _limit(20, 200)
+    starting_after: int = Field(0, ge=0, le=2**62, description="the last run id of the previous page (0: none)")
+
+
+class ResolveFindingRequest(_Request):
+    model_config = _examples({"reason": "the portal refund was agreed with the customer; booked by finance"})
+
+    reason: Reason
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 class ProblemField(BaseModel):

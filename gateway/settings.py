@@ -50,6 +50,10 @@ class ProcessorBase(_Strict):
     # queued or slow on its side, whose answer the gateway gave up on). Used only for processors
     # without idempotency keys: a look-up's "no record" counts as "never executed" only after it.
     execution_window_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    # Reconciliation in the background: every this many seconds (None: off), the refunds made since
+    # the last run (at most reconcile_lookback_seconds back) are held against the processor's listing.
+    reconcile_interval_seconds: float | None = Field(default=None, ge=60)
+    reconcile_lookback_seconds: float = Field(default=86_400.0, gt=0, le=90 * 86_400)
 
 
 class StripeProcessor(ProcessorBase):

@@ -124,7 +124,7 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
         await services.register_payment(conn, processor_id, payment)
     unmatched = False
     for snapshot in event.refunds:
-        refund = await _known_refund(conn, processor_id, snapshot)
+        refund = await known_refund(conn, processor_id, snapshot)
         if refund is None:
             transaction = await services.known_payment(conn, processor_id, snapshot.payment_references)
             if transaction is None:
@@ -139,7 +139,7 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
                 continue
             await store.lock_transaction(conn, transaction["id"])
             # Under the lock, again: another event about the same refund may have recorded it meanwhile.
-            refund = await _known_refund(conn, processor_id, snapshot)
+            refund = await known_refund(conn, processor_id, snapshot)
             if refund is None:
                 await ledger.record_external(conn, transaction, snapshot, event=cause, request_id=request_id,
                                              snapshot_at=snapshot_at)
@@ -155,7 +155,7 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
     return "applied" if event.payments or event.refunds else "ignored"
 
 
-async def _known_refund(conn: asyncpg.Connection, processor_id: str,
+async def known_refund(conn: asyncpg.Connection, processor_id: str,
                        snapshot: RefundSnapshot) -> asyncpg.Record | None:
     """Our refund for a snapshot: by the processor's refund id, else by our id echoed in metadata."""
     refund = await store.refund_by_psp_id(conn, processor_id, snapshot.psp_refund_id)

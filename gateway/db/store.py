@@ -848,6 +848,113 @@ async def requeue_webhook_events(conn, status: str, processor: str | None) -> in
     return int((await conn.execute(REQUEUE_WEBHOOK_EVENTS, status, processor)).split()[-1])
 
 
+# --- reconciliation ----------------------------------------------------------------------------
+
+INSERT_RUN = """
+INSERT INTO reconciliation_runs (processor_id, period_start, period_end, trigger) VALUES ($1, $2, $3, $4)
+RETURNING *"""
+FINISH_RUN = """
+UPDATE reconciliation_runs SET status = $2, finished_at = now(), processor_refunds = $3, gateway_refunds = $4,
+    counts = $5, error = $6
+WHERE id = $1 RETURNING *"""
+# Ours to hold against a listing: the refunds it names (by the processor's id, a duplicate's, or
+# ours in its metadata), and every refund at the processor made in the period, with its payment's id.
+REFUNDS_TO_RECONCILE = """
+SELECT r.*, t.psp_reference AS payment_reference FROM refunds r JOIN transactions t ON t.id = r.transaction_id
+WHERE r.processor_id = $1 AND (
+    r.psp_refund_id = ANY($2::text[]) OR r.duplicate_psp_refund_ids && $2::text[] OR r.id = ANY($3::text[])
+    OR (r.created_at >= $4 AND r.created_at < $5 AND r.origin <> 'offline'))"""
+# A finding already open about the same thing is not added again.
+INSERT_FINDING = """
+INSERT INTO reconciliation_findings (run_id, processor_id, kind, key, refund_id, transaction_id, psp_refund_id,
+                                     gateway, processor, action)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (processor_id, kind, key) WHERE status = 'open' DO NOTHING
+RETURNING id"""
+RESOLVE_FINDING = """
+UPDATE reconciliation_findings SET status = 'resolved', resolved_at = now(), resolved_by = $2, resolution = $3
+WHERE id = $1 AND status = 'open' RETURNING *"""
+GET_FINDING = "SELECT * FROM reconciliation_findings WHERE id = $1"
+OPEN_FINDING_COUNTS = """
+SELECT processor_id, kind, count(*) AS count FROM reconciliation_findings WHERE status = 'open' GROUP BY 1, 2"""
+# Processors whose scheduled run is due; the claim moves the next one out, so one replica runs it.
+CLAIM_DUE_RECONCILIATION = """
+UPDATE reconciliation_schedule SET next_run_at = now() + make_interval(secs => $2)
+WHERE processor_id = ANY($1::text[]) AND next_run_at <= now()
+RETURNING processor_id"""
+SCHEDULE_RECONCILIATION = """
+INSERT INTO reconciliation_schedule (processor_id, next_run_at) SELECT p, now() FROM unnest($1::text[]) AS p
+ON CONFLICT (processor_id) DO NOTHING"""
+LAST_FINISHED_RUN = """
+SELECT period_end FROM reconciliation_runs WHERE processor_id = $1 AND status = 'finished'
+ORDER BY period_end DESC LIMIT 1"""
+
+
+async def insert_run(conn, processor_id: str, since: datetime, until: datetime, trigger: str) -> Row:
+    return await conn.fetchrow(INSERT_RUN, processor_id, since, until, trigger)
+
+
+async def finish_run(conn, run_id: int, status: str, *, processor_refunds: int | None, gateway_refunds: int | None,
+                     counts: dict[str, int], error: str | None = None) -> Row:
+    return await conn.fetchrow(FINISH_RUN, run_id, status, processor_refunds, gateway_refunds, counts, error)
+
+
+async def refunds_to_reconcile(conn, processor_id: str, psp_refund_ids: Sequence[str], refund_ids: Sequence[str],
+                               since: datetime, until: datetime) -> list[Row]:
+    return await conn.fetch(REFUNDS_TO_RECONCILE, processor_id, list(psp_refund_ids), list(refund_ids), since, until)
+
+
+async def insert_finding(conn, run_id: int, processor_id: str, *, kind: str, key: str, refund_id: str | None,
+                         transaction_id: str | None, psp_refund_id: str | None, gateway: dict[str, Any] | None,
+                         processor: dict[str, Any] | None, action: str | None) -> int | None:
+    """The new finding's id; None when one about the same thing is open already."""
+    return await conn.fetchval(INSERT_FINDING, run_id, processor_id, kind, key, refund_id, transaction_id,
+                               psp_refund_id, gateway, processor, action)
+
+
+async def resolve_finding(conn, finding_id: int, actor: str, reason: str) -> Row | None:
+    return await conn.fetchrow(RESOLVE_FINDING, finding_id, actor, reason)
+
+
+async def get_finding(conn, finding_id: int) -> Row | None:
+    return await conn.fetchrow(GET_FINDING, finding_id)
+
+
+async def open_finding_counts(conn) -> list[Row]:
+    return await conn.fetch(OPEN_FINDING_COUNTS)
+
+
+async def list_findings(conn, *, status: str | None, processor: str | None, kind: str | None,
+                        starting_after: int | None, limit: int) -> list[Row]:
+    filters = _Filters()
+    for column, value in (("status", status), ("processor_id", processor), ("kind", kind)):
+        if value is not None:
+            filters.add(f"{column} = ${{n}}", value)
+    return await conn.fetch(f"SELECT * FROM reconciliation_findings {filters.page(starting_after, limit)}",
+                            *filters.args)
+
+
+async def list_runs(conn, *, processor: str | None, starting_after: int | None, limit: int) -> list[Row]:
+    filters = _Filters()
+    if processor is not None:
+        filters.add("processor_id = ${n}", processor)
+    return await conn.fetch(f"SELECT * FROM reconciliation_runs {filters.page(starting_after, limit)}",
+                            *filters.args)
+
+
+async def schedule_reconciliation(conn, processor_ids: Sequence[str]) -> None:
+    await conn.execute(SCHEDULE_RECONCILIATION, list(processor_ids))
+
+
+async def claim_due_reconciliation(conn, processor_ids: Sequence[str], interval_seconds: float) -> list[str]:
+    return [r["processor_id"] for r in await conn.fetch(CLAIM_DUE_RECONCILIATION, list(processor_ids),
+                                                        interval_seconds)]
+
+
+async def last_reconciled_until(conn, processor_id: str) -> datetime | None:
+    return await conn.fetchval(LAST_FINISHED_RUN, processor_id)
+
+
 # --- operator console -------------------------------------------------------------------------
 
 # The newest $2 rows of each refund in $1, oldest first: a refund re-checked for days collects
