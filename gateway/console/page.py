@@ -115,11 +115,21 @@ def _webhook_event(event: Row) -> tuple[str, ...]:
             _text(", ".join(event["match_keys"] or [])), _text(event["last_error"]), form)
 
 
+def _finding(finding: Row) -> tuple[str, ...]:
+    facts = finding["processor"] or finding["gateway"] or {}
+    amount = (_amount(facts["amount"], facts["currency"]) if isinstance(facts.get("amount"), int)
+              and isinstance(facts.get("currency"), str) else "")
+    return (_text(finding["id"]), _when(finding["created_at"]), _text(finding["processor_id"]),
+            _text(finding["kind"]), f"<code>{_text(finding['refund_id'])}</code>",
+            f"<code>{_text(finding['psp_refund_id'])}</code>", amount, _text(finding["action"]),
+            _json({"gateway": finding["gateway"], "processor": finding["processor"]}))
+
+
 def render(*, client_id: str, now: datetime, stuck_after_seconds: float, stuck: Sequence[Row], stuck_has_more: bool,
            stuck_counts: Mapping[str, int], events: Mapping[str, Sequence[Row]],
            attempts: Mapping[str, Sequence[Row]], history_cap: int, webhook_events: Sequence[Row],
            webhook_has_more: bool, processors: Sequence[str], current_hour: datetime, hours: int,
-           outcomes: Iterable[Row]) -> str:
+           outcomes: Iterable[Row], findings: Sequence[Row] = (), findings_has_more: bool = False) -> str:
     stuck_total = sum(stuck_counts.values())
     counts = "".join(f"<li><code>{escape(reason)}</code>: {n}</li>" for reason, n in stuck_counts.items())
     more = (f"<p class='help'>The newest {len(stuck)} are shown; all of them: "
@@ -132,6 +142,12 @@ def render(*, client_id: str, now: datetime, stuck_after_seconds: float, stuck: 
     if webhook_has_more:
         webhooks_html += ("<p class='help'>Only the newest are shown: "
                           "<code>GET /admin/webhook-events?status=unmatched</code> (or failed) lists them all.</p>")
+    findings_html = (_table(("#", "Found", "Processor", "Kind", "Refund", "Processor's refund", "Amount", "Action",
+                             "Both sides"), map(_finding, findings), "findings")
+                     if findings else "<p class='empty'>No open findings.</p>")
+    if findings_has_more:
+        findings_html += ("<p class='help'>Only the newest are shown: "
+                          "<code>GET /admin/reconciliation/findings?status=open</code> lists them all.</p>")
     buckets = chart.hour_buckets(current_hour, hours)
     by_processor = chart.counts_by_processor(outcomes)
     names = [*processors, *sorted(set(by_processor) - set(processors))]
@@ -148,4 +164,5 @@ def render(*, client_id: str, now: datetime, stuck_after_seconds: float, stuck: 
         stuck_after=escape(_duration(stuck_after_seconds)),
         stuck_counts=f"<ul class='reasons'>{counts}</ul>" if counts else "", stuck=stuck_html,
         webhook_total=f"{len(webhook_events)}{'+' if webhook_has_more else ''}", webhooks=webhooks_html,
+        findings_total=f"{len(findings)}{'+' if findings_has_more else ''}", findings=findings_html,
         hours=hours, legend=legend, charts="".join(charts) or "<p class='empty'>No processors configured.</p>")
