@@ -103,6 +103,12 @@ def compare(listed: Sequence[ProcessorRefund], ours: Sequence[OurRefund], *, sin
             findings.append(Finding(Kind.DUPLICATE_AT_PROCESSOR, mine.id, mine.id, mine.transaction_id,
                                     mine.psp_refund_id, ours_facts(mine),
                                     {"executions": [theirs_facts(p) for p in carried_out]}))
+        elif (mine.status is Status.SUCCEEDED and mine.psp_refund_id is not None and since <= mine.created_at < until
+              and mine.psp_refund_id not in {p.psp_refund_id for p in runs}):
+            # The processor knows our refund under another id, and nothing under the gateway's.
+            findings.append(Finding(Kind.MISSING_AT_PROCESSOR, mine.id, mine.id, mine.transaction_id,
+                                    mine.psp_refund_id, ours_facts(mine),
+                                    {"executions": [theirs_facts(p) for p in runs]}))
     for r in ours:
         if (r.status is Status.SUCCEEDED and not r.offline and since <= r.created_at < until
                 and r.id not in executions):

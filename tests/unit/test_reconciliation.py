@@ -72,3 +72,10 @@ def test_amounts_and_final_statuses_that_disagree_are_found():
 def test_a_refund_still_pending_here_is_only_behind():
     listed = [theirs("re_1", refund_id="rf_1")]
     assert compare(listed, [ours("rf_1", "re_1", status=Status.PENDING)], since=SINCE, until=UNTIL) == []
+
+
+def test_our_refund_known_at_the_processor_under_another_id_only_is_missing_there():
+    listed = [theirs("re_real", refund_id="rf_1")]
+    [finding] = compare(listed, [ours("rf_1", "re_ghost")], since=SINCE, until=UNTIL)
+    assert (finding.kind, finding.key, finding.processor["executions"][0]["psp_refund_id"]) == (
+        Kind.MISSING_AT_PROCESSOR, "rf_1", "re_real")
