@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Mapping, Protocol
+from typing import Literal, Mapping, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -132,6 +132,20 @@ class RefundSnapshot(_Snapshot):
                             decline_code=self.decline_code, message=self.message, next_action=self.next_action)
 
 
+class DisputeSnapshot(_Snapshot):
+    """A dispute (chargeback) of a payment as a webhook describes it."""
+
+    psp_dispute_id: str
+    payment_references: list[str]  # the disputed payment, under every id the processor gives
+    amount: int  # minor units disputed
+    currency: str
+    # open (the cardholder disputes it, the outcome is pending), won (the merchant kept the money),
+    # lost (the money went back to the cardholder: charged back)
+    status: Literal["open", "won", "lost"]
+    funds_withdrawn: bool = False  # the processor took the disputed amount from the merchant's balance
+    reason: str | None = None
+
+
 class WebhookEvent(_Snapshot):
     """One verified processor event, reduced to what the gateway acts on; stored as JSON."""
 
@@ -140,10 +154,12 @@ class WebhookEvent(_Snapshot):
     created: int | None = None  # the processor's timestamp (unix seconds)
     payments: list[PaymentSnapshot] = []
     refunds: list[RefundSnapshot] = []
+    disputes: list[DisputeSnapshot] = []
 
     def match_keys(self) -> list[str]:
         """Every id this event can be matched on: payment references, refund ids (ours and theirs)."""
         keys = {ref for p in self.payments for ref in (p.psp_reference, *p.other_references)}
+        keys.update(ref for d in self.disputes for ref in d.payment_references)
         for r in self.refunds:
             keys.update(r.payment_references)
             keys.add(r.psp_refund_id)
