@@ -1,13 +1,18 @@
 """The configuration reference, docs/configuration.md, generated from the settings models:
 `python -m gateway.config_reference > docs/configuration.md`. Names, variables, defaults and limits
-come from the models; the meanings are written here, and a field without one stops the generator."""
+come from the models. Meanings are written here, else taken from the field's comment in
+gateway/settings.py; a field with neither stops the generator."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 import sys
+import tokenize
 import types
 import typing
-from pathlib import Path
+from functools import cache
+from io import StringIO
 
 import annotated_types
 from pydantic import BaseModel
@@ -122,6 +127,10 @@ PROCESSOR_COMMON = {
                         "More is a protocol error, and the refund needs attention.",
     "execution_window_seconds": "How long after a send a processor without idempotency keys may still "
                                 "carry the request out. A look-up's \"no record\" counts only after it.",
+    "reconcile_interval_seconds": "How often the background work holds this account's refunds against the "
+                                  "processor's listing. Unset, only `psp-gateway reconcile` does.",
+    "reconcile_lookback_seconds": "How far back a background run looks, at most: it covers the refunds made "
+                                  "since the last run.",
 }
 
 PROCESSORS: list[tuple[str, type[BaseModel], dict[str, str]]] = [
@@ -254,10 +263,8 @@ def _default(field: FieldInfo) -> str:
         return "unset"
     if isinstance(value, bool):
         return _code(str(value).lower())
-    if isinstance(value, float) and value.is_integer():
-        return _code(str(int(value)))
-    if isinstance(value, Path):
-        return _code(str(value))
+    if isinstance(value, float):
+        return _code(_number(value))
     return _code(str(value))
 
 
@@ -272,6 +279,10 @@ def _choices(annotation: object) -> list[str] | None:
     return None
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
 def _allowed(field: FieldInfo) -> str:
     parts: list[str] = []
     annotation = field.annotation
@@ -284,13 +295,13 @@ def _allowed(field: FieldInfo) -> str:
         parts.append("`true`, `false`")
     for item in field.metadata:
         if isinstance(item, annotated_types.Gt):
-            parts.append(f"> {item.gt:g}")
+            parts.append(f"> {_number(item.gt)}")
         elif isinstance(item, annotated_types.Ge):
-            parts.append(f">= {item.ge:g}")
+            parts.append(f">= {_number(item.ge)}")
         elif isinstance(item, annotated_types.Lt):
-            parts.append(f"< {item.lt:g}")
+            parts.append(f"< {_number(item.lt)}")
         elif isinstance(item, annotated_types.Le):
-            parts.append(f"<= {item.le:g}")
+            parts.append(f"<= {_number(item.le)}")
         elif isinstance(item, annotated_types.MinLen):
             parts.append(f"at least {item.min_length}")
         elif isinstance(item, annotated_types.MaxLen):
@@ -304,64 +315,114 @@ def _row(*cells: str) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
-def _check(what: str, documented: dict[str, str] | set[str], fields: typing.Iterable[str]) -> None:
-    missing = [f for f in fields if f not in documented]
-    extra = [f for f in documented if f not in set(fields)]
+@cache
+def source_comments(model: type[BaseModel]) -> dict[str, str]:
+    """The comments of a model's own fields in gateway/settings.py: the lines of comment right above
+    a field (or above the group of fields it ends, with no blank line between), and the comment at
+    the end of its line. The fallback for a field with no meaning here."""
+    source = inspect.getsource(model)
+    lines = source.splitlines()
+    trailing = {token.start[0]: token.string.lstrip("# ").strip()
+                for token in tokenize.generate_tokens(StringIO(source).readline)
+                if token.type == tokenize.COMMENT and lines[token.start[0] - 1].split("#")[0].strip()}
+    (cls,) = ast.parse(source).body
+    found: dict[str, str] = {}
+    group: list[str] = []
+    previous_end = 0
+    for node in cls.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            group, previous_end = [], 0
+            continue
+        above, n = [], node.lineno - 2
+        while n >= 0 and lines[n].strip().startswith("#"):
+            above.insert(0, lines[n].strip().lstrip("# ").strip())
+            n -= 1
+        if above:
+            group = above
+        elif previous_end != node.lineno - 1:  # a blank line ends a group
+            group = []
+        previous_end = node.end_lineno or node.lineno
+        text = " ".join([*group, *([trailing[node.lineno]] if node.lineno in trailing else [])])
+        if text:
+            found[node.target.id] = text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+    return found
+
+
+def _meanings(what: type[BaseModel], documented: dict[str, str], fields: typing.Iterable[str]) -> dict[str, str]:
+    """Every field's meaning: written here, else the field's comment in gateway/settings.py. A field
+    with neither stops the generator, and so does a meaning for a field that is gone."""
+    fields = list(fields)
+    comments = {}
+    for model in what.__mro__:
+        if isinstance(model, type) and issubclass(model, BaseModel) and model.__module__ == Settings.__module__:
+            comments = {**source_comments(model), **comments}
+    meanings = {f: documented.get(f) or comments.get(f) for f in fields}
+    missing = [f for f, meaning in meanings.items() if not meaning]
+    extra = [f for f in documented if f not in fields]
     if missing or extra:
-        raise ValueError(f"gateway/config_reference.py is out of step with {what}: "
-                         f"no meaning for {missing}, meanings for no field {extra}")
+        raise ValueError(f"gateway/config_reference.py is out of step with {what.__name__}: no meaning for "
+                         f"{missing} (write one here, or a comment above the field), meanings for no field {extra}")
+    return typing.cast(dict[str, str], meanings)
 
 
 def settings_env_name(name: str) -> str:
     return f"{Settings.model_config['env_prefix']}{name.upper()}"
 
 
+def _table(header: list[str]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+
+
 def render() -> str:
     fields = Settings.model_fields
-    sectioned = [name for _, section in SETTINGS for name in section]
-    if len(sectioned) != len(set(sectioned)):
+    written = {name: meaning for _, section in SETTINGS for name, meaning in section.items()}
+    if len(written) != sum(len(section) for _, section in SETTINGS):
         raise ValueError("a Settings field is in two sections of gateway/config_reference.py")
-    _check("Settings", set(sectioned), list(fields))
+    meanings = _meanings(Settings, written, fields)
+    # A field known only by its comment in settings.py: listed, until it gets a section here.
+    sections = [*SETTINGS, ("Other settings", {n: meanings[n] for n in fields if n not in written})]
     lines = [INTRO.format(command=COMMAND), "## Settings", ""]
-    for title, section in SETTINGS:
-        lines += [f"### {title}", "", "| Variable | In the file | Default | Allowed | Meaning |",
-                  "| --- | --- | --- | --- | --- |"]
-        for name, meaning in section.items():
+    for title, section in sections:
+        if not section:
+            continue
+        lines += [f"### {title}", "", *_table(["Variable", "In the file", "Default", "Allowed", "Meaning"])]
+        for name in section:
             field = fields[name]
-            lines.append(_row(_code(settings_env_name(name)), _code(name), _default(field), _allowed(field), meaning))
+            lines.append(_row(_code(settings_env_name(name)), _code(name), _default(field), _allowed(field),
+                              meanings[name]))
         lines.append("")
         if title == "Callbacks":
             lines += [CALLBACK_NOTE]
         if title == "Metrics and tracing":
             lines += [TRACING_NOTE]
 
-    _check("ProcessorBase", PROCESSOR_COMMON, list(ProcessorBase.model_fields))
+    common = _meanings(ProcessorBase, PROCESSOR_COMMON, ProcessorBase.model_fields)
     lines += ["## Processor accounts", "",
               "Each `[[processors]]` table is one account at one processor. `kind` says which.",
-              "Every kind takes these fields.", "",
-              "| Field | Default | Allowed | Meaning |", "| --- | --- | --- | --- |"]
-    for name, meaning in PROCESSOR_COMMON.items():
+              "Every kind takes these fields.", "", *_table(["Field", "Default", "Allowed", "Meaning"])]
+    for name, meaning in common.items():
         field = ProcessorBase.model_fields[name]
         lines.append(_row(_code(name), _default(field), _allowed(field), meaning))
     lines.append("")
     for title, model, own in PROCESSORS:
-        # A kind's own fields, and the common ones it sets apart (another default).
+        # A kind's own fields, and the common ones it sets apart (another default); `kind` first.
         names = [n for n in model.model_fields
                  if n not in ProcessorBase.model_fields
                  or model.model_fields[n].default != ProcessorBase.model_fields[n].default]
-        _check(model.__name__, own, names)
-        lines += [f"### {title}", "", "| Field | Default | Allowed | Meaning |", "| --- | --- | --- | --- |"]
-        for name in own:  # in the order of the meanings: `kind` first
+        meanings = _meanings(model, own, names)
+        ordered = [*[n for n in own if n in names], *[n for n in names if n not in own]]
+        lines += [f"### {title}", "", *_table(["Field", "Default", "Allowed", "Meaning"])]
+        for name in ordered:
             field = model.model_fields[name]
-            lines.append(_row(_code(name), _default(field), _allowed(field), own[name]))
+            lines.append(_row(_code(name), _default(field), _allowed(field), meanings[name]))
         lines.append("")
 
-    _check("ClientConfig", CLIENT, list(ClientConfig.model_fields))
+    client = _meanings(ClientConfig, CLIENT, ClientConfig.model_fields)
     lines += ["## API clients", "",
               "Each `[[clients]]` table is one caller with its keys and scopes.",
               "A client needs at least one key. Two clients may not share a key.", "",
-              "| Field | Default | Allowed | Meaning |", "| --- | --- | --- | --- |"]
-    for name, meaning in CLIENT.items():
+              *_table(["Field", "Default", "Allowed", "Meaning"])]
+    for name, meaning in client.items():
         field = ClientConfig.model_fields[name]
         lines.append(_row(_code(name), _default(field), _allowed(field), meaning))
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -291,6 +291,12 @@ class CreditNoteOut(CreditNoteState):
 Reason = Annotated[str, Field(min_length=3, max_length=1000), NoCard]
 
 
+class ApprovalRequest(_Request):
+    model_config = _examples({"reason": "checked against ticket SUP-311: the customer returned every item"})
+
+    reason: Reason
+
+
 class CancelRequest(_Request):
     model_config = _examples({"reason": "the customer chose store credit"})
 
@@ -754,6 +760,9 @@ class Problem(BaseModel):
     refund_amount: int | None = Field(None, description="credit_note_conflict: that refund's amount")
     refunds: list[dict[str, Any]] | None = Field(None, description="credit_note_conflict: the credit note's live "
                                                                    "refunds (id, status, amount)")
+    next_action: NextAction | None = Field(None, description="refund_window_expired: refund_offline")
+    refunds_today: int | None = Field(None, description="daily_limit_exceeded: the client's refunds today (UTC)")
+    daily_cap: int | None = Field(None, description="daily_limit_exceeded: how many it may make a day")
 
 
 # --- processor webhooks: what the processors POST to /v1/webhooks/{processor_id}. Their adapters

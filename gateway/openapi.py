@@ -44,6 +44,8 @@ ERROR_CODES: dict[str, Code] = {
                               "webhook rejected: no v1 signature matches"),
     "unauthorized": Code(401, "No API key, or one the gateway does not know (Authorization: Bearer <key> or "
                               "X-API-Key).", "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"),
+    "same_requester": Code(403, "A refund is approved or rejected by another client than the one that asked for "
+                                "it (four eyes).", "the refund must be approved or rejected by another client"),
     "forbidden": Code(403, "The key lacks the operation's scope.", "this API key lacks the 'refunds:write' scope",
                       {"required_scope": "refunds:write"}),
     "not_found": Code(404, "No such path.", "Not Found"),
@@ -83,6 +85,10 @@ ERROR_CODES: dict[str, Code] = {
                               "refund rf_01hz3v7c9p1r3t5v7x9z1b3d5f was retried by a later refund of its credit note",
                               {"status_now": "failed"}),
     "finding_resolved": Code(409, "The finding is resolved already.", "finding 7 is resolved already"),
+    "awaiting_approval": Code(409, "The refund awaits a second person's approval: approve or reject it.",
+                              "the refund awaits approval: approve or reject it; it cannot be replayed"),
+    "not_awaiting_approval": Code(409, "The refund does not await approval.",
+                                  "the refund does not await approval (it is succeeded, stage done)"),
     "refund_final": Code(409, "The refund is final: nothing to replay or resolve.",
                          "a succeeded refund cannot be replayed", {"status_now": "succeeded"}),
     "refund_in_flight": Code(409, "A processor call for this refund is in flight: retry after Retry-After.",
@@ -123,6 +129,13 @@ ERROR_CODES: dict[str, Code] = {
                                     {"errors": [{"field": "reason", "type": "card_number_not_allowed",
                                                  "message": "looks like a card number, which the gateway never "
                                                             "takes: remove it"}]}),
+    "refund_window_expired": Code(422, "The payment is older than the refund window (max_refund_age_days): "
+                                       "refund it with method offline.",
+                                  "transaction tx_01hz3v6r1k8m2q4w6y8a0c2e4g was paid more than 180 days ago",
+                                  {"transaction_id": "tx_01hz3v6r1k8m2q4w6y8a0c2e4g", "next_action": "refund_offline"}),
+    "daily_limit_exceeded": Code(422, "The client has made its daily_refund_cap of refunds today (UTC).",
+                                 "client 'billing' has made 500 refunds today (UTC), and may make 500 a day",
+                                 {"refunds_today": 500, "daily_cap": 500}),
     "payment_voided": Code(422, "The processor voided this unsettled payment once (BridgePay allows one void per "
                                 "sale): nothing more is refundable through it until it is registered again as "
                                 "settled; refund the rest with method offline.",
@@ -159,8 +172,8 @@ _PARSED_BODY = ("malformed_request", "payload_too_large", "unsupported_media_typ
                 "card_number_not_allowed", "request_timeout")
 _REFUND_CODES = ("invalid_amount", "invalid_currency", "transaction_not_found", "ambiguous_transaction",
                  "amount_exceeds_refundable", "currency_mismatch", "invoice_mismatch", "idempotency_key_lost",
-                 "credit_note_conflict", "payment_voided")
-_ADMIN_REFUND_CODES = ("refund_not_found", "refund_final", "refund_in_flight")
+                 "credit_note_conflict", "payment_voided", "refund_window_expired", "daily_limit_exceeded")
+_ADMIN_REFUND_CODES = ("refund_not_found", "refund_final", "refund_in_flight", "awaiting_approval")
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "string"}}}
 _RESPONSE_HEADERS = {401: {"WWW-Authenticate": {"schema": {"type": "string"}}}, 409: _RETRY_AFTER,
                      429: _RETRY_AFTER, 503: _RETRY_AFTER}
@@ -260,6 +273,12 @@ OPERATIONS = [
               (*_ADMIN_REFUND_CODES, "would_over_refund", "refund_superseded"),
               notes={200: "Settled. A failed refund may be resolved refunded_offline (paid back outside the "
                           "processor) unless the billing core retried it."}),
+    Operation("post", "/admin/refunds/{id}/approve", "Approve a refund over its approval threshold: it is sent",
+              "admin", models.ApprovalRequest, {200: models.RefundOut},
+              ("refund_not_found", "refund_final", "refund_in_flight", "not_awaiting_approval", "same_requester")),
+    Operation("post", "/admin/refunds/{id}/reject", "Reject a refund over its approval threshold: canceled",
+              "admin", models.ApprovalRequest, {200: models.RefundOut},
+              ("refund_not_found", "refund_final", "refund_in_flight", "not_awaiting_approval", "same_requester")),
     Operation("get", "/admin/reconciliation/findings", "Reconciliation findings (open ones: ?status=open)", "admin",
               answers={200: models.FindingList}, query=models.FindingQuery),
     Operation("post", "/admin/reconciliation/findings/{id}/resolve", "Resolve a finding, with a reason (audited)",

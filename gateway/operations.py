@@ -67,6 +67,9 @@ async def _lock_open_refund(conn: asyncpg.Connection, refund_id: str, verb: str,
     if Status(refund["status"]) in FINAL:
         raise errors.Conflict(f"a {refund['status']} refund cannot be {verb}", code="refund_final",
                               status_now=refund["status"])
+    if refund["stage"] == Stage.AWAITING_APPROVAL and verb not in ("canceled", "approved", "rejected"):
+        raise errors.Conflict(f"the refund awaits approval: approve or reject it; it cannot be {verb}",
+                              code="awaiting_approval", status_now=refund["status"])
     if refund["stage"] == Stage.SENDING and refund["lease_expires_at"] > datetime.now(timezone.utc):
         raise errors.Conflict("a processor call for this refund is in flight; try again shortly",
                               code="refund_in_flight", headers={"Retry-After": "5"})
@@ -159,7 +162,7 @@ async def cancel(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, *
         async with pool.acquire() as conn, conn.transaction():
             refund = await _lock_open_refund(conn, refund_id, "canceled")
             before = {"status": refund["status"], "stage": refund["stage"]}
-            if refund["stage"] == Stage.NOT_SENT:
+            if refund["stage"] in (Stage.NOT_SENT, Stage.AWAITING_APPROVAL):
                 row, _ = await ledger.apply(
                     conn, refund_id, ledger.Decision(Target(Status.CANCELED, Stage.DONE), failure_code="canceled",
                                                      failure_message=ledger.said(f"canceled by {actor}"
@@ -191,6 +194,54 @@ async def cancel(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, *
                     request={"before": before}, result={"status": row["status"], "at_processor": True},
                     request_id=request_id)
     return row
+
+
+async def approve(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, *, actor: str, reason: str,
+                  lease_seconds: float, request_id: str | None) -> asyncpg.Record:
+    """A second person lets a refund over its approval threshold go: it is sent now, with its own key."""
+    refused = audited_refusal(pool, actor=actor, action="refund.approve", target=refund_id, reason=reason,
+                              request={}, request_id=request_id)
+    async with refused, pool.acquire() as conn, conn.transaction():
+        refund = await _awaiting(conn, refund_id, actor, "approved")
+        row, _ = await ledger.apply(
+            conn, refund_id, ledger.Decision(Target(Status.PENDING, Stage.SENDING), lease_seconds=lease_seconds),
+            event="approved", expect=(Status.PENDING, Stage.AWAITING_APPROVAL), recheck_seconds=1,
+            request_id=request_id, by_operator=True, detail={"actor": actor, "reason": reason})
+        await audit(conn, actor=actor, action="refund.approve", target=refund_id, reason=reason,
+                    request={"requested_by": refund["requested_by"], "amount": refund["amount"]},
+                    result={"status": row["status"], "stage": row["stage"]}, request_id=request_id)
+        transaction = await store.get_transaction(conn, refund["transaction_id"])
+    return await executor.send(row, transaction, request_id)  # no connection held
+
+
+async def reject(pool: asyncpg.Pool, refund_id: str, *, actor: str, reason: str,
+                 request_id: str | None) -> asyncpg.Record:
+    """A second person refuses a refund over its approval threshold: canceled, its amount released."""
+    refused = audited_refusal(pool, actor=actor, action="refund.reject", target=refund_id, reason=reason,
+                              request={}, request_id=request_id)
+    async with refused, pool.acquire() as conn, conn.transaction():
+        refund = await _awaiting(conn, refund_id, actor, "rejected")
+        row, _ = await ledger.apply(
+            conn, refund_id, ledger.Decision(Target(Status.CANCELED, Stage.DONE), failure_code="rejected",
+                                             failure_message=ledger.said(f"rejected by {actor}: {reason}")),
+            event="rejected", expect=(Status.PENDING, Stage.AWAITING_APPROVAL), recheck_seconds=1,
+            request_id=request_id, by_operator=True, detail={"actor": actor, "reason": reason})
+        await audit(conn, actor=actor, action="refund.reject", target=refund_id, reason=reason,
+                    request={"requested_by": refund["requested_by"], "amount": refund["amount"]},
+                    result={"status": row["status"]}, request_id=request_id)
+    return row
+
+
+async def _awaiting(conn: asyncpg.Connection, refund_id: str, actor: str, verb: str) -> asyncpg.Record:
+    """The refund, locked, if it awaits approval and `actor` is not who asked for it (four eyes)."""
+    refund = await _lock_open_refund(conn, refund_id, verb)
+    if refund["stage"] != Stage.AWAITING_APPROVAL:
+        raise errors.Conflict(f"the refund does not await approval (it is {refund['status']}, stage "
+                              f"{refund['stage']})", code="not_awaiting_approval", status_now=refund["status"])
+    if refund["requested_by"] is not None and refund["requested_by"] == actor:
+        raise errors.Forbidden("the refund must be approved or rejected by another client than the one that asked "
+                               "for it", code="same_requester")
+    return refund
 
 
 async def replay_candidates(pool: asyncpg.Pool, *, limit: int, stuck_older_than: float | None = None,

@@ -7,7 +7,7 @@ layer only parses and serialises.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
 import asyncpg
@@ -20,6 +20,7 @@ from gateway.domain import credit_notes, matching, money
 from gateway.domain.refunds import Stage, Status
 from gateway.ids import new_id
 from gateway.models import RefundCreate, TransactionCreate, credit_note_parts, refundable_amount
+from gateway.settings import ClientConfig, ProcessorConfig
 
 log = structlog.get_logger(__name__)
 
@@ -206,8 +207,33 @@ def _check_command(cmd: RefundCreate) -> None:
         raise errors.InvalidRequest("; ".join(f"{p['field']}: {p['message']}" for p in problems), errors=problems)
 
 
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """Who asks for a refund, and the controls on what they may ask (config: per client and per
+    processor account; the stricter wins)."""
+
+    client: ClientConfig | None = None
+    processors: Sequence[ProcessorConfig] = ()
+
+    @property
+    def client_id(self) -> str | None:
+        return self.client.id if self.client is not None else None
+
+    def _strictest(self, name: str, processor_id: str) -> int | None:
+        processor = next((p for p in self.processors if p.id == processor_id), None)
+        values = [getattr(c, name) for c in (self.client, processor) if c is not None]
+        return min((v for v in values if v is not None), default=None)
+
+    def max_age_days(self, processor_id: str) -> int | None:
+        return self._strictest("max_refund_age_days", processor_id)
+
+    def approval_threshold(self, processor_id: str) -> int | None:
+        return self._strictest("approval_threshold", processor_id)
+
+
 async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_seconds: float,
-                        claim: IdempotencyClaim | None = None, request_id: str | None = None) -> CommandResult:
+                        claim: IdempotencyClaim | None = None, request_id: str | None = None,
+                        requester: Requester = Requester()) -> CommandResult:
     """Match, check and reserve the balance, and write the refund (or, for a credit note spread over
     an invoice's payments, one per payment), in one database transaction.
 
@@ -255,7 +281,10 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
         else:
             tx = tx or await _lock_transaction_for(conn, cmd)
             shares, transactions = [(tx["id"], _checked_amount(cmd, tx, amount))], {tx["id"]: tx}
-        refunds = await _insert_refunds(conn, cmd, shares, transactions, previous, lease_seconds, request_id)
+        if cmd.method != "offline":  # controls guard money the processor sends; an offline refund is a record
+            await _check_controls(conn, requester, shares, transactions)
+        refunds = await _insert_refunds(conn, cmd, shares, transactions, previous, lease_seconds, request_id,
+                                        requester)
         if claim is not None:
             await store.set_key_resource(conn, claim.client_id, claim.key, refunds[0]["id"])
     for refund in refunds:
@@ -334,6 +363,28 @@ async def _allocate(conn: asyncpg.Connection, cmd: RefundCreate,
     return shares, {r["id"]: r for r in rows}
 
 
+async def _check_controls(conn: asyncpg.Connection, requester: Requester, shares: list[tuple[str, int]],
+                          transactions: dict[str, asyncpg.Record]) -> None:
+    """The refund window of each payment, and the client's daily cap (counted under a lock per
+    client, so that concurrent commands cannot both take the last one)."""
+    now = datetime.now(timezone.utc)
+    for tx_id, _ in shares:
+        tx = transactions[tx_id]
+        days = requester.max_age_days(tx["processor_id"])
+        paid_at = tx["captured_at"] or tx["created_at"]
+        if days is not None and paid_at < now - timedelta(days=days):
+            raise errors.Refused(f"transaction {tx_id} was paid more than {days} days ago, beyond the refund "
+                                 "window: refund it with method offline", code="refund_window_expired",
+                                 transaction_id=tx_id, next_action="refund_offline")
+    cap = requester.client.daily_refund_cap if requester.client is not None else None
+    if cap is not None:
+        await store.lock_client_day(conn, requester.client.id)
+        made = await store.refunds_today(conn, requester.client.id)
+        if made + len(shares) > cap:
+            raise errors.Refused(f"client {requester.client.id!r} has made {made} refunds today (UTC), and may make "
+                                 f"{cap} a day", code="daily_limit_exceeded", refunds_today=made, daily_cap=cap)
+
+
 def _followers(shares: list[tuple[str, int]], previous: list[credit_notes.Part]) -> list[str | None]:
     """Which released refund each new one retries: the one on its own payment first, then the others
     in order (newest first); each is retried by at most one."""
@@ -349,12 +400,16 @@ def _followers(shares: list[tuple[str, int]], previous: list[credit_notes.Part])
 
 async def _insert_refunds(conn: asyncpg.Connection, cmd: RefundCreate, shares: list[tuple[str, int]],
                           transactions: dict[str, asyncpg.Record], previous: list[credit_notes.Part],
-                          lease_seconds: float, request_id: str | None) -> list[asyncpg.Record]:
+                          lease_seconds: float, request_id: str | None, requester: Requester) -> list[asyncpg.Record]:
     offline = cmd.method == "offline"
-    status, stage = (Status.REFUNDED_OFFLINE, Stage.DONE) if offline else (Status.PENDING, Stage.SENDING)
     refunds = []
     for (tx_id, amount), previous_id in zip(shares, _followers(shares, previous)):
         tx = transactions[tx_id]
+        threshold = requester.approval_threshold(tx["processor_id"])
+        # Over its threshold a refund is written but not sent: it waits for a second person.
+        status, stage = ((Status.REFUNDED_OFFLINE, Stage.DONE) if offline else
+                         (Status.PENDING, Stage.AWAITING_APPROVAL) if threshold is not None and amount > threshold
+                         else (Status.PENDING, Stage.SENDING))
         refund_id = new_id("rf")
         # One statement writes the refund, moves its amount on the payment and records the event.
         refunds.append(await store.insert_refund(
@@ -363,6 +418,7 @@ async def _insert_refunds(conn: asyncpg.Connection, cmd: RefundCreate, shares: l
             metadata=cmd.metadata, status=status, stage=stage, idempotency_key=refund_id,
             lease_seconds=lease_seconds, request_id=request_id, origin="offline" if offline else "gateway",
             external_reference=cmd.external_reference, previous_refund_id=previous_id,
+            requested_by=requester.client_id,
             event_detail={"amount": amount, "currency": tx["currency"], "method": cmd.method,
                           "previous_refund_id": previous_id, "external_reference": cmd.external_reference}))
     # Published once all are written: each event carries the credit note as it now stands.

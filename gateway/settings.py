@@ -54,6 +54,11 @@ class ProcessorBase(_Strict):
     # the last run (at most reconcile_lookback_seconds back) are held against the processor's listing.
     reconcile_interval_seconds: float | None = Field(default=None, ge=60)
     reconcile_lookback_seconds: float = Field(default=86_400.0, gt=0, le=90 * 86_400)
+    # Refund controls for this account (a client's own apply as well; the stricter wins): a payment
+    # older than max_refund_age_days is refused (refund it offline), and a refund over
+    # approval_threshold (minor units of the payment's currency) waits for an operator's approval.
+    max_refund_age_days: int | None = Field(default=None, ge=1)
+    approval_threshold: int | None = Field(default=None, ge=1)
 
 
 class StripeProcessor(ProcessorBase):
@@ -101,6 +106,11 @@ class ClientConfig(_Strict):
     scopes: list[Scope] = Field(min_length=1)
     rate_limit_per_second: float | None = Field(default=None, gt=0)  # None: no limit
     rate_limit_burst: int = Field(default=50, ge=1)
+    # Refund controls for this client (with a processor's own, the stricter wins): see ProcessorBase;
+    # daily_refund_cap: at most this many refunds through a processor a day (UTC), then 422.
+    max_refund_age_days: int | None = Field(default=None, ge=1)
+    approval_threshold: int | None = Field(default=None, ge=1)
+    daily_refund_cap: int | None = Field(default=None, ge=1)
 
     @field_validator("api_key", "api_keys")
     @classmethod

@@ -129,7 +129,8 @@ def render(*, client_id: str, now: datetime, stuck_after_seconds: float, stuck: 
            stuck_counts: Mapping[str, int], events: Mapping[str, Sequence[Row]],
            attempts: Mapping[str, Sequence[Row]], history_cap: int, webhook_events: Sequence[Row],
            webhook_has_more: bool, processors: Sequence[str], current_hour: datetime, hours: int,
-           outcomes: Iterable[Row], findings: Sequence[Row] = (), findings_has_more: bool = False) -> str:
+           outcomes: Iterable[Row], findings: Sequence[Row] = (), findings_has_more: bool = False,
+           awaiting: Sequence[Row] = (), awaiting_has_more: bool = False) -> str:
     stuck_total = sum(stuck_counts.values())
     counts = "".join(f"<li><code>{escape(reason)}</code>: {n}</li>" for reason, n in stuck_counts.items())
     more = (f"<p class='help'>The newest {len(stuck)} are shown; all of them: "
@@ -148,6 +149,14 @@ def render(*, client_id: str, now: datetime, stuck_after_seconds: float, stuck: 
     if findings_has_more:
         findings_html += ("<p class='help'>Only the newest are shown: "
                           "<code>GET /admin/reconciliation/findings?status=open</code> lists them all.</p>")
+    awaiting_html = (_table(("Refund", "Waiting", "Amount", "Processor", "Invoice", "Asked by"),
+                            [(f"<code>{_text(r['id'])}</code>", escape(_duration((now - r["created_at"]).total_seconds())),
+                              _amount(r["amount"], r["currency"]), _text(r["processor_id"]), _text(r["invoice_id"]),
+                              _text(r["requested_by"])) for r in awaiting], "awaiting")
+                     if awaiting else "<p class='empty'>No refund awaits approval.</p>")
+    if awaiting_has_more:
+        awaiting_html += ("<p class='help'>Only the newest are shown: "
+                          "<code>GET /admin/refunds?status=pending</code> lists them with their stage.</p>")
     buckets = chart.hour_buckets(current_hour, hours)
     by_processor = chart.counts_by_processor(outcomes)
     names = [*processors, *sorted(set(by_processor) - set(processors))]
@@ -165,4 +174,5 @@ def render(*, client_id: str, now: datetime, stuck_after_seconds: float, stuck: 
         stuck_counts=f"<ul class='reasons'>{counts}</ul>" if counts else "", stuck=stuck_html,
         webhook_total=f"{len(webhook_events)}{'+' if webhook_has_more else ''}", webhooks=webhooks_html,
         findings_total=f"{len(findings)}{'+' if findings_has_more else ''}", findings=findings_html,
+        awaiting_total=f"{len(awaiting)}{'+' if awaiting_has_more else ''}", awaiting=awaiting_html,
         hours=hours, legend=legend, charts="".join(charts) or "<p class='empty'>No processors configured.</p>")

@@ -108,9 +108,9 @@ INSERT_REFUND = """
 WITH r AS (
     INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, credit_note_id, amount, currency, reason,
                          metadata, status, stage, idempotency_key, lease_expires_at, origin, external_reference,
-                         previous_refund_id)
+                         previous_refund_id, requested_by)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-            CASE WHEN $11 = 'sending' THEN now() + make_interval(secs => $13) END, $16, $17, $18)
+            CASE WHEN $11 = 'sending' THEN now() + make_interval(secs => $13) END, $16, $17, $18, $19)
     RETURNING *
 ), balance AS (
     UPDATE transactions
@@ -273,10 +273,11 @@ async def insert_refund(conn, *, id: str, transaction_id: str, processor_id: str
                         metadata: dict[str, str], status: str, stage: str, idempotency_key: str,
                         lease_seconds: float, request_id: str | None, event_detail: dict[str, Any],
                         origin: str = "gateway", external_reference: str | None = None,
-                        previous_refund_id: str | None = None) -> Row:
+                        previous_refund_id: str | None = None, requested_by: str | None = None) -> Row:
     return await conn.fetchrow(INSERT_REFUND, id, transaction_id, processor_id, invoice_id, credit_note_id, amount,
                                currency, reason, metadata, status, stage, idempotency_key, lease_seconds,
-                               event_detail, request_id, origin, external_reference, previous_refund_id)
+                               event_detail, request_id, origin, external_reference, previous_refund_id,
+                               requested_by)
 
 
 async def get_refund(conn, refund_id: str) -> Row | None:
@@ -343,6 +344,21 @@ async def lock_credit_note(conn, invoice_id: str, credit_note_id: str) -> None:
 
 async def refund_followed(conn, refund_id: str) -> bool:
     return await conn.fetchval(REFUND_FOLLOWED, refund_id)
+
+
+# A client's refunds through a processor today (UTC), counted under a lock per client and day.
+LOCK_CLIENT_DAY = "SELECT pg_advisory_xact_lock(hashtextextended('refunds_today:' || $1, 0))"
+REFUNDS_TODAY = """
+SELECT count(*) FROM refunds
+WHERE requested_by = $1 AND origin = 'gateway' AND created_at >= date_trunc('day', now(), 'UTC')"""
+
+
+async def lock_client_day(conn, client_id: str) -> None:
+    await conn.execute(LOCK_CLIENT_DAY, client_id)
+
+
+async def refunds_today(conn, client_id: str) -> int:
+    return await conn.fetchval(REFUNDS_TODAY, client_id)
 
 
 async def lock_invoice_transactions(conn, invoice_id: str) -> list[Row]:
@@ -722,7 +738,7 @@ UPDATE webhook_events SET status = 'received', next_attempt_at = now()
 WHERE status = $1 AND ($2::text IS NULL OR processor_id = $2)"""
 
 
-_FILTERABLE = frozenset({"invoice_id", "status", "processor_id", "failure_code", "credit_note_id"})
+_FILTERABLE = frozenset({"invoice_id", "status", "processor_id", "failure_code", "credit_note_id", "stage"})
 
 
 class _Filters:

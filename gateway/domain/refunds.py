@@ -24,6 +24,7 @@ class Stage(StrEnum):
     OUTCOME_UNKNOWN = "outcome_unknown"  # may have reached the processor: look up before resending
     PENDING_AT_PROCESSOR = "pending_at_processor"  # the processor accepted it, final answer later
     DONE = "done"  # nothing more to do with the processor
+    AWAITING_APPROVAL = "awaiting_approval"  # over its approval threshold: nothing sent until a second person says so
 
 
 class Outcome(StrEnum):

@@ -11,6 +11,7 @@ from gateway.db import store
 from gateway.http import model_response, parse_body, parse_query
 from gateway.models import (
     AdminRefundList,
+    ApprovalRequest,
     AdminRefundQuery,
     BulkReplayPreview,
     BulkReplayRequest,
@@ -95,6 +96,26 @@ async def resolve_refund(request: web.Request) -> web.Response:
     row = await operations.resolve(request.app[keys.POOL], request.match_info["id"], body.resolution, actor=actor,
                                    reason=body.reason, external_reference=body.external_reference,
                                    request_id=request[keys.REQUEST_ID])
+    return model_response(RefundOut.from_row(row))
+
+
+@routes.post("/admin/refunds/{id}/approve")
+async def approve_refund(request: web.Request) -> web.Response:
+    actor = _actor(request)
+    body = await parse_body(request, ApprovalRequest)
+    app = request.app
+    row = await operations.approve(app[keys.POOL], app[keys.EXECUTOR], request.match_info["id"], actor=actor,
+                                   reason=body.reason, lease_seconds=app[keys.SETTINGS].lease_seconds,
+                                   request_id=request[keys.REQUEST_ID])
+    return model_response(RefundOut.from_row(row))
+
+
+@routes.post("/admin/refunds/{id}/reject")
+async def reject_refund(request: web.Request) -> web.Response:
+    actor = _actor(request)
+    body = await parse_body(request, ApprovalRequest)
+    row = await operations.reject(request.app[keys.POOL], request.match_info["id"], actor=actor, reason=body.reason,
+                                  request_id=request[keys.REQUEST_ID])
     return model_response(RefundOut.from_row(row))
 
 

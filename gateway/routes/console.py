@@ -70,6 +70,8 @@ async def console_page(request: web.Request) -> web.Response:
         current_hour, outcomes = await store.outcomes_by_hour(conn, CHART_HOURS)
         findings = await store.list_findings(conn, status="open", processor=None, kind=None, starting_after=None,
                                              limit=WEBHOOK_EVENTS_SHOWN)
+        awaiting = await store.list_refunds(conn, stage="awaiting_approval", starting_after=None,
+                                            limit=WEBHOOK_EVENTS_SHOWN)
     text = page.render(
         client_id=client.id, now=datetime.now(timezone.utc), stuck_after_seconds=settings.stuck_after_seconds,
         stuck=stuck[:STUCK_SHOWN], stuck_has_more=len(stuck) > STUCK_SHOWN, stuck_counts=counts, events=events,
@@ -77,7 +79,8 @@ async def console_page(request: web.Request) -> web.Response:
         webhook_events=sorted(webhook_events, key=lambda r: r["id"], reverse=True), webhook_has_more=webhook_more,
         processors=[p.id for p in settings.processors], current_hour=current_hour, hours=CHART_HOURS,
         outcomes=outcomes, findings=findings[:WEBHOOK_EVENTS_SHOWN],
-        findings_has_more=len(findings) > WEBHOOK_EVENTS_SHOWN)
+        findings_has_more=len(findings) > WEBHOOK_EVENTS_SHOWN, awaiting=awaiting[:WEBHOOK_EVENTS_SHOWN],
+        awaiting_has_more=len(awaiting) > WEBHOOK_EVENTS_SHOWN)
     return web.Response(text=text, content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS)
 
 

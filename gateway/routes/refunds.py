@@ -38,7 +38,8 @@ async def _refund(request: web.Request, cmd: RefundCreate) -> web.Response:
             recovered = None
             result = await services.create_refund(
                 conn, cmd, lease_seconds=settings.lease_seconds, request_id=request[keys.REQUEST_ID],
-                claim=services.IdempotencyClaim(*claim) if claim else None)
+                claim=services.IdempotencyClaim(*claim) if claim else None,
+                requester=services.Requester(request[keys.CLIENT], settings.processors))
     refunds = result.refunds
     if result.created and not recovered:
         # The connection is back in the pool: the processor calls run without one.
