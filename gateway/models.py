@@ -142,7 +142,8 @@ def refundable_amount(row: Any, *, through_processor: bool = True) -> int:
     processor that voids unsettled sales once (BridgePay), nothing after a void until it settles."""
     if through_processor and row["voided_at"] is not None and row["settled_at"] is None:
         return 0
-    return row["amount"] - row["refunded_amount"] - row["reserved_amount"]
+    # A lost dispute's amount went back to the cardholder already (charged back).
+    return max(0, row["amount"] - row["refunded_amount"] - row["reserved_amount"] - row["charged_back_amount"])
 
 
 class TransactionOut(BaseModel):
@@ -161,6 +162,8 @@ class TransactionOut(BaseModel):
     refundable_amount: int
     captured_at: datetime | None
     settled_at: datetime | None
+    charged_back_amount: int = Field(0, description="the amounts of lost disputes: charged back to the cardholder, "
+                                                    "no longer refundable")
     voided_at: datetime | None = Field(None, description="when the processor voided the unsettled payment (BridgePay "
                                                          "allows one void per sale): nothing is refundable through "
                                                          "it until it is registered again as settled")
@@ -175,7 +178,8 @@ class TransactionOut(BaseModel):
                    currency=row["currency"], refunded_amount=row["refunded_amount"],
                    reserved_amount=row["reserved_amount"],
                    refundable_amount=refundable_amount(row), captured_at=row["captured_at"],
-                   settled_at=row["settled_at"], voided_at=row["voided_at"], metadata=row["metadata"],
+                   settled_at=row["settled_at"], voided_at=row["voided_at"],
+                   charged_back_amount=row["charged_back_amount"], metadata=row["metadata"],
                    created_at=row["created_at"], updated_at=row["updated_at"])
 
 
@@ -460,7 +464,73 @@ class AdminRefundList(RefundList):
 EVENT_EXAMPLE = {"id": 1042, "created_at": "2024-06-11T09:00:03.125000Z", "type": "refund.succeeded",
                  "refund_id": _RF_ID, "version": 3, "previous_status": "pending", "data": REFUND_EXAMPLE,
                  "credit_note": CREDIT_NOTE_STATE_EXAMPLE}
-EVENT_TYPES = ("refund.created", "refund.updated", "refund.reversed", *(f"refund.{s}" for s in Status))
+EVENT_TYPES = ("refund.created", "refund.updated", "refund.reversed", *(f"refund.{s}" for s in Status),
+               "dispute.opened", "dispute.updated", "dispute.won", "dispute.lost")
+
+DISPUTE_EXAMPLE = {"object": "dispute", "id": "dp_01hz3vb1c3e5g7j9l1n3q5s7u9", "processor": "stripe",
+                   "psp_dispute_id": "dp_3PqRstUvWxYz0999", "transaction_id": _TX_ID, "amount": 4200,
+                   "currency": "EUR", "status": "open", "funds_withdrawn": True, "reason": "fraudulent",
+                   "source": "webhook", "version": 1, "created_at": "2024-06-20T10:00:00.000000Z",
+                   "updated_at": "2024-06-20T10:00:00.000000Z"}
+
+
+class DisputeOut(BaseModel):
+    """A payment's dispute (chargeback): while open, the payment takes no new refund and its unsent
+    refunds wait; lost, its amount counts as charged back."""
+
+    model_config = _examples(DISPUTE_EXAMPLE)
+
+    object: Literal["dispute"] = "dispute"
+    id: str
+    processor: str
+    psp_dispute_id: str
+    transaction_id: str
+    amount: int
+    currency: str
+    status: Literal["open", "won", "lost"]
+    funds_withdrawn: bool
+    reason: str | None
+    source: Literal["webhook", "operator"]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> "DisputeOut":
+        return cls(id=row["id"], processor=row["processor_id"], psp_dispute_id=row["psp_dispute_id"],
+                   transaction_id=row["transaction_id"], amount=row["amount"], currency=row["currency"],
+                   status=row["status"], funds_withdrawn=row["funds_withdrawn"], reason=row["reason"],
+                   source=row["source"], version=row["version"], created_at=row["created_at"],
+                   updated_at=row["updated_at"])
+
+
+class DisputeRecord(_Request):
+    """An operator's record of a dispute, for a processor that sends no dispute webhooks."""
+
+    model_config = _examples({"processor": "bridgepay", "psp_reference": "113301", "psp_dispute_id": "CB-2024-0042",
+                              "amount": 5000, "status": "open", "reason": "cardholder says not received"})
+
+    processor: Ref
+    psp_reference: Ref = Field(description="the disputed payment, by its processor's id")
+    psp_dispute_id: Ref = Field(description="the processor's (or the acquirer's) id of the dispute")
+    amount: Amount
+    status: Literal["open", "won", "lost"]
+    reason: Annotated[str, Field(min_length=1, max_length=255), NoCard] | None = None
+
+
+class DisputeList(_Response):
+    model_config = _examples({"object": "list", "data": [DISPUTE_EXAMPLE], "has_more": False})
+
+    object: Literal["list"] = "list"
+    data: list[DisputeOut]
+    has_more: bool
+
+
+class DisputeQuery(_Query):
+    status: Literal["open", "won", "lost"] | None = None
+    processor: Ref | None = None
+    limit: int = _limit(50, 500)
+    starting_after: Ref | None = Field(None, description="the last dispute id of the previous page")
 
 
 class Event(_Response):
@@ -474,11 +544,13 @@ class Event(_Response):
     created_at: datetime
     type: Literal[EVENT_TYPES] = Field(  # type: ignore[valid-type]
         description="refund.created for a new refund, refund.<status> when its status changed, refund.reversed "
-                    "when a succeeded refund failed later, refund.updated otherwise")
-    refund_id: str
-    version: int = Field(description="the refund's version after this change: keep the highest seen")
-    previous_status: Status | None = Field(description="null for refund.created")
-    data: RefundOut = Field(description="the refund after this change")
+                    "when a succeeded refund failed later, refund.updated otherwise; dispute.opened, "
+                    "dispute.won, dispute.lost and dispute.updated for a payment's dispute")
+    refund_id: str | None = Field(description="the refund it is about (null for a dispute's event)")
+    dispute_id: str | None = Field(None, description="the dispute it is about (dispute.* events)")
+    version: int = Field(description="the refund's (or dispute's) version after this change: keep the highest seen")
+    previous_status: str | None = Field(description="null for refund.created and dispute.opened")
+    data: RefundOut | DisputeOut = Field(description="the refund (or dispute) after this change")
     credit_note: CreditNoteState | None = Field(None, description="the refund's credit note after this change; "
                                                                  "null for a refund without one")
 

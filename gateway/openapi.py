@@ -89,6 +89,10 @@ ERROR_CODES: dict[str, Code] = {
                               "the refund awaits approval: approve or reject it; it cannot be replayed"),
     "not_awaiting_approval": Code(409, "The refund does not await approval.",
                                   "the refund does not await approval (it is succeeded, stage done)"),
+    "payment_disputed": Code(409, "The payment is under dispute: no refund goes to its processor until the dispute "
+                                  "is closed (the card network would not take both).",
+                             "transaction tx_01hz3v6r1k8m2q4w6y8a0c2e4g is under dispute",
+                             {"transaction_id": "tx_01hz3v6r1k8m2q4w6y8a0c2e4g"}),
     "refund_final": Code(409, "The refund is final: nothing to replay or resolve.",
                          "a succeeded refund cannot be replayed", {"status_now": "succeeded"}),
     "refund_in_flight": Code(409, "A processor call for this refund is in flight: retry after Retry-After.",
@@ -172,7 +176,8 @@ _PARSED_BODY = ("malformed_request", "payload_too_large", "unsupported_media_typ
                 "card_number_not_allowed", "request_timeout")
 _REFUND_CODES = ("invalid_amount", "invalid_currency", "transaction_not_found", "ambiguous_transaction",
                  "amount_exceeds_refundable", "currency_mismatch", "invoice_mismatch", "idempotency_key_lost",
-                 "credit_note_conflict", "payment_voided", "refund_window_expired", "daily_limit_exceeded")
+                 "credit_note_conflict", "payment_voided", "refund_window_expired", "daily_limit_exceeded",
+                 "payment_disputed")
 _ADMIN_REFUND_CODES = ("refund_not_found", "refund_final", "refund_in_flight", "awaiting_approval")
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "string"}}}
 _RESPONSE_HEADERS = {401: {"WWW-Authenticate": {"schema": {"type": "string"}}}, 409: _RETRY_AFTER,
@@ -264,7 +269,8 @@ OPERATIONS = [
     Operation("get", "/admin/refunds", "Refunds for an operator; stuck ones with counts by reason", "admin",
               answers={200: models.AdminRefundList}, query=models.AdminRefundQuery),
     Operation("post", "/admin/refunds/{id}/replay", "Resync with the processor, resend with the same key if needed",
-              "admin", models.ReplayRequest, {200: models.ReplayResult}, (*_ADMIN_REFUND_CODES, "unknown_processor")),
+              "admin", models.ReplayRequest, {200: models.ReplayResult},
+              (*_ADMIN_REFUND_CODES, "unknown_processor", "payment_disputed")),
     Operation("post", "/admin/refunds/replay", "Replay refunds by filter (dry run lists them)", "admin",
               models.BulkReplayRequest, {200: (models.BulkReplayPreview, models.BulkReplayResult)},
               notes={200: _ADMIN_LIST}),
@@ -275,10 +281,15 @@ OPERATIONS = [
                           "processor) unless the billing core retried it."}),
     Operation("post", "/admin/refunds/{id}/approve", "Approve a refund over its approval threshold: it is sent",
               "admin", models.ApprovalRequest, {200: models.RefundOut},
-              ("refund_not_found", "refund_final", "refund_in_flight", "not_awaiting_approval", "same_requester")),
+              ("refund_not_found", "refund_final", "refund_in_flight", "not_awaiting_approval", "same_requester",
+               "payment_disputed")),
     Operation("post", "/admin/refunds/{id}/reject", "Reject a refund over its approval threshold: canceled",
               "admin", models.ApprovalRequest, {200: models.RefundOut},
               ("refund_not_found", "refund_final", "refund_in_flight", "not_awaiting_approval", "same_requester")),
+    Operation("get", "/admin/disputes", "Disputes of payments (open ones: ?status=open)", "admin",
+              answers={200: models.DisputeList}, query=models.DisputeQuery),
+    Operation("post", "/admin/disputes", "Record a dispute for a processor without dispute webhooks (audited)",
+              "admin", models.DisputeRecord, {200: models.DisputeOut}, ("transaction_not_found",)),
     Operation("get", "/admin/reconciliation/findings", "Reconciliation findings (open ones: ?status=open)", "admin",
               answers={200: models.FindingList}, query=models.FindingQuery),
     Operation("post", "/admin/reconciliation/findings/{id}/resolve", "Resolve a finding, with a reason (audited)",

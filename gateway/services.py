@@ -14,7 +14,7 @@ import asyncpg
 import structlog
 
 from adapters.base import PaymentSnapshot
-from gateway import errors, ledger
+from gateway import disputes, errors, ledger
 from gateway.db import store
 from gateway.domain import credit_notes, matching, money
 from gateway.domain.refunds import Stage, Status
@@ -282,6 +282,8 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
             tx = tx or await _lock_transaction_for(conn, cmd)
             shares, transactions = [(tx["id"], _checked_amount(cmd, tx, amount))], {tx["id"]: tx}
         if cmd.method != "offline":  # controls guard money the processor sends; an offline refund is a record
+            for tx_id, _ in shares:
+                await disputes.refuse_if_disputed(conn, tx_id)
             await _check_controls(conn, requester, shares, transactions)
         refunds = await _insert_refunds(conn, cmd, shares, transactions, previous, lease_seconds, request_id,
                                         requester)

@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 
 from adapters.base import ProcessorAdapter, RefundSnapshot, WebhookEvent, WebhookPayloadError, WebhookVerificationError
-from gateway import ledger, metrics, services
+from gateway import disputes, ledger, metrics, services
 from gateway.db import store
 from gateway.ids import new_id
 from gateway.logging import scrub_stored, scrub_stored_value, scrub_text
@@ -150,9 +150,18 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
         await ledger.apply(conn, refund["id"], ledger.decide(snapshot.result()), event=cause, current_truth=True,
                            recheck_seconds=recheck_seconds, detail={"event_id": event.event_id},
                            request_id=request_id, snapshot_at=snapshot_at)
+    for dispute in event.disputes:
+        transaction = await services.known_payment(conn, processor_id, dispute.payment_references)
+        if transaction is None:  # as for a refund: wait for a registration in flight, or park the event
+            await store.lock_payment_references(conn, processor_id, dispute.payment_references)
+            transaction = await services.known_payment(conn, processor_id, dispute.payment_references)
+        if transaction is None:
+            unmatched = True
+            continue
+        await disputes.apply(conn, processor_id, transaction, dispute, source="webhook", request_id=request_id)
     if unmatched:
         return "unmatched"
-    return "applied" if event.payments or event.refunds else "ignored"
+    return "applied" if event.payments or event.refunds or event.disputes else "ignored"
 
 
 async def known_refund(conn: asyncpg.Connection, processor_id: str,

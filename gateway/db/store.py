@@ -251,7 +251,8 @@ UPDATE refunds SET budget_after_attempt = coalesce((SELECT max(id) FROM refund_a
 WHERE id = $1"""
 # Whether `$2` more refunded keeps the payment within its amount; locks it (after the refund, as
 # every balance move does).
-REFUND_FITS = "SELECT refunded_amount + $2 <= amount FROM transactions WHERE id = $1 FOR UPDATE"
+REFUND_FITS = """
+SELECT refunded_amount + charged_back_amount + $2 <= amount FROM transactions WHERE id = $1 FOR UPDATE"""
 
 # Refunds pending at their processor whose next check is due; the claim pushes the next check
 # out (a lease), so that concurrent pollers never check the same refund at once.
@@ -617,7 +618,8 @@ WITH due AS (
     SELECT e.id FROM outbox_events e
     WHERE e.delivered_at IS NULL AND e.next_attempt_at <= now()
       AND NOT EXISTS (SELECT 1 FROM outbox_events p
-                      WHERE p.refund_id = e.refund_id AND p.version < e.version AND p.delivered_at IS NULL)
+                      WHERE (p.refund_id = e.refund_id OR p.dispute_id = e.dispute_id)
+                        AND p.version < e.version AND p.delivered_at IS NULL)
     ORDER BY e.id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -862,6 +864,79 @@ async def claim_webhook_event(conn, event_row_id: int, lease_seconds: float) -> 
 
 async def requeue_webhook_events(conn, status: str, processor: str | None) -> int:
     return int((await conn.execute(REQUEUE_WEBHOOK_EVENTS, status, processor)).split()[-1])
+
+
+# --- disputes ----------------------------------------------------------------------------------
+
+LOCK_DISPUTE = "SELECT * FROM disputes WHERE processor_id = $1 AND psp_dispute_id = $2 FOR UPDATE"
+INSERT_DISPUTE = """
+INSERT INTO disputes (id, processor_id, psp_dispute_id, transaction_id, amount, currency, status, funds_withdrawn,
+                      reason, source)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (processor_id, psp_dispute_id) DO NOTHING
+RETURNING *"""
+UPDATE_DISPUTE = """
+UPDATE disputes SET status = $2, funds_withdrawn = $3, amount = $4, reason = coalesce($5, reason),
+    version = version + 1, updated_at = now()
+WHERE id = $1 RETURNING *"""
+OPEN_DISPUTE = "SELECT EXISTS (SELECT 1 FROM disputes WHERE transaction_id = $1 AND status = 'open')"
+CHARGE_BACK = """
+UPDATE transactions SET charged_back_amount = charged_back_amount + $2, updated_at = now() WHERE id = $1"""
+# A payment's refunds that have not reached its processor: a dispute holds them.
+UNSENT_REFUNDS = """
+SELECT id FROM refunds WHERE transaction_id = $1 AND status = 'pending' AND stage = 'not_sent' ORDER BY id"""
+HELD_REFUNDS = """
+SELECT id FROM refunds WHERE transaction_id = $1 AND status = 'pending' AND stage = 'not_sent'
+  AND failure_code = 'payment_disputed' ORDER BY id"""
+INSERT_DISPUTE_OUTBOX = """
+INSERT INTO outbox_events (dispute_id, version, type, payload, request_id) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (dispute_id, version) WHERE dispute_id IS NOT NULL DO NOTHING"""
+
+
+async def lock_dispute(conn, processor_id: str, psp_dispute_id: str) -> Row | None:
+    return await conn.fetchrow(LOCK_DISPUTE, processor_id, psp_dispute_id)
+
+
+async def insert_dispute(conn, *, id: str, processor_id: str, psp_dispute_id: str, transaction_id: str, amount: int,
+                         currency: str, status: str, funds_withdrawn: bool, reason: str | None,
+                         source: str) -> Row | None:
+    return await conn.fetchrow(INSERT_DISPUTE, id, processor_id, psp_dispute_id, transaction_id, amount, currency,
+                               status, funds_withdrawn, reason, source)
+
+
+async def update_dispute(conn, dispute_id: str, *, status: str, funds_withdrawn: bool, amount: int,
+                         reason: str | None) -> Row:
+    return await conn.fetchrow(UPDATE_DISPUTE, dispute_id, status, funds_withdrawn, amount, reason)
+
+
+async def payment_disputed(conn, transaction_id: str) -> bool:
+    return await conn.fetchval(OPEN_DISPUTE, transaction_id)
+
+
+async def charge_back(conn, transaction_id: str, amount: int) -> None:
+    await conn.execute(CHARGE_BACK, transaction_id, amount)
+
+
+async def unsent_refunds(conn, transaction_id: str) -> list[str]:
+    return [r["id"] for r in await conn.fetch(UNSENT_REFUNDS, transaction_id)]
+
+
+async def held_refunds(conn, transaction_id: str) -> list[str]:
+    return [r["id"] for r in await conn.fetch(HELD_REFUNDS, transaction_id)]
+
+
+async def insert_dispute_outbox(conn, dispute_id: str, version: int, type: str, payload: dict[str, Any],
+                                request_id: str | None) -> None:
+    await conn.execute(INSERT_DISPUTE_OUTBOX, dispute_id, version, type, payload, request_id)
+
+
+async def list_disputes(conn, *, status: str | None, processor: str | None, starting_after: str | None,
+                        limit: int) -> list[Row]:
+    filters = _Filters()
+    for column, value in (("status", status), ("processor_id", processor)):
+        if value is not None:
+            filters.add(f"{column} = ${{n}}", value)
+    return await conn.fetch(f"SELECT * FROM disputes {filters.page(starting_after, limit)}", *filters.args)
 
 
 # --- reconciliation ----------------------------------------------------------------------------

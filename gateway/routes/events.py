@@ -25,4 +25,5 @@ async def list_events(request: web.Request) -> web.Response:
     if rows is None:
         raise errors.InvalidRequest("after names no event: pass the id of the last event received",
                                     code="unknown_cursor", errors=[{"field": "after", "message": "no such event"}])
-    return json_response({"data": [event_body(r) for r in rows[:limit]], "has_more": len(rows) > limit})
+    return json_response({"object": "list", "data": [event_body(r) for r in rows[:limit]],
+                          "has_more": len(rows) > limit})
