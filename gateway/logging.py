@@ -107,12 +107,18 @@ def register_secrets(values: Iterable[str]) -> None:
     _KNOWN_SECRETS[:] = sorted(found, key=len, reverse=True)
 
 
-def scrub_stored(text: str) -> str:
-    """What no stored text may hold, whatever its shape: a configured secret, a wire format's
-    credential element, a card number. (scrub_text also redacts what merely looks like a key.)"""
+def redact_known(text: str) -> str:
+    """`text` with every configured secret replaced (by value, in any escaping)."""
     for secret in _KNOWN_SECRETS:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    return text
+
+
+def scrub_stored(text: str) -> str:
+    """What no stored text may hold, whatever its shape: a configured secret, a wire format's
+    credential element, a card number. (scrub_text also redacts what merely looks like a key.)"""
+    text = redact_known(text)
     text = _CREDENTIAL_ELEMENT.sub(lambda m: f"{m.group(1)}{REDACTED}" if m.group(2) else m.group(0), text)
     for start, end in reversed(card_spans(text)):
         text = text[:start] + REDACTED + text[end:]

@@ -12,7 +12,7 @@ from pydantic_core import PydanticCustomError
 from gateway.domain import credit_notes, money
 from gateway.domain.credit_notes import CreditNoteStatus
 from gateway.domain.refunds import NextAction, Outcome, Stage, Status
-from gateway.logging import has_card_number
+from gateway.logging import has_card_number, redact_known
 
 
 def _amount(value: Any) -> int:
@@ -30,11 +30,12 @@ def _currency(value: Any) -> str:
 
 
 def _no_card_number(value: str) -> str:
-    # Card data never enters the gateway: not stored, not shown, not sent on as metadata.
+    # Card data never enters the gateway: not stored, not shown, not sent on as metadata. A
+    # configured secret a client sends along is kept redacted, never stored.
     if has_card_number(value):
         raise PydanticCustomError("card_number_not_allowed", "looks like a card number, which the gateway never "
                                                              "takes: remove it")
-    return value
+    return redact_known(value)
 
 
 Amount = Annotated[int, BeforeValidator(_amount)]

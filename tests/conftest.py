@@ -181,6 +181,13 @@ class Api:
         return await resp.json()
 
 
+async def database_text(conn: asyncpg.Connection) -> str:
+    """Every row of every table, as text: what a dump of the database would hold (for secret scans)."""
+    tables = [r["table_name"] for r in await conn.fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'")]
+    return "\n".join(r["j"] for t in tables for r in await conn.fetch(f'SELECT row_to_json(x)::text AS j FROM "{t}" x'))
+
+
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
     """Poll until `check` returns something truthy; bounded."""
     deadline = asyncio.get_running_loop().time() + timeout

@@ -12,6 +12,7 @@ import json
 import re
 import time
 
+import asyncpg
 import httpx
 import pytest
 from aiohttp import web
@@ -22,6 +23,7 @@ from adapters.simkit import serve_on_loopback
 from adapters.stripe.transformers import signature_header
 from adapters.stripe_sim import SimConfig as StripeConfig
 from adapters.stripe_sim.testing import running_simulator as stripe_simulator
+from tests.conftest import database_text
 
 API_KEY = "sk_test_logscan_billing_0123456789"
 WRONG_KEYS = ("sk_live_logscan_wrong_bearer_0123", "sk_live_logscan_wrong_header_4567", "not-a-key-but-secret-89ab")
@@ -100,11 +102,13 @@ class Receiver:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.bodies: list[bytes] = []
         self.app = web.Application()
         self.app.router.add_post("/callbacks", self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
         self.calls += 1
+        self.bodies.append(await request.read())
         if self.calls <= 2:
             return web.Response(status=500, text=f"card {CARDS[0]} declined; api_key={API_KEY}")
         return web.Response(status=204)
@@ -257,6 +261,21 @@ async def test_a_gateway_process_driven_along_every_secret_bearing_path_logs_no_
     leaked = [s for s in secrets if s in text]
     assert leaked == [], f"reached the logs: {[s[:8] + '...' for s in leaked]}"
     assert card_like(text) == []
+    # Nor the callbacks, nor any table of the database.
+    for where, seen in (("callbacks", b"\n".join(receiver.bodies).decode()),
+                        ("database", await _dump(database_url))):
+        leaked = [s for s in secrets if s in seen]
+        assert leaked == [], f"reached the {where}: {[s[:8] + '...' for s in leaked]}"
+        assert card_like(seen) == [], where
+
+
+
+async def _dump(database_url: str) -> str:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await database_text(conn)
+    finally:
+        await conn.close()
 
 
 async def _callbacks_delivered(receiver: Receiver) -> bool:

@@ -15,8 +15,8 @@ from aiohttp import web
 from adapters.bridgepay_sim.wire import process_response, read_process_request, soap_fault
 from adapters.simkit import serve_on_loopback
 from gateway import keys, metrics
-from tests.conftest import ADMIN_KEY, READER_KEY, WRITER_KEY, Api, eventually, make_settings, signed_mock_webhook, \
-    start_api
+from tests.conftest import ADMIN_KEY, READER_KEY, WRITER_KEY, Api, database_text, eventually, make_settings, \
+    signed_mock_webhook, start_api
 from tests.e2e.test_bridgepay_flow import BP
 from tests.e2e.test_callbacks import SECRET as CALLBACK_SECRET
 from tests.e2e.test_callbacks import BillingCore
@@ -48,17 +48,9 @@ class EchoingBridgePay:
                             content_type="text/xml")
 
 
-async def _database_text(api: Api) -> str:
-    """Every row of every table, as text: what a dump of the database would hold."""
+async def _dump(api: Api) -> str:
     async with api.app[keys.POOL].acquire() as conn:
-        tables = [r["table_name"] for r in await conn.fetch(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
-            "AND table_type = 'BASE TABLE'")]
-        parts = []
-        for table in tables:
-            rows = await conn.fetch(f'SELECT row_to_json(t)::text AS j FROM "{table}" t')
-            parts += [r["j"] for r in rows]
-    return "\n".join(parts)
+        return await database_text(conn)
 
 
 async def test_a_processor_echoing_its_credentials_never_gets_them_stored_or_shown(database_url):
@@ -86,7 +78,7 @@ async def test_a_processor_echoing_its_credentials_never_gets_them_stored_or_sho
                 "callbacks": str([raw for _, _, raw in core.received]),
                 "console": str([await (await api.get(f"/admin/console/refunds/{r['id']}", key=ADMIN_KEY)).text()
                                 for r in refunds]),
-                "database": await _database_text(api),
+                "database": await _dump(api),
             }
         finally:
             await client.close()
