@@ -131,6 +131,11 @@ PROCESSOR_COMMON = {
                                   "processor's listing. Unset, only `psp-gateway reconcile` does.",
     "reconcile_lookback_seconds": "How far back a background run looks, at most: it covers the refunds made "
                                   "since the last run.",
+    "max_refund_age_days": "A payment older than this many days takes no refund: 422 `refund_window_expired`. "
+                           "Refund it offline. A client may set its own; the stricter wins. "
+                           "See [Refund controls](refund-controls.md).",
+    "approval_threshold": "A refund over this amount, in minor units, waits at stage `awaiting_approval` for an "
+                          "operator. A client may set its own; the stricter wins.",
 }
 
 PROCESSORS: list[tuple[str, type[BaseModel], dict[str, str]]] = [
@@ -175,6 +180,11 @@ CLIENT = {
     "rate_limit_per_second": "Requests per second for this client, per process. Over it, 429 with "
                              "`Retry-After`. Unset, no limit.",
     "rate_limit_burst": "Requests allowed at once above the rate. Used only with `rate_limit_per_second`.",
+    "max_refund_age_days": "As on a processor account, for this client's refunds. With both set, the stricter wins. "
+                           "See [Refund controls](refund-controls.md).",
+    "approval_threshold": "As on a processor account, for this client's refunds. With both set, the stricter wins.",
+    "daily_refund_cap": "The most refunds through a processor that this client may ask for each day (UTC). "
+                        "Over it, 422 `daily_limit_exceeded`.",
 }
 
 INTRO = """\
