@@ -1,1 +1,1 @@
-"""`make bench`: the gateway against its own database floor (see README, Performance)."""
+"""`make bench`: the gateway against its own database floor (see docs/performance.md)."""
