@@ -193,7 +193,8 @@ async def run_due(pool: asyncpg.Pool, adapters: Mapping[str, ProcessorAdapter],
         until = datetime.now(timezone.utc)
         async with pool.acquire() as conn:
             last = await store.last_reconciled_until(conn, processor_id)
-        since = max(until - timedelta(seconds=lookback), last or until - timedelta(seconds=lookback))
+        floor = until - timedelta(seconds=lookback)
+        since = max(floor, last) if last is not None else floor
         if since >= until:
             continue
         await run(pool, adapter, since=since, until=until, trigger="schedule")

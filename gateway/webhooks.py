@@ -97,10 +97,11 @@ async def _keep_unreadable(pool: asyncpg.Pool, adapter: ProcessorAdapter, header
                            error: WebhookPayloadError) -> Receipt:
     # Answered 2xx: the processor would only send the same bytes again, for days. Kept here, it is
     # listed as failed, retried (a new release may read it) and can be reprocessed by an operator.
-    event_id = error.event_id or body_event_id(body)
+    event_id = scrub_stored(error.event_id) if error.event_id else body_event_id(body)
     async with pool.acquire() as conn:
         row_id = await store.insert_unreadable_webhook_event(
-            conn, processor_id=adapter.id, event_id=event_id, event_type=error.event_type or "unknown",
+            conn, processor_id=adapter.id, event_id=event_id,
+            event_type=scrub_stored(error.event_type) if error.event_type else "unknown",
             headers=storable_headers(headers), body=storable_body(body),
             error=scrub_text(f"unreadable: {error}")[:500])
     log.warning("webhook_unreadable", processor=adapter.id, event_id=event_id, event_type=error.event_type,

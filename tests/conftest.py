@@ -185,7 +185,13 @@ async def database_text(conn: asyncpg.Connection) -> str:
     """Every row of every table, as text: what a dump of the database would hold (for secret scans)."""
     tables = [r["table_name"] for r in await conn.fetch(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'")]
-    return "\n".join(r["j"] for t in tables for r in await conn.fetch(f'SELECT row_to_json(x)::text AS j FROM "{t}" x'))
+    rows = []
+    for table in tables:
+        for record in await conn.fetch(f'SELECT * FROM "{table}"'):
+            # Bytes as the text they carry (a stored body), not as hex, where digits would hide or invent.
+            rows.append(" | ".join(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                                 for v in record.values()))
+    return "\n".join(rows)
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:

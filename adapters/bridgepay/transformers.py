@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 from defusedxml import DefusedXmlException
@@ -22,6 +23,7 @@ from adapters.base import (
     CredentialStatus,
     OutcomeUnknownError,
     ProcessorProtocolError,
+    ProcessorRefund,
     RefundRequest,
     RefundResult,
     TransientProcessorError,
@@ -76,6 +78,11 @@ REPORTED_REFUND_TYPES = {"refund": "refund", "credit": "refund", "void": "void"}
 # An invoice number no refund of ours can have (ours are refund ids): a Reporting API query for it
 # finds nothing, and only checks that the query is allowed.
 CREDENTIALS_CHECK_INVOICE = "psp-gateway-credentials-check"
+# The Reporting API's dates (filters and a row's SaleDateTime): xs:dateTime as .NET writes a DateTime
+# of no kind, so without a zone. BridgePay documents none; we send and read them as UTC.
+REPORT_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+_REPORT_DATE = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,7})?(Z|[+-]\d{2}:\d{2})?")
+OUR_REFUND_ID_PREFIX = "rf_"  # the gateway's refund ids, sent as InvoiceNum
 
 
 def _text(parent: Element, tag: str) -> str | None:
@@ -129,15 +136,35 @@ def ping_envelope(transaction_id: str, *, username: str, password: str, merchant
         ("MerchantAccountCode", merchant_account_code)], username=username, password=password, now=now)
 
 
-def lookup_envelope(invoice_number: str, *, username: str, password: str) -> bytes:
-    """The Reporting API's PublicGetTransactionsByFilter, filtered by InvoiceNumber."""
+def _reporting_call(criteria: list[tuple[str, str]], *, username: str, password: str) -> bytes:
+    """PublicGetTransactionsByFilter. The filter's fields go in alphabetical order: a WCF data
+    contract reads them in that order and silently skips one out of place."""
     call = Element(f"{{{REPORTING_NS}}}PublicGetTransactionsByFilter")
     _element(call, f"{{{REPORTING_NS}}}UserName", username)
     _element(call, f"{{{REPORTING_NS}}}Password", password)
     flt = SubElement(call, f"{{{REPORTING_NS}}}filter")
-    for tag, value in (("InvoiceNumber", invoice_number), ("Skip", "0"), ("Take", "50")):
+    for tag, value in criteria:
         _element(flt, f"{{{REPORTING_NS}}}{tag}", value)
     return _envelope(call)
+
+
+def lookup_envelope(invoice_number: str, *, username: str, password: str) -> bytes:
+    """The Reporting API's PublicGetTransactionsByFilter, filtered by InvoiceNumber."""
+    return _reporting_call([("InvoiceNumber", invoice_number), ("Skip", "0"), ("Take", "50")],
+                           username=username, password=password)
+
+
+def listing_envelope(since: datetime, until: datetime, *, skip: int, take: int, username: str,
+                     password: str) -> bytes:
+    """PublicGetTransactionsByFilter over a date range (DateRangeFrom, DateRangeTo: both ends taken
+    as inclusive), one page of it (Skip, Take). The Reporting API's dates carry no zone: we send UTC,
+    widened to whole seconds (since down, until up); list_refunds keeps [since, until) itself."""
+    date_to = until.astimezone(timezone.utc)
+    if date_to.microsecond:
+        date_to = date_to.replace(microsecond=0) + timedelta(seconds=1)
+    return _reporting_call([("DateRangeFrom", since.astimezone(timezone.utc).strftime(REPORT_DATE_FORMAT)),
+                            ("DateRangeTo", date_to.strftime(REPORT_DATE_FORMAT)),
+                            ("Skip", str(skip)), ("Take", str(take))], username=username, password=password)
 
 
 def parse_xml(data: bytes, what: str) -> Element:
@@ -224,17 +251,32 @@ def refund_answer(response: Element) -> RefundResult:
                         next_action=NextAction.CONTACT_SUPPORT)
 
 
-def lookup_answer(envelope: bytes, refund_id: str) -> RefundResult | None:
-    """Find our refund (InvoiceNumber = refund id) among the Reporting API's rows."""
+def reporting_rows(envelope: bytes) -> tuple[int | None, list[dict[str, str]]]:
+    """The Reporting API's answer: (TotalCount, when it says; its rows, each a dict of the row's
+    fields by name, stripped, with the empty ones left out)."""
     body = _soap_body(envelope)
     result = body.find(f"{{{REPORTING_NS}}}PublicGetTransactionsByFilterResult")
     if result is None:
         raise ProcessorProtocolError("BridgePay reporting answer has no result", code="unparseable")
+    total_text = _text(result, f"{{{REPORTING_NS}}}TotalCount")
+    total = int(total_text) if total_text and total_text.isascii() and total_text.isdigit() else None
     rows = result.find(f"{{{REPORTING_NS}}}Transactions")
     found = []
     for row in (rows if rows is not None else []):
-        def field(tag: str) -> str | None:
-            return _text(row, f"{{{REPORTING_NS}}}{tag}")
+        fields = {}
+        for child in row:
+            name = child.tag.rpartition("}")[2]
+            if child.tag == f"{{{REPORTING_NS}}}{name}" and child.text and child.text.strip():
+                fields.setdefault(name, child.text.strip())
+        found.append(fields)
+    return total, found
+
+
+def lookup_answer(envelope: bytes, refund_id: str) -> RefundResult | None:
+    """Find our refund (InvoiceNumber = refund id) among the Reporting API's rows."""
+    found = []
+    for row in reporting_rows(envelope)[1]:
+        field = row.get
         reported = field("TransactionType") or ""
         if field("InvoiceNumber") != refund_id or reported.lower() == "sale" or field("ResponseCode") != "00000":
             continue
@@ -253,6 +295,61 @@ def lookup_answer(envelope: bytes, refund_id: str) -> RefundResult | None:
         return replace(found[0], duplicate_psp_refund_ids=tuple(r.psp_refund_id or "?" for r in found[1:]),
                        message=f"BridgePay carried out {len(found)} refunds for one refund id")
     return found[0] if found else None
+
+
+def report_date(text: str | None) -> datetime:
+    """A Reporting API date: no zone means UTC (a zone, if one is ever sent, is honoured); .NET's
+    seventh fractional digit is dropped. ValueError for anything else."""
+    match = _REPORT_DATE.fullmatch(text or "")
+    if match is None:
+        raise ValueError(f"{text!r} is not an xs:dateTime")
+    seconds, fraction, zone = match.groups()
+    value = datetime.fromisoformat(seconds + (fraction or "")[:7] + ("+00:00" if zone in (None, "Z") else zone))
+    return value.astimezone(timezone.utc)
+
+
+def _cents(text: str | None) -> int:
+    if not text or not text.isascii() or not text.isdigit() or len(text) > 12:
+        raise ValueError(f"amount {text!r} is not whole cents")
+    return int(text)
+
+
+def listed_refund(row: dict[str, str]) -> ProcessorRefund | None:
+    """A Reporting API row as a refund in BridgePay's books: a Refund, Credit or Void that was
+    carried out (ResponseCode 00000), or any row but a sale under one of our refund ids; None for the
+    rest (sales, declines, other kinds of transaction). Raises ProcessorProtocolError for a refund
+    row that lacks what a listing needs: the listing is then not whole."""
+    reported = row.get("TransactionType") or ""
+    invoice = row.get("InvoiceNumber")
+    ours = invoice if invoice and invoice.startswith(OUR_REFUND_ID_PREFIX) else None
+    kind = REPORTED_REFUND_TYPES.get(reported.lower())
+    if row.get("ResponseCode") != "00000" or reported.lower() == "sale" or (kind is None and ours is None):
+        return None
+    status = (row.get("TransactionStatus") or "").lower()
+    if kind is None:  # ours, under a type we do not know (as lookup_answer reports it): a person looks
+        outcome = Outcome.NEEDS_ATTENTION
+    elif kind == "void" and status in ("", "open", "confirmed", "voided"):
+        outcome = Outcome.SUCCEEDED  # a void row's own status is Voided: the void took effect
+    elif status in ("", "open", "confirmed"):
+        outcome = Outcome.SUCCEEDED  # ResponseCode 00000: posted; Confirmed once its batch settled
+    elif status == "voided":
+        outcome = Outcome.CANCELED  # the refund itself was voided before it settled: no money went out
+    else:
+        outcome = Outcome.NEEDS_ATTENTION  # exhaustive: a status nobody knows is never a success
+    try:
+        trans_id = row["TransactionId"]
+        # AuthorizedAmount, not RequestedAmount: RequestedAmount is what was asked for, AuthorizedAmount
+        # what BridgePay approved and carried out (they differ on a partial approval, and a sale's falls
+        # when part of it is voided). The books compare what moved.
+        amount = _cents(row.get("AuthorizedAmount"))
+        created = report_date(row.get("SaleDateTime"))
+    except (KeyError, ValueError, OverflowError) as e:
+        raise ProcessorProtocolError(f"BridgePay reported a {reported[:40]} row that cannot be read: {str(e)[:200]}",
+                                     code="unparseable") from None
+    # ReferenceNumber: the sale's GatewayTransID; empty for a credit that refers to no sale (a blind credit).
+    return ProcessorRefund(psp_refund_id=trans_id, payment_reference=row.get("ReferenceNumber") or "", amount=amount,
+                           currency="USD", outcome=outcome, created=created, refund_id=ours,
+                           kind=kind or reported.lower())
 
 
 def ping_answer(response: Element) -> CredentialCheck:

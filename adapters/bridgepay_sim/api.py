@@ -1,5 +1,6 @@
 """The two SOAP services, RequestHandler.svc (ProcessRequest, base64 XML inside the envelope) and the
-Reporting API (PublicGetTransactionsByFilter), each passing through the injected faults."""
+Reporting API (PublicGetTransactionsByFilter: filter InvoiceNumber, ID, DateRangeFrom and DateRangeTo,
+paged by Skip and Take), each passing through the injected faults."""
 
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ async def get_transactions_by_filter(request: web.Request) -> web.StreamResponse
         sim.counts["requests.reporting"] += 1
         if not protocol.credentials_ok(query.username, query.password, sim.config):
             return 500, wire.soap_fault("s:Client", "Invalid credentials")
-        rows = sim.world.search(invoice_number=query.invoice_number, id=query.id)
+        rows = sim.world.search(invoice_number=query.invoice_number, id=query.id, date_from=query.date_from,
+                                date_to=query.date_to)
         return 200, wire.reporting_response(len(rows), rows[query.skip:query.skip + query.take])
 
     def refuse(kind: str) -> Answer:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
 import defusedxml.ElementTree as DefusedET
@@ -118,6 +120,24 @@ class ReportQuery:
     id: str | None
     skip: int
     take: int
+    date_from: datetime | None = None  # DateRangeFrom, UTC
+    date_to: datetime | None = None  # DateRangeTo, UTC
+
+
+def _filter_date(criteria: dict[str, str], name: str) -> datetime | None:
+    """An xs:dateTime filter value; without a zone (as .NET sends a DateTime of no kind) it is UTC."""
+    text = criteria.get(name)
+    if not text:
+        return None
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,7})?(Z|[+-]\d{2}:\d{2})?", text):
+            raise ValueError(text)
+        # .NET writes up to 7 fractional digits; Python reads up to 6.
+        text = re.sub(r"(\.\d{6})\d", r"\1", text).replace("Z", "+00:00")
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise EnvelopeError(f"filter {name} is an xs:dateTime (yyyy-MM-ddTHH:mm:ss)") from None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def read_reporting_request(body: bytes) -> ReportQuery:
@@ -134,7 +154,8 @@ def read_reporting_request(body: bytes) -> ReportQuery:
     return ReportQuery(username=child_text(operation, "UserName") or "",
                        password=child_text(operation, "Password") or "",
                        invoice_number=criteria.get("InvoiceNumber") or None, id=criteria.get("ID") or None,
-                       skip=skip, take=take)
+                       skip=skip, take=take, date_from=_filter_date(criteria, "DateRangeFrom"),
+                       date_to=_filter_date(criteria, "DateRangeTo"))
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -190,8 +211,11 @@ def soap_fault(code: str, message: str) -> bytes:
     return _serialise(envelope)
 
 
+# SaleDateTime: the TransactionRow's date and time (named so in BridgePay's public reporting sample),
+# the row's own: a refund row's is when the refund was made. No zone, as .NET writes it; UTC here.
 ROW_FIELDS = ("TransactionId", "TransactionType", "InvoiceNumber", "ReferenceNumber", "RequestedAmount",
-              "AuthorizedAmount", "RemainingAmount", "ResponseCode", "TransactionStatus", "SettlementStatus")
+              "AuthorizedAmount", "RemainingAmount", "ResponseCode", "TransactionStatus", "SettlementStatus",
+              "SaleDateTime")
 
 
 def reporting_response(total: int, rows: list[dict[str, Any]]) -> bytes:

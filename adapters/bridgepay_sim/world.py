@@ -5,11 +5,19 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from adapters.bridgepay_sim.codes import ALREADY_VOIDED, DENIED, INVALID_AMOUNT, SUCCESS
 
 Row = dict[str, Any]
+# The Reporting API's dates: xs:dateTime as .NET writes a DateTime without a kind, so with no zone.
+# The simulator's clock is UTC, and its dates are whole seconds (what a row can say).
+REPORT_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
 
 
 @dataclass
@@ -26,6 +34,8 @@ class Reversal:
     remaining_after: int  # RemainingAmount answered with it
     gateway_message: str
     settled: bool = False
+    created: datetime = field(default_factory=_utc_now)  # when it took effect (UTC, whole seconds)
+    portal: bool = False  # made in the merchant's portal, not by a 012 request
 
 
 @dataclass
@@ -38,6 +48,7 @@ class Sale:
     card_last4: str  # never more of the card
     settled: bool = False
     reversals: list[Reversal] = field(default_factory=list)
+    created: datetime = field(default_factory=_utc_now)  # when the card was charged (UTC, whole seconds)
 
     @property
     def void(self) -> Reversal | None:
@@ -80,6 +91,9 @@ class Outcome:
 class World:
     def __init__(self, new_gateway_id: Callable[[], str]):
         self._new_id = new_gateway_id
+        # When a sale, void or refund is made: UTC, whole seconds. Tests may swap it to make rows at
+        # other times (a period's edges); it is only ever read when something is made.
+        self.clock: Callable[[], datetime] = _utc_now
         self.sales: dict[str, Sale] = {}
         self.reversals: dict[str, Reversal] = {}
         self._order: list[str] = []  # every GatewayTransID, in creation order (the reporting order)
@@ -90,14 +104,16 @@ class World:
 
     def create_sale(self, amount: int, *, invoice_num: str, transaction_id: str, authorization_code: str,
                     card_last4: str, settled: bool = False) -> Sale:
-        sale = Sale(self._new_id(), amount, invoice_num, transaction_id, authorization_code, card_last4, settled)
+        sale = Sale(self._new_id(), amount, invoice_num, transaction_id, authorization_code, card_last4, settled,
+                    created=self.clock())
         self.sales[sale.gateway_trans_id] = sale
         self._order.append(sale.gateway_trans_id)
         return sale
 
     def reverse(self, sale: Sale, amount: int, *, invoice_num: str, transaction_code: str, transaction_id: str,
-                sandbox_amounts: bool) -> Outcome:
-        """One 012 against `sale`: a void while its batch is open, a refund once settled."""
+                sandbox_amounts: bool, portal: bool = False) -> Outcome:
+        """One 012 against `sale` (or the same made in the merchant's portal): a void while its batch
+        is open, a refund once settled."""
         self.refund_attempts[sale.gateway_trans_id] += 1
         kind = "refund" if sale.settled else "void"
         if kind == "void" and sale.void is not None:
@@ -111,7 +127,7 @@ class World:
         else:
             message = "A02 - Credit Posted" if amount == sale.remaining else "A08 - Partial Refund Posted"
         reversal = Reversal(self._new_id(), kind, amount, sale.gateway_trans_id, invoice_num, transaction_code,
-                            transaction_id, 0, message)
+                            transaction_id, 0, message, created=self.clock(), portal=portal)
         sale.reversals.append(reversal)
         reversal.remaining_after = sale.remaining
         self.reversals[reversal.gateway_trans_id] = reversal
@@ -143,29 +159,38 @@ class World:
 
     # -- reporting --------------------------------------------------------------------------------
 
-    def search(self, *, invoice_number: str | None, id: str | None) -> list[Row]:
+    def search(self, *, invoice_number: str | None, id: str | None, date_from: datetime | None = None,
+               date_to: datetime | None = None) -> list[Row]:
+        """Rows in creation order (so Skip/Take pages stay put while new rows arrive), filtered by
+        InvoiceNumber, ID and a date range (both ends inclusive, as BridgePay's GTE/LTE filters)."""
         rows = []
         for trans_id in self._order:
+            made = self.sales[trans_id].created if trans_id in self.sales else self.reversals[trans_id].created
+            if (date_from is not None and made < date_from) or (date_to is not None and made > date_to):
+                continue
             row = self.row(trans_id)
             if (invoice_number is None or row["InvoiceNumber"] == invoice_number) and (id is None or trans_id == id):
                 rows.append(row)
         return rows
 
     def row(self, trans_id: str) -> Row:
-        """One Reporting API row. A void or refund reports the RemainingAmount it was answered with."""
+        """One Reporting API row. A void or refund reports the RemainingAmount it was answered with, and
+        every row its own date and time as SaleDateTime (for a void or refund: when it was made)."""
         if trans_id in self.sales:
             sale = self.sales[trans_id]
             return {"TransactionId": trans_id, "TransactionType": "Sale", "InvoiceNumber": sale.invoice_num,
                     "ReferenceNumber": "", "RequestedAmount": sale.amount,
                     "AuthorizedAmount": sale.amount - sale.voided, "RemainingAmount": sale.remaining,
                     "ResponseCode": SUCCESS, "TransactionStatus": sale.status,
-                    "SettlementStatus": "Settled" if sale.settled else "Unsettled"}
+                    "SettlementStatus": "Settled" if sale.settled else "Unsettled",
+                    "SaleDateTime": sale.created.strftime(REPORT_DATE_FORMAT)}
         r = self.reversals[trans_id]
         status = "Voided" if r.kind == "void" else "Confirmed" if r.settled else "Open"
         return {"TransactionId": trans_id, "TransactionType": r.kind.capitalize(), "InvoiceNumber": r.invoice_num,
                 "ReferenceNumber": r.reference_number, "RequestedAmount": r.amount, "AuthorizedAmount": r.amount,
                 "RemainingAmount": r.remaining_after, "ResponseCode": SUCCESS, "TransactionStatus": status,
-                "SettlementStatus": "Settled" if r.settled else "Unsettled"}
+                "SettlementStatus": "Settled" if r.settled else "Unsettled",
+                "SaleDateTime": r.created.strftime(REPORT_DATE_FORMAT)}
 
     def snapshot(self) -> dict[str, Any]:
         """Everything tests check, for GET /_sim/state."""

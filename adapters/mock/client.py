@@ -3,7 +3,8 @@
 Like a processor's sandbox, special amounts (in minor units) trigger outcomes; every other
 amount succeeds at once. The mock deduplicates on the idempotency key exactly as a real
 processor does, so a resend never executes a refund twice; `executed` lists the refunds it
-really carried out, for tests to check.
+really carried out, for tests to check, and list_refunds lists them by date. `record_external` makes
+a refund as its dashboard would: carried out without the gateway asking.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import itertools
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 import orjson
@@ -25,6 +27,7 @@ from adapters.base import (
     CredentialStatus,
     OutcomeUnknownError,
     ProcessorProtocolError,
+    ProcessorRefund,
     RefundRequest,
     RefundResult,
     RefundSnapshot,
@@ -35,7 +38,7 @@ from adapters.base import (
 )
 from gateway.domain.refunds import NextAction, Outcome
 
-# amount (minor units) -> what the mock does; documented in the README.
+# amount (minor units) -> what the mock does; documented in docs/processors/mock.md.
 SCENARIOS: dict[int, str] = {
     4001: "declined: expired_or_canceled_card",
     4002: "declined: insufficient_funds",
@@ -77,10 +80,18 @@ class _MockRefund:
     id: str
     amount: int
     psp_reference: str
-    created: float
+    created: float  # on the mock's clock (monotonic by default: pending timing)
     final: Outcome  # where it ends up
     pending_until: float = 0.0
     code: str | None = None
+    currency: str = "EUR"
+    refund_id: str | None = None  # the gateway's, from the request; None for one made in the dashboard
+    created_at: float = 0.0  # wall-clock unix time, for listings
+
+    def listed(self, now: float) -> ProcessorRefund:
+        return ProcessorRefund(psp_refund_id=self.id, payment_reference=self.psp_reference, amount=self.amount,
+                               currency=self.currency, outcome=self.result(now).outcome,
+                               created=datetime.fromtimestamp(self.created_at, timezone.utc), refund_id=self.refund_id)
 
     def result(self, now: float) -> RefundResult:
         if now < self.pending_until:
@@ -101,17 +112,19 @@ class MockAdapter:
 
     def __init__(self, id: str, *, pending_settle_seconds: float = 2.0, latency_seconds: float = 0.0,
                  webhook_secrets: list[str] | None = None, idempotency_keys: bool = True, lookup: bool = True,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
         """`idempotency_keys=False` makes a processor that executes every request it gets, resends
         included (as BridgePay does): the gateway must then look a refund up before resending it,
-        and with `lookup=False` as well, never resend it at all."""
+        and with `lookup=False` as well, never resend it at all. `clock` times pending refunds;
+        `wall_clock` (unix seconds) dates refunds for list_refunds."""
         self.id = id
         self.capabilities = Capabilities(partial_refunds=True, multiple_refunds=True, webhooks=True, lookup=lookup,
-                                         idempotency_keys=idempotency_keys)
+                                         idempotency_keys=idempotency_keys, listing=True)
         self._settle = pending_settle_seconds
         self._latency = latency_seconds
         self._secrets = [s.encode() for s in webhook_secrets or []]
         self._clock = clock
+        self._wall_clock = wall_clock
         # Like a processor's sandbox, it remembers a bounded number of refunds (the newest
         # MEMORY), so that a long run does not grow the process that hosts it.
         self._by_key: OrderedDict[str, _MockRefund] = OrderedDict()
@@ -164,7 +177,9 @@ class MockAdapter:
         elif amount == 8001:
             final = Outcome.NEEDS_ATTENTION
         refund = _MockRefund(id=f"mre_{next(self._seq):08d}", amount=amount, psp_reference=request.psp_reference,
-                             created=now, final=final, pending_until=pending_until, code=code)
+                             created=now, final=final, pending_until=pending_until, code=code,
+                             currency=request.currency.upper(), refund_id=request.refund_id,
+                             created_at=self._wall_clock())
         if request.idempotency_key in self._by_key:  # without idempotency keys: a second execution
             self._again.setdefault(request.idempotency_key, []).append(refund.id)
         else:
@@ -179,6 +194,28 @@ class MockAdapter:
             return None
         return replace(refund.result(self._clock()),
                        duplicate_psp_refund_ids=tuple(self._again.get(request.idempotency_key, ())))
+
+    async def list_refunds(self, since: datetime, until: datetime) -> list[ProcessorRefund]:
+        """The refunds it carried out (the newest MEMORY, as `executed` keeps them), dashboard ones
+        included, made in [since, until), oldest first."""
+        if since.tzinfo is None or until.tzinfo is None:
+            raise ValueError("since and until need a time zone")
+        now = self._clock()
+        listed = [r.listed(now) for r in self.executed]
+        return sorted((r for r in listed if since <= r.created < until), key=lambda r: r.created)
+
+    def record_external(self, psp_reference: str, amount: int, currency: str, *,
+                        created: datetime | None = None) -> ProcessorRefund:
+        """A refund made in the processor's dashboard, not asked for by the gateway (for tests): carried
+        out and succeeded at once, listed by list_refunds with no refund id of ours, counted in
+        `executed`. `created` (aware) backdates it; default: now. Returns it as the listing shows it."""
+        if created is not None and created.tzinfo is None:
+            raise ValueError("created needs a time zone")
+        refund = _MockRefund(id=f"mre_{next(self._seq):08d}", amount=amount, psp_reference=psp_reference,
+                             created=self._clock(), final=Outcome.SUCCEEDED, currency=currency.upper(),
+                             created_at=created.timestamp() if created is not None else self._wall_clock())
+        self.executed.append(refund)
+        return refund.listed(self._clock())
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """Mock webhooks: `{"id", "type", "refund": {"id", "refund_id", "payment", "amount", "currency",

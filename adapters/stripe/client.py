@@ -5,6 +5,8 @@ references, headers the key."""
 from __future__ import annotations
 
 import asyncio
+import math
+from datetime import datetime
 from typing import Mapping
 
 import httpx
@@ -16,6 +18,7 @@ from adapters.base import (
     OutcomeUnknownError,
     ProcessorError,
     ProcessorProtocolError,
+    ProcessorRefund,
     RefundRequest,
     RefundResult,
     TransientProcessorError,
@@ -27,12 +30,13 @@ from gateway.settings import StripeProcessor
 
 API_VERSION = "2024-06-20"
 LOOKUP_PAGES = 10  # at 100 refunds a page: more than any one charge has
+LISTING_PAGES = 1000  # at 100 refunds a page: a period with more is split, not read without end
 
 
 class StripeAdapter:
     kind = "stripe"
     capabilities = Capabilities(partial_refunds=True, multiple_refunds=True, webhooks=True, lookup=True,
-                                idempotency_keys=True, cancel=True)
+                                idempotency_keys=True, cancel=True, listing=True)
 
     def __init__(self, config: StripeProcessor, *, transport: httpx.AsyncBaseTransport | None = None):
         self.id = config.id
@@ -97,6 +101,31 @@ class StripeAdapter:
                 return None
             params["starting_after"] = refunds[-1]["id"]
         raise ProcessorProtocolError("too many refunds on one payment to search", code="lookup_exhausted")
+
+    async def list_refunds(self, since: datetime, until: datetime) -> list[ProcessorRefund]:
+        if since.tzinfo is None or until.tzinfo is None:
+            raise ValueError("since and until need a time zone")
+        # Stripe's `created` is whole seconds: t >= since is t >= ceil(since), and t < until is t < ceil(until).
+        params = {"created[gte]": str(math.ceil(since.timestamp())), "created[lt]": str(math.ceil(until.timestamp())),
+                  "limit": "100"}
+        newest_first: list[ProcessorRefund] = []
+        for _ in range(LISTING_PAGES):
+            response = await self._send("GET", "/v1/refunds", params=params)
+            if response.status_code != 200:
+                transformers.read_fault(response.status_code, response.headers, response.content, "a refund listing")
+            refunds, has_more = transformers.refund_page(response.content)
+            newest_first.extend(transformers.listed_refund(r) for r in refunds)
+            if not has_more:
+                break
+            if not refunds:  # more to come, and no cursor to ask for it with
+                raise ProcessorProtocolError("Stripe's refund listing has more but an empty page", code="unparseable")
+            params["starting_after"] = refunds[-1]["id"]
+        else:
+            raise ProcessorProtocolError(f"more than {LISTING_PAGES} pages of refunds in the period: split it",
+                                         code="listing_too_long")
+        # Stripe lists newest first; the filter is Stripe's, kept here too in case a server ignores it.
+        listed = [r for r in reversed(newest_first) if since <= r.created < until]
+        return sorted(listed, key=lambda r: r.created)  # stable: one second's refunds stay in Stripe's order
 
     async def cancel_refund(self, request: RefundRequest, psp_refund_id: str) -> RefundResult:
         # A key of its own, so that a resend after a lost answer replays "canceled" instead of

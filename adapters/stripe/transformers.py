@@ -7,7 +7,8 @@ import hashlib
 import hmac
 import math
 import time
-from typing import Any, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, Mapping, NoReturn, Sequence
 
 import orjson
 
@@ -18,6 +19,7 @@ from adapters.base import (
     OutcomeUnknownError,
     PaymentSnapshot,
     ProcessorProtocolError,
+    ProcessorRefund,
     RefundRequest,
     RefundResult,
     RefundSnapshot,
@@ -190,6 +192,52 @@ def refund_page(body: bytes) -> tuple[list[dict[str, Any]], bool]:
     if not isinstance(data, list) or not all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in data):
         raise ProcessorProtocolError("Stripe's refund listing is unparseable", code="unparseable")
     return data, page.get("has_more") is True
+
+
+def read_fault(status: int, headers: Mapping[str, str], body: bytes, what: str) -> NoReturn:
+    """Raise for a GET answered other than 200. A read moves nothing: what Stripe says may be retried
+    (409, 429, 5xx, or Stripe-Should-Retry: true) is transient, anything else needs a person."""
+    data = _json(body)
+    error = data.get("error") if isinstance(data, dict) else None
+    error = error if isinstance(error, dict) else {}
+    code = str(error.get("code") or error.get("type") or status)
+    # Stripe's message for a refused key repeats part of it: only the status is quoted then.
+    message = f"HTTP {status}" if status in (401, 403) else str(error.get("message") or f"HTTP {status}")[:500]
+    transient = status in (409, 429) or status >= 500
+    if (should_retry := headers.get("Stripe-Should-Retry")) is not None:
+        transient = should_retry == "true"
+    if transient:
+        raise TransientProcessorError(f"Stripe {status} to {what}: {message}", code=code,
+                                      retry_after=_retry_after(headers))
+    raise ProcessorProtocolError(f"Stripe answered {status} to {what}: {message}", code=code)
+
+
+def _unix(value: Any) -> datetime:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"created is {value!r}, not a unix time")
+    return datetime.fromtimestamp(value, timezone.utc)
+
+
+def listed_refund(refund: Mapping[str, Any]) -> ProcessorRefund:
+    """One refund object of a GET /v1/refunds listing, as the processor's books hold it; raises
+    ProcessorProtocolError for one that lacks what a listing needs (the listing is then not whole)."""
+    try:
+        amount, currency = refund["amount"], refund["currency"]
+        if not isinstance(amount, int) or isinstance(amount, bool) or not isinstance(currency, str):
+            raise ValueError(f"amount {amount!r} or currency {currency!r}")
+        payment = _text(refund.get("charge")) or _text(refund.get("payment_intent"))
+        if payment is None:
+            raise ValueError("neither charge nor payment_intent")
+        status = refund.get("status")
+        # Exhaustive: a status nobody knows needs a person, never counts as carried out.
+        outcome = STATUS.get(status, Outcome.NEEDS_ATTENTION) if isinstance(status, str) else Outcome.NEEDS_ATTENTION
+        return ProcessorRefund(psp_refund_id=refund["id"], payment_reference=payment, amount=amount,
+                               currency=currency.upper(), outcome=outcome, created=_unix(refund.get("created")),
+                               refund_id=_metadata(refund).get("refund_id"))
+    except (KeyError, TypeError, ValueError, OverflowError, OSError) as e:  # the last two: a wild `created`
+        refund_id = str(refund.get("id"))[:40]
+        raise ProcessorProtocolError(f"Stripe listed refund {refund_id!r} that cannot be read: {str(e)[:200]}",
+                                     code="unparseable") from None
 
 
 def credentials_answer(status: int, body: bytes) -> CredentialCheck:

@@ -206,13 +206,36 @@ def _limit(params: dict[str, Any]) -> int:
     return int(value)
 
 
+_CREATED_BOUNDS = ("gt", "gte", "lt", "lte")
+
+
+def _created(params: dict[str, Any]) -> dict[str, int] | None:
+    """A list's `created` filter, as Stripe takes it: `created=<unix>` (exactly then), or any of
+    `created[gt]`, `created[gte]`, `created[lt]`, `created[lte]`."""
+    value = params.get("created")
+    if value is None:
+        return None
+    bounds = {"eq": value} if isinstance(value, str) else value
+    if not isinstance(bounds, dict):
+        raise invalid_param("Invalid created: must be an integer or a hash of gt, gte, lt and lte.", "created")
+    found: dict[str, int] = {}
+    for bound, text in bounds.items():
+        param = "created" if bound == "eq" else f"created[{bound}]"
+        if bound not in (*_CREATED_BOUNDS, "eq"):
+            raise invalid_param(f"Received unknown parameter: {param}", param, "parameter_unknown")
+        if not isinstance(text, str) or not re.fullmatch(r"-?\d{1,12}", text):
+            raise invalid_param(f"Invalid integer: {text}", param, "parameter_invalid_integer")
+        found[bound] = int(text)
+    return found
+
+
 _COMMON = frozenset({"expand"})
 _CHARGE = _COMMON | {"amount", "currency", "metadata", "description", "source", "customer", "capture",
                      "receipt_email", "statement_descriptor"}
 _INTENT = _CHARGE | {"confirm", "payment_method", "payment_method_types", "automatic_payment_methods",
                      "capture_method", "off_session", "return_url"}
 _REFUND = _COMMON | {"charge", "payment_intent", "amount", "reason", "metadata", "instructions_email"}
-_REFUND_LIST = _COMMON | {"charge", "payment_intent", "limit", "starting_after"}
+_REFUND_LIST = _COMMON | {"charge", "payment_intent", "limit", "starting_after", "created"}
 
 
 # -- endpoints -----------------------------------------------------------------------------------
@@ -269,7 +292,8 @@ async def create_refund(request: web.Request) -> web.Response:
 async def list_refunds(request: web.Request) -> web.Response:
     world, params = request.app[SIM].world, _params(request, _REFUND_LIST)
     return ok(world.list_refunds(charge=params.get("charge"), payment_intent=params.get("payment_intent"),
-                                 limit=_limit(params), starting_after=params.get("starting_after")))
+                                 limit=_limit(params), starting_after=params.get("starting_after"),
+                                 created=_created(params)))
 
 
 @routes.get("/v1/refunds/{id}")

@@ -176,10 +176,15 @@ class World:
         return refund
 
     def list_refunds(self, *, charge: str | None = None, payment_intent: str | None = None, limit: int = 10,
-                     starting_after: str | None = None) -> Obj:
+                     starting_after: str | None = None, created: dict[str, int] | None = None) -> Obj:
+        """Newest first by `created` (one second's refunds newest first too), as Stripe lists them.
+        `created`: bounds keyed gt, gte, lt, lte, or eq for one exact time."""
+        in_period = _created_filter(created or {})
         newest_first = [r for r in reversed(self.refunds.values())
                         if (charge is None or r["charge"] == charge)
-                        and (payment_intent is None or r["payment_intent"] == payment_intent)]
+                        and (payment_intent is None or r["payment_intent"] == payment_intent)
+                        and in_period(r["created"])]
+        newest_first.sort(key=lambda r: r["created"], reverse=True)  # stable: ties stay newest first
         if starting_after is not None:
             ids = [r["id"] for r in newest_first]
             newest_first = newest_first[ids.index(starting_after) + 1:] if starting_after in ids else []
@@ -230,6 +235,12 @@ class World:
 
 def _now() -> int:
     return int(time.time())
+
+
+def _created_filter(bounds: dict[str, int]) -> Callable[[int], bool]:
+    checks = {"gt": lambda t, b: t > b, "gte": lambda t, b: t >= b, "lt": lambda t, b: t < b,
+              "lte": lambda t, b: t <= b, "eq": lambda t, b: t == b}
+    return lambda created: all(checks[name](created, bound) for name, bound in bounds.items())
 
 
 def _money(amount: int, charge: Obj) -> str:

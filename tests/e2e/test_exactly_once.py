@@ -56,10 +56,10 @@ async def test_a_request_carried_out_after_the_gateway_gave_up_is_found_not_rese
     async with late_world(database_url, window=10.0) as world:
         tx = await world.sale(5_000, settled=True)
         await world.faults({"latency": {"spike_ms": 3_000, "count": 1, "request_type": "012"}})
-        waits = counted("gateway_execution_window_waits")
+        waits = counted("psp_gateway_execution_window_waits")
         refund = await world.refund(tx, 1_200)
         assert (refund["status"], refund["stage"]) == ("pending", "outcome_unknown")
-        assert counted("gateway_execution_window_waits") == waits + 1
+        assert counted("psp_gateway_execution_window_waits") == waits + 1
         assert "may still be carried out" in refund["failure_message"]
 
         final = await settles(world, refund["id"], "succeeded")
@@ -99,7 +99,7 @@ async def test_a_window_set_too_short_ends_in_a_duplicate_that_is_flagged_never_
                 "SELECT payload FROM outbox_events WHERE refund_id = $1 ORDER BY version", refund["id"])]
         assert callbacks[-1]["type"] == "refund.requires_attention"
         assert callbacks[-1]["data"]["failure_code"] == "duplicate_at_processor"
-        assert counted("gateway_duplicate_executions") >= 1
+        assert counted("psp_gateway_duplicate_executions") >= 1
         # Nothing the processor says afterwards moves it: a person has to sort the money out.
         await asyncio.sleep(0.5)
         assert (await refund_now(world, refund["id"]))["status"] == "requires_attention"
@@ -121,7 +121,7 @@ async def test_an_answer_from_a_call_whose_lease_was_taken_over_moves_nothing_an
     async with late_world(database_url, window=4.0, timeout=4.0) as world:
         tx = await world.sale(5_000, settled=True)
         await world.faults({"latency": {"spike_ms": 2_500, "count": 1, "request_type": "012"}})
-        fenced = counted("gateway_refund_answers_fenced")
+        fenced = counted("psp_gateway_refund_answers_fenced")
         refund = await world.refund(tx, 1_000)  # answers pending after the response budget (2 s)
         assert (refund["status"], refund["stage"]) == ("pending", "sending")
         async with world.api.app[keys.POOL].acquire() as conn:
@@ -137,7 +137,7 @@ async def test_an_answer_from_a_call_whose_lease_was_taken_over_moves_nothing_an
         async with world.api.app[keys.POOL].acquire() as conn:
             events = [(r["event"], r["to_status"], r["to_stage"]) for r in await conn.fetch(
                 "SELECT event, to_status, to_stage FROM refund_events WHERE refund_id = $1 ORDER BY id", refund["id"])]
-        assert counted("gateway_refund_answers_fenced") == fenced + 1
+        assert counted("psp_gateway_refund_answers_fenced") == fenced + 1
         # Taken over, left waiting while the window runs, then settled by one of the janitor's look-ups.
         assert events[1:3] == [("recovery_claimed", "pending", "sending"),
                                ("processor_answer", "pending", "outcome_unknown")]

@@ -5,6 +5,7 @@ counts that the processor does not have, a clean period finding nothing, and the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -124,9 +125,11 @@ async def test_the_command_runs_a_reconciliation_and_prints_its_findings(world, 
     config.write_text("[[processors]]\n" + "".join(f'{k} = "{v}"\n' for k, v in {
         "id": "bridgepay", "kind": "bridgepay", "base_url": world.sim.url, **BP}.items()))
     since = (datetime.now(timezone.utc) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    done = subprocess.run([sys.executable, "-m", "gateway", "reconcile", "--processor", "bridgepay", "--since", since,
-                           "--json"], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_DATABASE_URL": database_url})
+    # In a thread: the simulator answering the command runs on this test's event loop.
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "gateway", "reconcile", "--processor", "bridgepay", "--since", since,
+                         "--json"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_DATABASE_URL": database_url})
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["status"] == "finished" and report["new_findings"] == {"missing_in_gateway": 1}

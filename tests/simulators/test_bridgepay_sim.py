@@ -396,7 +396,8 @@ async def test_reporting_finds_refunds_by_invoice_number_or_id_and_refuses_bad_c
     total, (row,) = await lookup(client, invoice="rf_refund")
     assert total == 1 and list(row) == ["TransactionId", "TransactionType", "InvoiceNumber", "ReferenceNumber",
                                         "RequestedAmount", "AuthorizedAmount", "RemainingAmount", "ResponseCode",
-                                        "TransactionStatus", "SettlementStatus"]
+                                        "TransactionStatus", "SettlementStatus", "SaleDateTime"]
+    assert row.pop("SaleDateTime")  # when it was made: what a listing by date range reads
     assert row == {"TransactionId": refunded["message"]["GatewayTransID"], "TransactionType": "Refund",
                    "InvoiceNumber": "rf_refund", "ReferenceNumber": original, "RequestedAmount": "1000",
                    "AuthorizedAmount": "1000", "RemainingAmount": "2000", "ResponseCode": "00000",
