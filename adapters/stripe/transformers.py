@@ -8,7 +8,7 @@ import hmac
 import math
 import time
 from datetime import datetime, timezone
-from typing import Any, Mapping, NoReturn, Sequence
+from typing import Any, Literal, Mapping, NoReturn, Sequence
 
 import orjson
 
@@ -16,6 +16,7 @@ from adapters.base import (
     CancelRefusedError,
     CredentialCheck,
     CredentialStatus,
+    DisputeSnapshot,
     OutcomeUnknownError,
     PaymentSnapshot,
     ProcessorProtocolError,
@@ -47,6 +48,22 @@ STATUS = {
     # until they act, so a person looks; cancelling it releases the amount.
     "requires_action": Outcome.NEEDS_ATTENTION,
 }
+
+DisputeStatus = Literal["open", "won", "lost"]
+# A dispute's status at Stripe, as ours. A status not here counts as open: the payment's hold stays until
+# Stripe says how the dispute ended, never released on a guess that it was won.
+DISPUTE_STATUS: dict[str, DisputeStatus] = {
+    "warning_needs_response": "open",  # an inquiry (no chargeback yet)
+    "warning_under_review": "open",
+    "needs_response": "open",
+    "under_review": "open",
+    "won": "won",
+    "warning_closed": "won",  # an inquiry closed without a chargeback: the merchant keeps the money
+    "lost": "lost",
+}
+# A tuple, not a set: an event whose type is a JSON list or object stays a type nobody acts on.
+DISPUTE_EVENTS = ("charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed",
+                  "charge.dispute.funds_withdrawn", "charge.dispute.funds_reinstated")
 
 # What the billing core can do next, by a failed refund's failure_reason, the error code of a refused
 # POST /v1/refunds, or requires_action. A code not here needs a person: CONTACT_SUPPORT.
@@ -328,13 +345,50 @@ def _payment(obj: Mapping[str, Any], *, reference: str, others: list[str], amoun
                            currency=str(obj["currency"]).upper(), metadata=meta)
 
 
+def _dispute_snapshot(dispute: Mapping[str, Any], event_type: str) -> DisputeSnapshot:
+    dispute_id, amount, currency = dispute["id"], dispute["amount"], dispute["currency"]
+    if not isinstance(dispute_id, str) or not dispute_id:
+        raise ValueError(f"dispute id {dispute_id!r}")
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0 or not isinstance(currency, str):
+        raise ValueError(f"dispute amount {amount!r} or currency {currency!r}")
+    references = _refs(dispute.get("charge"), dispute.get("payment_intent"))
+    if not references:
+        raise ValueError("a dispute of neither a charge nor a payment intent")
+    status = dispute["status"]
+    withdrawn = _withdrawn_net(dispute.get("balance_transactions"))  # read on every event: a bad one is malformed
+    if event_type == "charge.dispute.funds_withdrawn":
+        withdrawn = True
+    elif event_type == "charge.dispute.funds_reinstated":
+        withdrawn = False
+    return DisputeSnapshot(psp_dispute_id=dispute_id, payment_references=references, amount=amount,
+                           currency=currency.upper(),
+                           status=DISPUTE_STATUS.get(status, "open") if isinstance(status, str) else "open",
+                           funds_withdrawn=withdrawn, reason=_text(dispute.get("reason")))
+
+
+def _withdrawn_net(transactions: Any) -> bool:
+    """Whether a dispute's balance transactions (its withdrawal, then any reinstatement) take money out,
+    net. Summed by amount, fees left out: a won dispute's fee may stay taken though the amount came back."""
+    if transactions is None:
+        return False
+    if not isinstance(transactions, list):
+        raise TypeError(f"balance_transactions is {type(transactions).__name__}, not a list")
+    total = 0
+    for transaction in transactions:
+        amount = transaction["amount"]
+        if not isinstance(amount, int) or isinstance(amount, bool):
+            raise ValueError(f"balance transaction amount {amount!r}")
+        total += amount
+    return total < 0
+
+
 def parse_event(body: bytes) -> WebhookEvent:
-    """Reduce a verified Stripe event to the payments and refunds it describes; raises
+    """Reduce a verified Stripe event to the payments, refunds and disputes it describes; raises
     WebhookPayloadError for a body that is not one."""
     data = _json(body)
     try:
         event_id, event_type, obj = data["id"], data["type"], data["data"]["object"]
-        payments, refunds = [], []
+        payments, refunds, disputes = [], [], []
         if event_type == "charge.succeeded":
             payments.append(_payment(obj, reference=obj["id"], others=_refs(obj.get("payment_intent")),
                                      amount=obj["amount"]))
@@ -346,9 +400,12 @@ def parse_event(body: bytes) -> WebhookEvent:
         elif event_type == "charge.refunded":
             listed = (obj.get("refunds") or {}).get("data") or []
             refunds.extend(_refund_snapshot(r, obj) for r in listed)
+        elif event_type in DISPUTE_EVENTS:
+            disputes.append(_dispute_snapshot(obj, event_type))
         created = data.get("created")
         return WebhookEvent(event_id=str(event_id), type=str(event_type),
-                            created=created if isinstance(created, int) else None, payments=payments, refunds=refunds)
+                            created=created if isinstance(created, int) else None, payments=payments,
+                            refunds=refunds, disputes=disputes)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         known = data if isinstance(data, dict) else {}
         raise WebhookPayloadError(f"not a Stripe event: {type(e).__name__}: {e}",

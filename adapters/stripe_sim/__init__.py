@@ -1,5 +1,5 @@
-"""A stateful Stripe-like processor simulator: Stripe's REST protocol for charges, payment intents
-and refunds, its idempotency and webhooks, plus fault injection, on a loopback port.
+"""A stateful Stripe-like processor simulator: Stripe's REST protocol for charges, payment intents,
+refunds and disputes, its idempotency and webhooks, plus fault injection, on a loopback port.
 
 Run it with `python -m adapters.stripe_sim --port 12111 --webhook-url ... --webhook-secret whsec_...`,
 or in-process with `async with running_simulator(SimConfig(...)) as sim:` (then `sim.url`). Stripe's

@@ -310,3 +310,8 @@ async def cancel_refund(request: web.Request) -> web.Response:
 @routes.get("/v1/events/{id}")
 async def get_event(request: web.Request) -> web.Response:
     return ok(request.app[SIM].world.event(request.match_info["id"]))
+
+
+@routes.get("/v1/disputes/{id}")
+async def get_dispute(request: web.Request) -> web.Response:
+    return ok(request.app[SIM].world.disputes.get(request.match_info["id"]))

@@ -1,5 +1,5 @@
 """The control API under /_sim (JSON in, JSON out, no auth: a loopback development tool) that
-tests and chaos runs use to inspect the account, switch faults and drive refund outcomes."""
+tests and chaos runs use to inspect the account, switch faults and drive refund and dispute outcomes."""
 
 from __future__ import annotations
 
@@ -62,6 +62,29 @@ async def require_action(request: web.Request) -> web.Response:
     """No body. A pending refund moves to requires_action (refund.updated and charge.refund.updated
     go out); POST /v1/refunds/{id}/cancel then cancels it. 400 for a refund that is not pending."""
     return web.json_response(request.app[SIM].world.require_action(request.match_info["id"]))
+
+
+@routes.post("/_sim/charges/{id}/dispute")
+async def dispute_charge(request: web.Request) -> web.Response:
+    """Body (optional): {"amount": 500, "reason": "fraudulent"} (default: the charge's whole amount,
+    reason general). The cardholder disputes the charge: a dispute in needs_response whose amount is
+    withdrawn at once; charge.dispute.created then charge.dispute.funds_withdrawn go out. Refunds of the
+    charge are refused (400 charge_disputed) until the dispute is won. Answers the dispute; 400 for a
+    charge disputed already, 404 for an unknown charge."""
+    body = await json_body(request)
+    if unknown := set(body) - {"amount", "reason"}:
+        raise ValueError(f"unknown fields {sorted(unknown)}: amount and reason only")
+    disputes = request.app[SIM].world.disputes
+    return web.json_response(disputes.open(request.match_info["id"], body.get("amount"), body.get("reason")))
+
+
+@routes.post("/_sim/disputes/{id}/close")
+async def close_dispute(request: web.Request) -> web.Response:
+    """Body: {"outcome": "won"|"lost"}. Won: the amount is reinstated and the charge may be refunded again;
+    charge.dispute.closed then charge.dispute.funds_reinstated go out. Lost: the amount stays withdrawn
+    and refunds stay refused; charge.dispute.closed goes out. Answers the dispute; 400 for one closed already."""
+    outcome = (await json_body(request)).get("outcome")
+    return web.json_response(request.app[SIM].world.disputes.close(request.match_info["id"], outcome))
 
 
 @routes.post("/_sim/webhooks/endpoint")

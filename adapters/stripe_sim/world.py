@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from adapters.stripe_sim.disputes import Disputes
 from adapters.stripe_sim.errors import StripeError, missing
 
 Obj = dict[str, Any]
@@ -45,6 +46,7 @@ class World:
         self.payment_intents: dict[str, Obj] = {}
         self.refunds: dict[str, Obj] = {}  # insertion order is creation order
         self.events: dict[str, Obj] = {}
+        self.disputes = Disputes(new_id, self._emit, self.charge)
         # Refund objects created per charge: the count tests use to prove nothing ran twice.
         self.refund_executions: Counter[str] = Counter()
 
@@ -54,8 +56,8 @@ class World:
                       payment_intent: str | None = None) -> Obj:
         charge = {"id": self._new_id("ch"), "object": "charge", "amount": amount, "amount_captured": amount,
                   "amount_refunded": 0, "captured": True, "created": _now(), "currency": currency,
-                  "description": description, "livemode": False, "metadata": metadata, "paid": True,
-                  "payment_intent": payment_intent, "refunded": False, "status": "succeeded"}
+                  "description": description, "disputed": False, "livemode": False, "metadata": metadata,
+                  "paid": True, "payment_intent": payment_intent, "refunded": False, "status": "succeeded"}
         self.charges[charge["id"]] = charge
         self._emit("charge.succeeded", self.charge_view(charge))
         return charge
@@ -97,6 +99,7 @@ class World:
             charge = self.charge(self.payment_intent(payment_intent_id, "payment_intent")["latest_charge"])
         else:
             charge = self.charge(charge_id or "", "charge")
+        self.disputes.refuse_refund(charge)
         left = charge["amount"] - charge["amount_refunded"]
         if left <= 0:
             raise StripeError(400, "invalid_request_error", f"Charge {charge['id']} has already been refunded.",
@@ -228,6 +231,7 @@ class World:
                         for c in self.charges.values()],
             "payment_intents": list(self.payment_intents.values()),
             "refund_executions": dict(self.refund_executions),
+            "disputes": list(self.disputes.by_id.values()),
             "events": [{"id": e["id"], "type": e["type"], "object": e["data"]["object"]["id"]}
                        for e in self.events.values()],
         }
