@@ -1,16 +1,32 @@
-# Set-up is part of every target: the virtualenv is created or reused, and
-# refreshed whenever pyproject.toml changes.
+# Set-up is part of every target: the virtualenv is created or reused, and synced to uv.lock
+# (every package pinned, with hashes) whenever pyproject.toml or uv.lock changes. uv itself comes
+# from PyPI at a pinned version into the same virtualenv: nothing to install by hand.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv
+# uv uses the virtualenv's Python and never downloads one; it installs into $(VENV).
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+export UV_LINK_MODE ?= copy
 
-.PHONY: run test bench chaos migrate stripe-sim bridgepay-sim clean
+.PHONY: run test bench chaos migrate stripe-sim bridgepay-sim clean lock
 
-$(BIN)/.installed: pyproject.toml
+$(VENV)/.uv-$(UV_VERSION):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	touch $@
+
+# --locked: fail, rather than re-resolve, when uv.lock no longer matches pyproject.toml.
+$(BIN)/.installed: pyproject.toml uv.lock $(VENV)/.uv-$(UV_VERSION)
+	$(UV) sync --quiet --locked --extra dev --python $(BIN)/python \
+		|| { echo "uv sync failed; if uv.lock needs to be updated, run make lock" >&2; exit 1; }
+	touch $@
+
+# make lock: re-resolve uv.lock after a dependency change in pyproject.toml (LOCK_ARGS=--upgrade: newest releases allowed).
+lock: $(VENV)/.uv-$(UV_VERSION)
+	$(UV) lock --python $(BIN)/python $(LOCK_ARGS)
 
 run: $(BIN)/.installed
 	GATEWAY_CONFIG=$${GATEWAY_CONFIG:-deploy/dev.toml} GATEWAY_LOG_FORMAT=$${GATEWAY_LOG_FORMAT:-console} \
