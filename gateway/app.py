@@ -24,7 +24,7 @@ from gateway.middleware import (
     request_id_middleware,
     url_middleware,
 )
-from gateway.routes import admin, console, disputes, events, ops, reconciliation, refunds, transactions
+from gateway.routes import admin, console, disputes, events, finance, ops, reconciliation, refunds, transactions
 from gateway.routes import webhooks as webhook_routes
 from gateway.settings import Settings
 from gateway.worker import (PENDING_BATCH, RECOVERY_BATCH, VERIFY_BATCH, check_due_pending, recover_due, run_loop,
@@ -146,6 +146,7 @@ def create_app(settings: Settings, *, tracer_provider: "TracerProvider | None" =
     app[keys.SOURCE_LIMITER] = SourceLimiter(settings.failed_sign_ins_per_minute, settings.unauthenticated_per_second)
     app[keys.WEBHOOK_WAKE] = asyncio.Event()
     app.cleanup_ctx.extend([_database, _processors, _background])
-    for module in (ops, transactions, refunds, events, webhook_routes, admin, disputes, reconciliation, console):
+    for module in (ops, transactions, refunds, events, webhook_routes, admin, disputes, reconciliation, finance,
+                   console):
         app.add_routes(module.routes)
     return app

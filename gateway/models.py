@@ -3,7 +3,7 @@ a misspelt `amount` must never turn into "refund everything"."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -677,6 +677,43 @@ class Readiness(_Response):
 
     status: Literal["ready"]
     schema_version: int
+
+
+# --- the finance export ---------------------------------------------------------------------------
+
+def _utc(value: Any) -> Any:
+    """A date is its midnight, UTC; a time without a zone is UTC."""
+    if isinstance(value, str) and len(value) == 10:
+        value += "T00:00:00Z"
+    if isinstance(value, str) and value.endswith("Z"):
+        value = value[:-1] + "+00:00"
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise PydanticCustomError("invalid_time", "a date (2026-11-01) or an ISO 8601 time") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return value
+
+
+Moment = Annotated[datetime, BeforeValidator(_utc)]
+LONGEST_EXPORT_DAYS = 366
+
+
+class ExportQuery(_Query):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    since: Moment = Field(alias="from", description="the period's start: a date (UTC midnight) or an ISO 8601 time")
+    until: Moment = Field(alias="to", description="the period's end, excluded")
+    format: Literal["csv", "jsonl"] = Field("csv", description="csv (opens in a spreadsheet) or jsonl")
+
+    @model_validator(mode="after")
+    def _a_period(self) -> "ExportQuery":
+        if self.since >= self.until:
+            raise PydanticCustomError("invalid_period", "from must be before to")
+        if (self.until - self.since).days > LONGEST_EXPORT_DAYS:
+            raise PydanticCustomError("invalid_period", f"a period of at most {LONGEST_EXPORT_DAYS} days")
+        return self
 
 
 # --- reconciliation -------------------------------------------------------------------------------

@@ -286,6 +286,11 @@ OPERATIONS = [
     Operation("post", "/admin/refunds/{id}/reject", "Reject a refund over its approval threshold: canceled",
               "admin", models.ApprovalRequest, {200: models.RefundOut},
               ("refund_not_found", "refund_final", "refund_in_flight", "not_awaiting_approval", "same_requester")),
+    Operation("get", "/admin/exports/refunds", "The finance export: every refund settled in a period (CSV or JSON "
+              "lines, streamed)", "admin", answers={200: {"type": "string", "examples": [
+                  "refund_id,settled_at,status,method,amount,currency,amount_decimal,...\r\n"]}},
+              query=models.ExportQuery, media="text/csv",
+              notes={200: "CSV: UTF-8 with a BOM, a header row, CRLF; format=jsonl: one JSON object per line."}),
     Operation("get", "/admin/disputes", "Disputes of payments (open ones: ?status=open)", "admin",
               answers={200: models.DisputeList}, query=models.DisputeQuery),
     Operation("post", "/admin/disputes", "Record a dispute for a processor without dispute webhooks (audited)",

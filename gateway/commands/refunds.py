@@ -1,5 +1,5 @@
-"""`psp-gateway refunds list | show | replay | resolve`: the admin API's refund actions, run against
-the configured database by an operator at a shell, audited as `cli:<os user>`."""
+"""`psp-gateway refunds list | show | replay | resolve | export`: the admin API's refund actions and the
+finance export, run against the configured database by an operator at a shell, audited as `cli:<os user>`."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ import argparse
 import sys
 from typing import Any
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
-from gateway import errors, operations
+from gateway import errors, finance_export, operations
 from gateway.commands import output
 from gateway.commands.session import Session, bounded_int, json_flag, run, validated
 from gateway.db import store
 from gateway.domain.refunds import Status
-from gateway.models import Reason, Ref, RefundOut, TransactionOut
+from gateway.models import ExportQuery, Reason, Ref, RefundOut, TransactionOut
 from gateway.settings import Settings
 
 HISTORY = 100  # events and processor calls `show` prints: the newest ones
+EXPORT_BATCH = 500
 RESOLUTIONS = ("refunded_offline", "failed", "canceled")
 
 
@@ -66,6 +68,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     resolve.add_argument("--external-reference", type=validated(Ref), metavar="REF",
                          help="the offline refund's reference (a bank transfer's); required with refunded_offline")
     resolve.set_defaults(operate=resolve_refund)
+
+    export = actions.add_parser(
+        "export", help="every refund settled in a period, as CSV (or JSON lines)",
+        description="The finance export, as GET /admin/exports/refunds gives it: every refund settled (succeeded, "
+                    "refunded offline, failed or canceled) in [--from, --to), streamed.")
+    export.add_argument("--from", dest="since", required=True, help="a date (UTC midnight) or an ISO 8601 time")
+    export.add_argument("--to", dest="until", required=True, help="the period's end, excluded")
+    export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    export.add_argument("--output", metavar="FILE", help="write here (default: standard output)")
+    export.set_defaults(operate=export_refunds)
+
+
+# --- export -------------------------------------------------------------------------------------
+
+def export_refunds(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        query = ExportQuery.model_validate({"from": args.since, "to": args.until, "format": args.format})
+    except ValidationError as e:
+        output.error(f"{e.errors()[0]['msg']}")
+        return 2
+
+    async def command(s: Session) -> int:
+        out = open(args.output, "wb") if args.output else sys.stdout.buffer
+        try:
+            out.write(finance_export.header(query.format))
+            batch, count = [], 0
+            async with s.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                async for record in store.export_cursor(conn, query.since, query.until):
+                    batch.append(finance_export.row(record))
+                    if len(batch) >= EXPORT_BATCH:
+                        out.write(finance_export.chunk(batch, query.format))
+                        count, batch = count + len(batch), []
+            out.write(finance_export.chunk(batch, query.format))
+            count += len(batch)
+        finally:
+            if args.output:
+                out.close()
+            else:
+                out.flush()
+        if args.output:
+            print(f"{count} refunds settled from {query.since.isoformat()} to {query.until.isoformat()} written to "
+                  f"{args.output}", file=sys.stderr)
+        return 0
+    return run(settings, command, json_output=False)
 
 
 # --- list ---------------------------------------------------------------------------------------

@@ -866,6 +866,28 @@ async def requeue_webhook_events(conn, status: str, processor: str | None) -> in
     return int((await conn.execute(REQUEUE_WEBHOOK_EVENTS, status, processor)).split()[-1])
 
 
+# --- the finance export ------------------------------------------------------------------------
+
+# Every refund settled in [$1, $2): final (succeeded, refunded offline, failed, canceled), settled
+# when the event that last moved it into its status was written. Read through a cursor.
+EXPORT_REFUNDS = """
+SELECT r.id AS refund_id, s.settled_at, r.status, r.origin, r.amount, r.currency, r.transaction_id,
+       r.processor_id AS processor, t.psp_reference, r.psp_refund_id, r.invoice_id, r.credit_note_id,
+       t.customer_id, r.external_reference, r.failure_code, r.next_action, r.created_at, r.reversed_at
+FROM refunds r
+JOIN transactions t ON t.id = r.transaction_id
+CROSS JOIN LATERAL (SELECT max(e.created_at) AS settled_at FROM refund_events e
+                    WHERE e.refund_id = r.id AND e.to_status = r.status) s
+WHERE r.status IN ('succeeded', 'refunded_offline', 'failed', 'canceled')
+  AND s.settled_at >= $1 AND s.settled_at < $2
+ORDER BY s.settled_at, r.id"""
+
+
+def export_cursor(conn, since: datetime, until: datetime, prefetch: int = 500):
+    """The period's settled refunds, read in batches (inside the caller's transaction)."""
+    return conn.cursor(EXPORT_REFUNDS, since, until, prefetch=prefetch)
+
+
 # --- disputes ----------------------------------------------------------------------------------
 
 LOCK_DISPUTE = "SELECT * FROM disputes WHERE processor_id = $1 AND psp_dispute_id = $2 FOR UPDATE"

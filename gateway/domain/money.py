@@ -52,10 +52,15 @@ def parse_minor_units(value: object) -> int:
     return value
 
 
-def format_amount(amount: int, currency: str) -> str:
-    """Human-readable major units for messages: format_amount(1050, 'EUR') == '10.50 EUR'."""
-    currency = normalise_currency(currency)
+def decimal_amount(amount: int, currency: str) -> str:
+    """The amount in major units, without the currency: decimal_amount(1050, 'EUR') == '10.50'."""
     exp = exponent(currency)
     sign = "-" if amount < 0 else ""
     whole, frac = divmod(abs(amount), 10**exp)
-    return f"{sign}{whole}.{frac:0{exp}d} {currency}" if exp else f"{sign}{whole} {currency}"
+    return f"{sign}{whole}.{frac:0{exp}d}" if exp else f"{sign}{whole}"
+
+
+def format_amount(amount: int, currency: str) -> str:
+    """Human-readable major units for messages: format_amount(1050, 'EUR') == '10.50 EUR'."""
+    currency = normalise_currency(currency)
+    return f"{decimal_amount(amount, currency)} {currency}"
