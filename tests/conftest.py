@@ -28,6 +28,7 @@ from gateway.db.migrate import migrate
 from gateway.db.pool import connect, create_pool
 from gateway.logging import configure
 from gateway.settings import Settings
+from tests.ids import token
 from tests.processes import gateways  # noqa: F401  (a fixture for every test)
 
 # Read once, then keep every GATEWAY_* variable of the developer's shell out of the tests.
@@ -165,7 +166,7 @@ class Api:
 
     async def transaction(self, *, amount: int = 10_000, currency: str = "EUR", invoice_id: str | None = None,
                           psp_reference: str | None = None, processor: str = "mock", **extra) -> dict:
-        body = {"processor": processor, "psp_reference": psp_reference or f"ch_{uuid.uuid4().hex[:16]}",
+        body = {"processor": processor, "psp_reference": psp_reference or f"ch_{token()}",
                 "invoice_id": invoice_id or f"inv_{uuid.uuid4().hex[:10]}", "amount": amount,
                 "currency": currency, **extra}
         resp = await self.post("/v1/transactions", body)

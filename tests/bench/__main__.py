@@ -28,6 +28,7 @@ from gateway import embedded
 from gateway.db.migrate import migrate
 from gateway.db.pool import connect
 from tests.processes import GatewayProcess, stop_on_sigterm
+from tests.ids import token
 
 KEY = "sk_bench_0123456789abcdef"
 WHSEC = "whsec_bench_0123456789"
@@ -63,7 +64,7 @@ class Bench:
 
     async def seed(self, processor: str, count: int, amount: int) -> Path:
         """Register `count` payments straight into the database; returns a plan file for the load."""
-        rows = [(f"tx_bench_{uuid.uuid4().hex}", processor, f"ch_{uuid.uuid4().hex}", f"INV-{uuid.uuid4().hex[:16]}",
+        rows = [(f"tx_bench_{uuid.uuid4().hex}", processor, f"ch_{token(32)}", f"INV-{token()}",
                  amount, "EUR") for _ in range(count)]
         conn = await asyncpg.connect(self.dsn)
         try:

@@ -27,6 +27,7 @@ from gateway.logging import configure
 from gateway.models import RefundCreate
 from gateway.settings import Settings
 from tests.bench.load import percentile
+from tests.ids import token
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -53,7 +54,7 @@ async def run(args: argparse.Namespace) -> dict:
 
     async def webhook_once() -> None:
         event = WebhookEvent(event_id=f"evt_{uuid.uuid4().hex}", type="charge.succeeded", created=int(time.time()),
-                             payments=[PaymentSnapshot(psp_reference=f"ch_{uuid.uuid4().hex[:24]}", amount=5000,
+                             payments=[PaymentSnapshot(psp_reference=f"ch_{token(24)}", amount=5000,
                                                        currency="EUR", invoice_id=f"INV-{uuid.uuid4().hex[:12]}")])
         async with pool.acquire() as conn:
             row_id = await store.insert_webhook_event(

@@ -22,6 +22,8 @@ from typing import Any
 import aiohttp
 import uvloop
 
+from tests.ids import token
+
 
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
@@ -43,9 +45,9 @@ class Plan:
     def request(self) -> tuple[str, bytes, dict[str, str]]:
         if self.kind == "webhooks":
             body = json.dumps({
-                "id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": "charge.succeeded",
+                "id": f"evt_{token(32)}", "object": "event", "type": "charge.succeeded",
                 "created": int(time.time()), "data": {"object": {
-                    "id": f"ch_{uuid.uuid4().hex[:24]}", "object": "charge", "amount": 5000, "currency": "eur",
+                    "id": f"ch_{token(24)}", "object": "charge", "amount": 5000, "currency": "eur",
                     "payment_intent": None, "metadata": {"invoice_id": f"INV-{uuid.uuid4().hex[:12]}"}}}}).encode()
             t = int(time.time())
             sig = hmac.new(self.whsec, b"%d." % t + body, hashlib.sha256).hexdigest()

@@ -13,6 +13,7 @@ import pytest
 
 from gateway import keys
 from tests.conftest import Api, make_settings, signed_mock_webhook, start_api
+from tests.ids import token
 
 WHSEC = "whsec_race_0123456789"
 RACES = 200
@@ -39,7 +40,7 @@ def refund_created(payment: str) -> tuple[bytes, dict[str, str]]:
 
 async def race(api: Api, rng: random.Random) -> tuple[str, str]:
     """The webhook, and 0-30 ms later the registration of its payment; (transaction id, event id)."""
-    payment = f"ch_{uuid.uuid4().hex[:16]}"
+    payment = f"ch_{token()}"
     body, headers = refund_created(payment)
 
     async def webhook() -> None:
