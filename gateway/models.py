@@ -3,10 +3,20 @@ a misspelt `amount` must never turn into "refund everything"."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from gateway.domain import credit_notes, money
@@ -692,7 +702,7 @@ def _utc(value: Any) -> Any:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise PydanticCustomError("invalid_time", "a date (2026-11-01) or an ISO 8601 time") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
     return value
 
 
@@ -707,13 +717,16 @@ class ExportQuery(_Query):
     until: Moment = Field(alias="to", description="the period's end, excluded")
     format: Literal["csv", "jsonl"] = Field("csv", description="csv (opens in a spreadsheet) or jsonl")
 
-    @model_validator(mode="after")
-    def _a_period(self) -> "ExportQuery":
-        if self.since >= self.until:
+    @field_validator("until")
+    @classmethod
+    def _a_period(cls, until: datetime, info: ValidationInfo) -> datetime:
+        # On `until`, so that the 422 names the parameter (`to`), not the whole query.
+        since = info.data.get("since")
+        if since is not None and since >= until:
             raise PydanticCustomError("invalid_period", "from must be before to")
-        if (self.until - self.since).days > LONGEST_EXPORT_DAYS:
+        if since is not None and until - since > timedelta(days=LONGEST_EXPORT_DAYS):
             raise PydanticCustomError("invalid_period", f"a period of at most {LONGEST_EXPORT_DAYS} days")
-        return self
+        return until
 
 
 # --- reconciliation -------------------------------------------------------------------------------

@@ -91,9 +91,10 @@ async def test_json_lines_hold_the_same_refunds(api):
 
 
 @pytest.mark.parametrize(("params", "field"), [
-    ({"to": "2026-01-01"}, "from"), ({"from": "2026-02-01", "to": "2026-01-01"}, "body"),
-    ({"from": "2024-01-01", "to": "2026-01-01"}, "body"), ({"from": "2026-01-01", "to": "2026-02-01", "format": "xls"},
-                                                           "format"),
+    ({"to": "2026-01-01"}, "from"), ({"from": "2026-02-01", "to": "2026-01-01"}, "to"),
+    ({"from": "2026-01-01", "to": "2026-01-01"}, "to"), ({"from": "2024-01-01", "to": "2026-01-01"}, "to"),
+    ({"from": "2025-01-01", "to": "2026-01-02T23:00:00Z"}, "to"),  # 366 days and 23 hours
+    ({"from": "2026-01-01", "to": "2026-02-01", "format": "xls"}, "format"),
     ({"from": "yesterday", "to": "2026-02-01"}, "from")])
 async def test_a_bad_period_or_format_is_refused_naming_it(api, params, field):
     resp = await api.get("/admin/exports/refunds", key=ADMIN_KEY, params=params)
