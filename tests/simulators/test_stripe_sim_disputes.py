@@ -4,66 +4,14 @@ is refused with charge_disputed until the dispute is won. Webhooks land on a rec
 
 from __future__ import annotations
 
-from typing import AsyncIterator
-
 import httpx
 import orjson
 import pytest
 import stripe
-from aiohttp import web
 
 from adapters.stripe.transformers import parse_event
-from adapters.stripe_sim import SimConfig, running_simulator
-from adapters.stripe_sim.testing import RunningSimulator
-
-API_KEY = "sk_test_sim_disputes_0123"
-SECRET = "whsec_test_disputes"
-
-
-class Receiver:
-    """A webhook endpoint that answers 200 and keeps every raw body and header it was sent."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[dict[str, str], bytes]] = []
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.calls.append((dict(request.headers), await request.read()))
-        return web.Response()
-
-    def events(self) -> list[dict]:
-        return [orjson.loads(body) for _, body in self.calls]
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    try:
-        yield rec
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-async def sim(receiver: Receiver) -> AsyncIterator[RunningSimulator]:
-    config = SimConfig(api_key=API_KEY, webhook_url=receiver.url, webhook_secrets=[SECRET], seed=11,
-                       delivery_max_attempts=3, delivery_initial_backoff_seconds=0.01,
-                       delivery_max_backoff_seconds=0.05)
-    async with running_simulator(config) as running:
-        yield running
-
-
-@pytest.fixture
-async def client(sim: RunningSimulator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=sim.url, headers={"Authorization": f"Bearer {API_KEY}"},
-                                 timeout=5) as c:
-        yield c
+# The simulator, its webhook receiver and a client, as the simulator's own tests build them.
+from tests.simulators.test_stripe_sim import SECRET, Receiver, client, receiver, sim  # noqa: F401  (fixtures)
 
 
 async def create_charge(client: httpx.AsyncClient, amount: int = 5000) -> dict:
@@ -129,7 +77,7 @@ async def test_opening_a_dispute_withdraws_its_amount_and_sends_created_then_fun
     assert [t["amount"] for t in opened["balance_transactions"]] == [-3000]
     events = await dispute_events(client, receiver, opened["id"])
     assert [e["type"] for e in events] == ["charge.dispute.created", "charge.dispute.funds_withdrawn"]
-    for headers, body in receiver.calls:  # signed as Stripe signs, by the official package's check
+    for headers, body in receiver.delivered():  # signed as Stripe signs, by the official package's check
         stripe.Webhook.construct_event(body.decode(), headers["Stripe-Signature"], SECRET)
     parsed = [parse_event(orjson.dumps(e)).disputes for e in events]
     assert [(d.psp_dispute_id, d.payment_references, d.amount, d.currency, d.status, d.funds_withdrawn, d.reason)
