@@ -117,7 +117,12 @@ def reporting_envelope(invoice: str = "", id: str = "", user: str = USER, passwo
 
 
 async def lookup(client: httpx.AsyncClient, **kwargs: str) -> tuple[int, list[dict[str, str]]]:
-    response = await client.post(REPORTING, content=reporting_envelope(**kwargs),
+    return await reporting(client, reporting_envelope(**kwargs))
+
+
+async def reporting(client: httpx.AsyncClient, envelope: bytes) -> tuple[int, list[dict[str, str]]]:
+    """A Reporting API query answered 200: (TotalCount, the rows by field)."""
+    response = await client.post(REPORTING, content=envelope,
                                  headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": REPORTING_ACTION})
     assert response.status_code == 200, response.text
     result = DefusedET.fromstring(response.content).find(

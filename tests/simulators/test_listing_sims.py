@@ -8,7 +8,6 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator
 
-import defusedxml.ElementTree as DefusedET
 import httpx
 import pytest
 
@@ -18,13 +17,10 @@ from adapters.bridgepay_sim.testing import RunningSimulator as RunningBridgePay
 from adapters.stripe_sim import SimConfig as StripeSimConfig
 from adapters.stripe_sim import running_simulator as running_stripe
 from adapters.stripe_sim.testing import RunningSimulator as RunningStripe
+from tests.simulators.test_bridgepay_sim import REPORTING, REPORTING_ACTION, SOAP_NS, TEMPURI, reporting
 
 API_KEY = "sk_test_listing_sim_0123"
 USER, PASSWORD = "bp_list_user", "bp-list-pw"
-SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
-TEMPURI = "http://tempuri.org/"
-REPORTING = "/Bridgepay.Reporting.API/ReportingAPI.svc"
-REPORTING_ACTION = "http://tempuri.org/IReportingAPI/PublicGetTransactionsByFilter"
 
 
 # -- Stripe: GET /v1/refunds?created[...] --------------------------------------------------------------
@@ -134,16 +130,7 @@ def reporting_envelope(**criteria: str) -> bytes:
 
 
 async def report(client: httpx.AsyncClient, **criteria: str) -> tuple[int, list[dict[str, str]]]:
-    response = await client.post(REPORTING, content=reporting_envelope(**criteria),
-                                 headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": REPORTING_ACTION})
-    assert response.status_code == 200, response.text
-    result = DefusedET.fromstring(response.content).find(
-        f"{{{SOAP_NS}}}Body/{{{TEMPURI}}}PublicGetTransactionsByFilterResponse/"
-        f"{{{TEMPURI}}}PublicGetTransactionsByFilterResult")
-    assert result is not None
-    rows = [{c.tag.rpartition("}")[2]: c.text or "" for c in row}
-            for row in result.find(f"{{{TEMPURI}}}Transactions") or []]
-    return int(result.findtext(f"{{{TEMPURI}}}TotalCount") or -1), rows
+    return await reporting(client, reporting_envelope(**criteria))
 
 
 async def portal(client: httpx.AsyncClient, gateway_trans_id: str, amount, **extra) -> httpx.Response:
