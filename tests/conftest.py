@@ -237,6 +237,18 @@ async def start_api(settings: Settings) -> TestClient:
 
 
 @pytest.fixture
+async def patient_api(database_url: str) -> AsyncIterator[Api]:
+    """A gateway whose durable retries are far apart: a refund caught by an outage stays not_sent
+    while a test looks at it."""
+    client = await start_api(make_settings(database_url, durable_retry_initial_seconds=30,
+                                           durable_retry_max_seconds=60))
+    try:
+        yield Api(client)
+    finally:
+        await client.close()
+
+
+@pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[Api]:
     client = await start_api(settings)
     try:

@@ -8,11 +8,9 @@ import asyncio
 import uuid
 from collections import Counter
 
-import pytest
-
 from gateway import keys
 from gateway.domain.refunds import Outcome
-from tests.conftest import ADMIN_KEY, Api, make_settings, start_api
+from tests.conftest import ADMIN_KEY, Api
 
 DECLINED_CARD, MERCHANT_SHORT = 4001, 4002  # the mock's declines (expired card, insufficient funds)
 
@@ -158,17 +156,6 @@ async def test_next_action_says_what_the_billing_core_can_do_about_each_decline(
     unknown = await api.refund(tx, 8_001, credit_note_id="CN-7")
     assert (unknown["status"], unknown["next_action"]) == ("requires_attention", "contact_support")
     assert (await _credit_note(api, "CN-7", tx["invoice_id"]))["status"] == "requires_attention"
-
-
-@pytest.fixture
-async def patient_api(database_url):
-    """A gateway that waits long between durable retries: a refund stays not_sent while a test looks."""
-    client = await start_api(make_settings(database_url, durable_retry_initial_seconds=30,
-                                           durable_retry_max_seconds=60))
-    try:
-        yield Api(client)
-    finally:
-        await client.close()
 
 
 async def test_cancel_of_a_refund_waiting_out_an_outage_releases_it_and_nothing_is_ever_sent(patient_api):

@@ -8,18 +8,13 @@ import asyncio
 import pytest
 
 from gateway import keys
-from tests.conftest import ADMIN_KEY, Api, eventually, make_settings, start_api
+from tests.conftest import ADMIN_KEY, Api, eventually
 
 
 @pytest.fixture
-async def api(database_url):
-    """Durable retries far apart: a refund caught by an outage stays unsent while a test looks."""
-    client = await start_api(make_settings(database_url, durable_retry_initial_seconds=30,
-                                           durable_retry_max_seconds=60))
-    try:
-        yield Api(client)
-    finally:
-        await client.close()
+def api(patient_api: Api) -> Api:
+    """A refund caught by an outage stays unsent while a test looks."""
+    return patient_api
 
 
 async def _dispute(api: Api, tx: dict, status: str, amount: int, dispute_id: str = "CB-1") -> dict:
