@@ -1,16 +1,18 @@
 """The finance export: every refund settled in a period, one row each, as CSV a spreadsheet opens as
-is, or as JSON lines. Rows are built here (pure); the caller streams them from a cursor, so a month
-of refunds takes constant memory."""
+is, or as JSON lines, read from a cursor and handed out in batches to whoever writes them (an HTTP
+answer, a file), so that a month of refunds takes constant memory."""
 
 from __future__ import annotations
 
 import csv
 import io
 from datetime import datetime
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping
 
+import asyncpg
 import orjson
 
+from gateway.db import store
 from gateway.domain import money
 
 Format = Literal["csv", "jsonl"]
@@ -21,6 +23,7 @@ CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjso
 BOM = "\ufeff"  # so that a spreadsheet reads the CSV as UTF-8
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a cell starting so is run as a formula by a spreadsheet
 _METHOD = {"offline": "offline", "external": "external"}
+BATCH = 500  # rows read from the cursor, and written, at a time
 
 
 def _when(value: datetime | None) -> str | None:
@@ -64,3 +67,20 @@ def chunk(rows: Iterable[Mapping[str, Any]], fmt: Format) -> bytes:
     for r in rows:
         writer.writerow([_cell(r[c]) for c in COLUMNS])
     return out.getvalue().encode()
+
+
+async def stream(conn: asyncpg.Connection, since: datetime, until: datetime, fmt: Format,
+                 write: Callable[[bytes], Awaitable[None]]) -> int:
+    """Write the period's export through `write`, batch by batch, from one consistent snapshot of
+    the database; returns how many refunds it held."""
+    count = 0
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        await write(header(fmt))
+        batch = []
+        async for record in store.export_cursor(conn, since, until, prefetch=BATCH):
+            batch.append(row(record))
+            if len(batch) >= BATCH:
+                await write(chunk(batch, fmt))
+                count, batch = count + len(batch), []
+        await write(chunk(batch, fmt))
+    return count + len(batch)

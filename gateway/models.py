@@ -39,9 +39,9 @@ def _currency(value: Any) -> str:
         raise PydanticCustomError("invalid_currency", str(e)) from None
 
 
-def _no_card_number(value: str) -> str:
-    # Card data never enters the gateway: not stored, not shown, not sent on as metadata. A
-    # configured secret a client sends along is kept redacted, never stored.
+def _checked_text(value: str) -> str:
+    """Text from a client: card data never enters the gateway (not stored, not shown, not sent on as
+    metadata), and a configured secret a client sends along is kept redacted, never stored."""
     if has_card_number(value):
         raise PydanticCustomError("card_number_not_allowed", "looks like a card number, which the gateway never "
                                                              "takes: remove it")
@@ -50,10 +50,11 @@ def _no_card_number(value: str) -> str:
 
 Amount = Annotated[int, BeforeValidator(_amount)]
 Currency = Annotated[str, BeforeValidator(_currency)]
-NoCard = AfterValidator(_no_card_number)
-Ref = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$"), NoCard]
+CheckedText = AfterValidator(_checked_text)
+Ref = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$"), CheckedText]
 Metadata = Annotated[
-    dict[Annotated[str, Field(min_length=1, max_length=40), NoCard], Annotated[str, Field(max_length=500), NoCard]],
+    dict[Annotated[str, Field(min_length=1, max_length=40), CheckedText],
+         Annotated[str, Field(max_length=500), CheckedText]],
     Field(max_length=50),
 ]
 
@@ -126,7 +127,7 @@ class RefundTarget(_Request):
     # leaving the field out may mean "refund everything".
     amount: Amount = None  # type: ignore[assignment]
     currency: Currency | None = None
-    reason: Annotated[str, Field(min_length=1, max_length=255), NoCard] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=255), CheckedText] | None = None
     metadata: Metadata = Field(default_factory=dict)
     method: Literal["processor", "offline"] = Field(
         "processor", description="offline: the billing core refunded it outside the processor (a bank transfer, a "
@@ -303,7 +304,7 @@ class CreditNoteOut(CreditNoteState):
 
 # --- operator requests ----------------------------------------------------------------------------
 
-Reason = Annotated[str, Field(min_length=3, max_length=1000), NoCard]
+Reason = Annotated[str, Field(min_length=3, max_length=1000), CheckedText]
 
 
 class ApprovalRequest(_Request):
@@ -315,7 +316,7 @@ class ApprovalRequest(_Request):
 class CancelRequest(_Request):
     model_config = _examples({"reason": "the customer chose store credit"})
 
-    reason: Annotated[str, Field(min_length=1, max_length=1000), NoCard] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=1000), CheckedText] | None = None
 
 
 class ReplayRequest(_Request):
@@ -526,7 +527,7 @@ class DisputeRecord(_Request):
     psp_dispute_id: Ref = Field(description="the processor's (or the acquirer's) id of the dispute")
     amount: Amount
     status: Literal["open", "won", "lost"]
-    reason: Annotated[str, Field(min_length=1, max_length=255), NoCard] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=255), CheckedText] | None = None
 
 
 class DisputeList(_Response):

@@ -19,7 +19,6 @@ from gateway.models import ExportQuery, Reason, Ref, RefundOut, TransactionOut
 from gateway.settings import Settings
 
 HISTORY = 100  # events and processor calls `show` prints: the newest ones
-EXPORT_BATCH = 500
 RESOLUTIONS = ("refunded_offline", "failed", "canceled")
 
 
@@ -91,17 +90,12 @@ def export_refunds(args: argparse.Namespace, settings: Settings) -> int:
 
     async def command(s: Session) -> int:
         out = open(args.output, "wb") if args.output else sys.stdout.buffer
+
+        async def write(data: bytes) -> None:
+            out.write(data)
         try:
-            out.write(finance_export.header(query.format))
-            batch, count = [], 0
-            async with s.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-                async for record in store.export_cursor(conn, query.since, query.until):
-                    batch.append(finance_export.row(record))
-                    if len(batch) >= EXPORT_BATCH:
-                        out.write(finance_export.chunk(batch, query.format))
-                        count, batch = count + len(batch), []
-            out.write(finance_export.chunk(batch, query.format))
-            count += len(batch)
+            async with s.pool.acquire() as conn:
+                count = await finance_export.stream(conn, query.since, query.until, query.format, write)
         finally:
             if args.output:
                 out.close()

@@ -6,12 +6,10 @@ from aiohttp import web
 
 from gateway import finance_export, keys
 from gateway.auth import require
-from gateway.db import store
 from gateway.http import parse_query
 from gateway.models import ExportQuery
 
 routes = web.RouteTableDef()
-BATCH = 500
 
 
 @routes.get("/admin/exports/refunds")
@@ -22,16 +20,8 @@ async def export_refunds(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": finance_export.CONTENT_TYPES[query.format],
                                            "Content-Disposition": f'attachment; filename="{name}"',
                                            "Cache-Control": "no-store"})
-    async with request.app[keys.POOL].acquire() as conn, conn.transaction(isolation="repeatable_read",
-                                                                        readonly=True):
+    async with request.app[keys.POOL].acquire() as conn:
         await response.prepare(request)
-        await response.write(finance_export.header(query.format))
-        batch = []
-        async for record in store.export_cursor(conn, query.since, query.until, prefetch=BATCH):
-            batch.append(finance_export.row(record))
-            if len(batch) >= BATCH:
-                await response.write(finance_export.chunk(batch, query.format))
-                batch = []
-        await response.write(finance_export.chunk(batch, query.format))
+        await finance_export.stream(conn, query.since, query.until, query.format, response.write)
     await response.write_eof()
     return response
