@@ -4,23 +4,13 @@
 from __future__ import annotations
 
 import argparse
-from datetime import date, datetime, time, timezone
+from datetime import datetime, timezone
 
 from gateway import errors, reconcile
 from gateway.commands import output
-from gateway.commands.session import Session, json_flag, run
-from gateway.models import FindingOut
+from gateway.commands.session import Session, json_flag, run, validated
+from gateway.models import FindingOut, Moment
 from gateway.settings import Settings
-
-
-def _moment(value: str) -> datetime:
-    """A date (its midnight, UTC) or an ISO 8601 time (UTC when no zone is given)."""
-    try:
-        moment = (datetime.combine(date.fromisoformat(value), time(), timezone.utc) if len(value) == 10
-                  else datetime.fromisoformat(value.replace("Z", "+00:00")))
-    except ValueError:
-        raise argparse.ArgumentTypeError("a date (2026-11-30) or a time (2026-11-30T12:00:00Z)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "GET /admin/reconciliation/findings). Nothing is sent to the processor; a refund the "
                     "processor made that the gateway never recorded is recorded against its payment.")
     parser.add_argument("--processor", required=True, metavar="ID")
-    parser.add_argument("--since", required=True, type=_moment, help="a date or an ISO 8601 time (UTC)")
-    parser.add_argument("--until", type=_moment, help="a date or an ISO 8601 time (UTC); default now")
+    parser.add_argument("--since", required=True, type=validated(Moment), help="a date or an ISO 8601 time (UTC)")
+    parser.add_argument("--until", type=validated(Moment), help="a date or an ISO 8601 time (UTC); default now")
     parser.set_defaults(operate=reconcile_command)
 
 
