@@ -129,8 +129,8 @@ def render(*, client_id: str, now: datetime, stuck_after_seconds: float, stuck: 
            stuck_counts: Mapping[str, int], events: Mapping[str, Sequence[Row]],
            attempts: Mapping[str, Sequence[Row]], history_cap: int, webhook_events: Sequence[Row],
            webhook_has_more: bool, processors: Sequence[str], current_hour: datetime, hours: int,
-           outcomes: Iterable[Row], findings: Sequence[Row] = (), findings_has_more: bool = False,
-           awaiting: Sequence[Row] = (), awaiting_has_more: bool = False) -> str:
+           outcomes: Iterable[Row], findings: Sequence[Row], findings_has_more: bool, awaiting: Sequence[Row],
+           awaiting_has_more: bool) -> str:
     stuck_total = sum(stuck_counts.values())
     counts = "".join(f"<li><code>{escape(reason)}</code>: {n}</li>" for reason, n in stuck_counts.items())
     more = (f"<p class='help'>The newest {len(stuck)} are shown; all of them: "
