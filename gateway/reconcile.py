@@ -16,7 +16,7 @@ import asyncpg
 import structlog
 
 from adapters.base import ProcessorAdapter, ProcessorError, RefundSnapshot
-from gateway import errors, ledger, metrics, operations, services, webhooks
+from gateway import errors, ledger, metrics, operations, webhooks
 from gateway.db import store
 from gateway.domain.reconciliation import Finding, Kind, OurRefund, compare
 from gateway.domain.refunds import Status
@@ -145,8 +145,7 @@ async def _record_external(conn: asyncpg.Connection, processor_id: str,
     snapshot = RefundSnapshot(psp_refund_id=p.psp_refund_id, refund_id=None, payment_references=[p.payment_reference],
                               amount=p.amount, currency=p.currency, outcome=p.outcome,
                               message="found by a reconciliation run")
-    await store.lock_payment_references(conn, processor_id, snapshot.payment_references)
-    transaction = await services.known_payment(conn, processor_id, snapshot.payment_references)
+    transaction = await webhooks.payment_after_registrations(conn, processor_id, snapshot.payment_references)
     if transaction is None:
         return "payment_unknown", None, None
     await store.lock_transaction(conn, transaction["id"])

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import asyncpg
 import structlog
@@ -127,14 +127,7 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
     for snapshot in event.refunds:
         refund = await known_refund(conn, processor_id, snapshot)
         if refund is None:
-            transaction = await services.known_payment(conn, processor_id, snapshot.payment_references)
-            if transaction is None:
-                # A registration of the payment may be about to commit, and its wake-up would miss
-                # an event parked after it. Its locks on the ids settle the order: wait for it and
-                # look again (a new statement, so a new snapshot), or hold it off until this
-                # event's status is written and the wake-up can see it.
-                await store.lock_payment_references(conn, processor_id, snapshot.payment_references)
-                transaction = await services.known_payment(conn, processor_id, snapshot.payment_references)
+            transaction = await payment_after_registrations(conn, processor_id, snapshot.payment_references)
             if transaction is None:
                 unmatched = True
                 continue
@@ -152,10 +145,7 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
                            recheck_seconds=recheck_seconds, detail={"event_id": event.event_id},
                            request_id=request_id, snapshot_at=snapshot_at)
     for dispute in event.disputes:
-        transaction = await services.known_payment(conn, processor_id, dispute.payment_references)
-        if transaction is None:  # as for a refund: wait for a registration in flight, or park the event
-            await store.lock_payment_references(conn, processor_id, dispute.payment_references)
-            transaction = await services.known_payment(conn, processor_id, dispute.payment_references)
+        transaction = await payment_after_registrations(conn, processor_id, dispute.payment_references)
         if transaction is None:
             unmatched = True
             continue
@@ -163,6 +153,21 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
     if unmatched:
         return "unmatched"
     return "applied" if event.payments or event.refunds or event.disputes else "ignored"
+
+
+async def payment_after_registrations(conn: asyncpg.Connection, processor_id: str,
+                                      references: Sequence[str]) -> asyncpg.Record | None:
+    """The payment these ids name, or None; under the caller's transaction.
+
+    A registration of the payment may be about to commit, and its wake-up would miss an event
+    parked after it. Its locks on the ids settle the order: wait for it and look again (a new
+    statement, so a new snapshot), or hold it off until the caller's work is written and the
+    wake-up can see it."""
+    transaction = await services.known_payment(conn, processor_id, references)
+    if transaction is None:
+        await store.lock_payment_references(conn, processor_id, references)
+        transaction = await services.known_payment(conn, processor_id, references)
+    return transaction
 
 
 async def known_refund(conn: asyncpg.Connection, processor_id: str,
