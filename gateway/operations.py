@@ -54,8 +54,9 @@ async def audited_refusal(pool: asyncpg.Pool, *, actor: str, action: str, target
 
 
 async def _lock_open_refund(conn: asyncpg.Connection, refund_id: str, verb: str, *,
-                            final_ok: frozenset[Status] = frozenset()) -> asyncpg.Record:
-    """The refund, locked, if it may be acted on: not final (but for `final_ok`), no call in flight."""
+                            final_ok: frozenset[Status] = frozenset(), awaiting_ok: bool = False) -> asyncpg.Record:
+    """The refund, locked, if it may be acted on: not final (but for `final_ok`), not awaiting approval
+    (unless `awaiting_ok`), no call in flight."""
     refund = await store.lock_refund(conn, refund_id)
     if refund is None:
         raise errors.NotFound(f"no refund {refund_id!r}", code="refund_not_found")
@@ -67,7 +68,7 @@ async def _lock_open_refund(conn: asyncpg.Connection, refund_id: str, verb: str,
     if Status(refund["status"]) in FINAL:
         raise errors.Conflict(f"a {refund['status']} refund cannot be {verb}", code="refund_final",
                               status_now=refund["status"])
-    if refund["stage"] == Stage.AWAITING_APPROVAL and verb not in ("canceled", "approved", "rejected"):
+    if refund["stage"] == Stage.AWAITING_APPROVAL and not awaiting_ok:
         raise errors.Conflict(f"the refund awaits approval: approve or reject it; it cannot be {verb}",
                               code="awaiting_approval", status_now=refund["status"])
     if refund["stage"] == Stage.SENDING and refund["lease_expires_at"] > datetime.now(timezone.utc):
@@ -162,7 +163,7 @@ async def cancel(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, *
     detail = {"actor": actor, "reason": reason}
     async with refused:
         async with pool.acquire() as conn, conn.transaction():
-            refund = await _lock_open_refund(conn, refund_id, "canceled")
+            refund = await _lock_open_refund(conn, refund_id, "canceled", awaiting_ok=True)
             before = {"status": refund["status"], "stage": refund["stage"]}
             if refund["stage"] in (Stage.NOT_SENT, Stage.AWAITING_APPROVAL):
                 row, _ = await ledger.apply(
@@ -237,7 +238,7 @@ async def reject(pool: asyncpg.Pool, refund_id: str, *, actor: str, reason: str,
 
 async def _awaiting(conn: asyncpg.Connection, refund_id: str, actor: str, verb: str) -> asyncpg.Record:
     """The refund, locked, if it awaits approval and `actor` is not who asked for it (four eyes)."""
-    refund = await _lock_open_refund(conn, refund_id, verb)
+    refund = await _lock_open_refund(conn, refund_id, verb, awaiting_ok=True)
     if refund["stage"] != Stage.AWAITING_APPROVAL:
         raise errors.Conflict(f"the refund does not await approval (it is {refund['status']}, stage "
                               f"{refund['stage']})", code="not_awaiting_approval", status_now=refund["status"])
