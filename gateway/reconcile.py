@@ -182,7 +182,7 @@ async def run_due(pool: asyncpg.Pool, adapters: Mapping[str, ProcessorAdapter],
     async with pool.acquire() as conn:
         await store.schedule_reconciliation(conn, list(intervals))
         due = [p for p, (interval, _) in intervals.items()
-               if await store.claim_due_reconciliation(conn, [p], interval)]
+               if await store.claim_due_reconciliation(conn, p, interval)]
     done = 0
     for processor_id in due:
         adapter = adapters.get(processor_id)

@@ -990,10 +990,10 @@ WHERE id = $1 AND status = 'open' RETURNING *"""
 GET_FINDING = "SELECT * FROM reconciliation_findings WHERE id = $1"
 OPEN_FINDING_COUNTS = """
 SELECT processor_id, kind, count(*) AS count FROM reconciliation_findings WHERE status = 'open' GROUP BY 1, 2"""
-# Processors whose scheduled run is due; the claim moves the next one out, so one replica runs it.
+# A processor's scheduled run, if due; the claim moves the next one out, so one replica runs it.
 CLAIM_DUE_RECONCILIATION = """
 UPDATE reconciliation_schedule SET next_run_at = now() + make_interval(secs => $2)
-WHERE processor_id = ANY($1::text[]) AND next_run_at <= now()
+WHERE processor_id = $1 AND next_run_at <= now()
 RETURNING processor_id"""
 SCHEDULE_RECONCILIATION = """
 INSERT INTO reconciliation_schedule (processor_id, next_run_at) SELECT p, now() FROM unnest($1::text[]) AS p
@@ -1059,9 +1059,9 @@ async def schedule_reconciliation(conn, processor_ids: Sequence[str]) -> None:
     await conn.execute(SCHEDULE_RECONCILIATION, list(processor_ids))
 
 
-async def claim_due_reconciliation(conn, processor_ids: Sequence[str], interval_seconds: float) -> list[str]:
-    return [r["processor_id"] for r in await conn.fetch(CLAIM_DUE_RECONCILIATION, list(processor_ids),
-                                                        interval_seconds)]
+async def claim_due_reconciliation(conn, processor_id: str, interval_seconds: float) -> bool:
+    """Whether this processor's scheduled run was due, and is now this caller's."""
+    return await conn.fetchval(CLAIM_DUE_RECONCILIATION, processor_id, interval_seconds) is not None
 
 
 async def last_reconciled_until(conn, processor_id: str) -> datetime | None:
