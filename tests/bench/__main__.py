@@ -151,9 +151,10 @@ class Bench:
                            extra=self.profile_summary(profiler, "2")))
 
         # 3. Partial refunds on 10 hot transactions: row-lock contention, never over-refunded. The
-        # balance is sized to run out within the first quarter of the run at the floor's pace, so both
-        # refunds under contention and refusals of an exhausted balance are measured.
-        per_transaction = max(1, int(floor1["rps"] * self.seconds / 40))
+        # balance is sized to run out within the first tenth of the run at the gateway's own pace in
+        # scenario 1 (not the floor's: a slow or busy machine must still exhaust it), so both refunds
+        # under contention and refusals of an exhausted balance are measured.
+        per_transaction = max(1, int(gateway1["rps"] * self.seconds / 100))
         room = 10 * per_transaction
         hot = await self.seed("mock", 10, per_transaction * 100)  # refunds of 1.00: `room` in all
         gateway3 = self.load(hot)
