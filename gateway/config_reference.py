@@ -58,10 +58,10 @@ SETTINGS: list[tuple[str, dict[str, str]]] = [
         "max_body_bytes": "The largest request body. A larger one gets 413.",
         "request_read_seconds": "A request's whole body must arrive within this time. "
                                 "Later, the answer is 408 and the connection is closed.",
-        "failed_sign_ins_per_minute": "Failed sign-ins per source address and minute. Over it, every request "
-                                      "from that address gets 429.",
+        "failed_sign_ins_per_minute": "Failed sign-ins per source address and minute, webhooks with a bad "
+                                      "signature included. Over it, every request from that address gets 429.",
         "unauthenticated_per_second": "Requests per second and source address to routes without a key: "
-                                      "webhooks, health, metrics and docs. Over it, 429.",
+                                      "health, metrics and docs. Over it, 429. Webhooks are not counted.",
         "refund_response_budget_seconds": "How long a refund POST waits for the processor. After it, the answer "
                                           "is a `pending` refund that keeps going.",
     }),

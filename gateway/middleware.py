@@ -100,8 +100,18 @@ def _database_away(error: BaseException) -> bool:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     limiter = request.app[keys.SOURCE_LIMITER]
     source = request.remote or "unknown"
-    # Webhooks authenticate by their processor's signature, not by an API key.
-    if request.path.startswith(_PROTECTED) and not request.path.startswith("/v1/webhooks/"):
+    if request.path.startswith("/v1/webhooks/"):
+        # A webhook signs in with its processor's signature, not an API key: a verified one is not
+        # limited by address (a processor sends bursts from few addresses); a rejected one is a
+        # failed sign-in.
+        limiter.check_sign_in(source)
+        try:
+            return await handler(request)
+        except errors.GatewayError as e:
+            if e.code == "invalid_signature":
+                limiter.failed_sign_in(source)
+            raise
+    if request.path.startswith(_PROTECTED):
         limiter.check_sign_in(source)
         try:
             request[keys.CLIENT] = request.app[keys.AUTH].authenticate(request)

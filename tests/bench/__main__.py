@@ -1,6 +1,11 @@
 """`make bench`: start everything on loopback (an embedded Postgres, the gateway as its own
-process, the load generator and the floor as separate processes), run bounded scenarios,
-print a table and write bench-results.json. Every process started here is stopped here, by PID.
+process, the reference service, the load generator and the floor as separate processes), run
+bounded scenarios, print a table and write bench-results.json. Every process started here is
+stopped here, by PID.
+
+Each refund scenario is reported as a ratio to the reference (tests/bench/reference.py: the least
+a refund endpoint can do on the same stack, two transactions and six statements per refund) and,
+beside it, to the floor (the gateway's own statements driven straight through asyncpg).
 
     python -m tests.bench [--quick] [--workers N] [--soak-seconds S] [--out bench-results.json]
 """
@@ -12,6 +17,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -22,12 +28,13 @@ from collections import Counter
 from pathlib import Path
 
 import asyncpg
+import httpx
 import psutil
 
 from gateway import embedded
 from gateway.db.migrate import migrate
 from gateway.db.pool import connect
-from tests.processes import GatewayProcess, stop_on_sigterm
+from tests.processes import GatewayProcess, free_port, stop_on_sigterm
 from tests.ids import token
 
 KEY = "sk_bench_0123456789abcdef"
@@ -64,7 +71,7 @@ class Bench:
 
     async def seed(self, processor: str, count: int, amount: int) -> Path:
         """Register `count` payments straight into the database; returns a plan file for the load."""
-        rows = [(f"tx_bench_{uuid.uuid4().hex}", processor, f"ch_{token(32)}", f"INV-{token()}",
+        rows = [(f"tx_bench_{token(24)}", processor, f"ch_{token(32)}", f"INV-{token()}",
                  amount, "EUR") for _ in range(count)]
         conn = await asyncpg.connect(self.dsn)
         try:
@@ -78,18 +85,29 @@ class Bench:
         return plan
 
     def run_tool(self, module: str, *args: str, seconds: float) -> dict:
+        """Run a tool process to its end; its result line, with `cpu_share`: the CPU time it took as a
+        share of the machine's (wall time x cores), so a ratio is known to compare services and not
+        load generators."""
+        before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
         out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                              timeout=seconds * 2 + 120)
+        after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - started
         if out.returncode != 0:
             raise RuntimeError(f"{module} failed:\n{out.stderr[-3000:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return {**json.loads(out.stdout.strip().splitlines()[-1]),
+                "cpu_share": round(cpu / (wall * (os.cpu_count() or 1)), 3)}
 
     def load(self, plan: Path, *, kind: str = "refunds", concurrency: int = 64, seconds: float | None = None,
-             rate: float = 0) -> dict:
+             rate: float = 0, url: str | None = None) -> dict:
         seconds = seconds or self.seconds
-        return self.run_tool("tests.bench.load", "--url", self.gateway.url, "--key", KEY, "--plan", str(plan),
+        return self.run_tool("tests.bench.load", "--url", url or self.gateway.url, "--key", KEY, "--plan", str(plan),
                              "--kind", kind, "--concurrency", str(concurrency), "--seconds", str(seconds),
                              "--rate", str(rate), seconds=seconds)
+
+    def reference(self, plan: Path, **options) -> dict:
+        """The same load against the reference service."""
+        return self.load(plan, url=self.reference_url, **options)
 
     def floor(self, plan: Path, *, kind: str = "refunds", concurrency: int = 64) -> dict:
         return self.run_tool("tests.bench.floor", "--dsn", self.dsn, "--plan", str(plan), "--kind", kind,
@@ -131,23 +149,27 @@ class Bench:
 
         # 1. Refunds through the zero-latency mock, 64 clients, each on its own transaction.
         self.load(await self.seed("mock", 2_000, 1_000_000), seconds=self.warmup)
+        self.reference(await self.seed("mock", 2_000, 1_000_000), seconds=self.warmup)
+        ref1 = self.reference(await self.seed("mock", per_run // 4, 1_000_000))
         floor1 = self.floor(await self.seed("mock", per_run // 4, 1_000_000))
         plan1 = await self.seed("mock", per_run // 4, 1_000_000)
         profiler = self.profile("1")
         gateway1 = self.load(plan1)
-        results.append(row("1. refunds, mock 0 ms, 64 clients", gateway1, floor1["rps"], floor1,
+        results.append(row("1. refunds, mock 0 ms, 64 clients", gateway1, ref1, floor1["rps"], floor1,
                            extra=self.profile_summary(profiler, "1")))
-        rate = max(1.0, floor1["rps"] / 2)
+        rate = max(1.0, ref1["rps"] / 2)
         open1 = self.load(await self.seed("mock", per_run // 4, 1_000_000), rate=rate)
-        results.append(row(f"1b. same, open loop at {rate:.0f}/s (half the floor)", open1, rate))
+        results.append(row(f"1b. same, open loop at {rate:.0f}/s (half the reference)", open1, None, rate))
 
-        # 2. Processor latency 200 ms, 512 clients: nothing may be held across the call.
-        floor2 = min(512 / 0.2, floor1["rps"])
+        # 2. Processor latency 200 ms, 512 clients: nothing may be held across the call. Its floor is
+        # the most the latency allows, or the gateway's own rate at 0 ms if that is lower.
+        floor2 = min(512 / 0.2, gateway1["rps"])
         self.load(await self.seed("slow", 2_000, 1_000_000), concurrency=512, seconds=self.warmup)
+        ref2 = self.reference(await self.seed("slow", per_run // 4, 1_000_000), concurrency=512)
         plan2 = await self.seed("slow", per_run // 4, 1_000_000)
         profiler = self.profile("2")
         gateway2 = self.load(plan2, concurrency=512)
-        results.append(row("2. refunds, mock 200 ms, 512 clients", gateway2, floor2,
+        results.append(row("2. refunds, mock 200 ms, 512 clients", gateway2, ref2, floor2,
                            extra=self.profile_summary(profiler, "2")))
 
         # 3. Partial refunds on 10 hot transactions: row-lock contention, never over-refunded. The
@@ -156,9 +178,11 @@ class Bench:
         # under contention and refusals of an exhausted balance are measured.
         per_transaction = max(1, int(gateway1["rps"] * self.seconds / 100))
         room = 10 * per_transaction
+        ref3 = self.reference(await self.seed("mock", 10, per_transaction * 100))
         hot = await self.seed("mock", 10, per_transaction * 100)  # refunds of 1.00: `room` in all
         gateway3 = self.load(hot)
-        gateway3.pop("plan_wrapped")  # ten transactions, refunded over and over: by design
+        for result in (gateway3, ref3):
+            result.pop("plan_wrapped")  # ten transactions, refunded over and over: by design
         conn = await asyncpg.connect(self.dsn)
         try:
             ids = [t["id"] for t in json.loads(hot.read_text())["transactions"]]
@@ -170,7 +194,7 @@ class Bench:
             await conn.close()
         bad = {k: v for k, v in gateway3["statuses"].items() if k not in ("201", "422")}
         succeeded = gateway3["statuses"].get("201", 0)
-        results.append(row("3. partial refunds on 10 hot transactions", gateway3, None,
+        results.append(row("3. partial refunds on 10 hot transactions", gateway3, ref3, None,
                            extra={"over_refunded": over, "unexpected_statuses": bad, "refunds_made": succeeded,
                                   "balance_for": room, "refunds_per_s": round(succeeded / gateway3["seconds"], 1)}))
 
@@ -184,21 +208,36 @@ class Bench:
         # ratio is taken end to end: events accepted over the time until the last was applied.
         accepted = gateway4["statuses"].get("200", 0)
         applied_rps = round(accepted / (gateway4["seconds"] + drained), 1) if drained is not None else 0.0
-        results.append(row("4. signed webhooks, 64 clients", gateway4, floor4["rps"], floor4,
+        results.append(row("4. signed webhooks, 64 clients", gateway4, None, floor4["rps"], floor4,
                            extra={"backlog_drained_seconds": drained, "applied_per_s": applied_rps},
                            measured_rps=applied_rps))
 
         # 5. Soak at a fixed rate: resident memory at the start and at the end.
         soak_seconds = 4.0 if self.args.quick else self.args.soak_seconds
-        soak_rate = max(1.0, round(floor1["rps"] / 4))
+        soak_rate = max(1.0, round(ref1["rps"] / 4))
         self.load(await self.seed("mock", 2_000, 1_000_000), rate=soak_rate, seconds=self.warmup)
         rss_start = self.rss_mb()
         soak = self.load(await self.seed("mock", int(soak_rate * soak_seconds) + 1_000, 1_000_000), rate=soak_rate,
                          seconds=soak_seconds)
         rss_end = self.rss_mb()
-        results.append(row(f"5. soak {soak_seconds:.0f} s at {soak_rate:.0f}/s", soak, None,
+        results.append(row(f"5. soak {soak_seconds:.0f} s at {soak_rate:.0f}/s", soak, None, None,
                            extra={"rss_start_mb": rss_start, "rss_end_mb": rss_end,
                                   "rss_growth": round(rss_end / rss_start - 1, 3)}))
+        return results
+
+    async def with_workers(self, workers: int) -> list[dict]:
+        """Scenarios 1 and 2 again, on a gateway of `workers` server processes."""
+        results = []
+        per_run = 200_000 if not self.args.quick else 20_000
+        self.load(await self.seed("mock", 2_000, 1_000_000), seconds=self.warmup)
+        ref1 = self.reference(await self.seed("mock", per_run // 4, 1_000_000))
+        gateway1 = self.load(await self.seed("mock", per_run // 4, 1_000_000))
+        results.append(row(f"1w. refunds, mock 0 ms, 64 clients, {workers} workers", gateway1, ref1, None))
+        self.load(await self.seed("slow", 2_000, 1_000_000), concurrency=512, seconds=self.warmup)
+        ref2 = self.reference(await self.seed("slow", per_run // 4, 1_000_000), concurrency=512)
+        gateway2 = self.load(await self.seed("slow", per_run // 4, 1_000_000), concurrency=512)
+        results.append(row(f"2w. refunds, mock 200 ms, 512 clients, {workers} workers", gateway2, ref2,
+                           min(512 / 0.2, gateway1["rps"])))
         return results
 
     async def webhook_backlog_drained(self) -> float | None:
@@ -225,18 +264,34 @@ class Bench:
             conn = await connect(self.dsn)
             await migrate(conn)
             await conn.close()
-            self.gateway = GatewayProcess(self.folder, CONFIG, "serve", ["--workers", str(self.args.workers)],
-                                          GATEWAY_DATABASE_URL=self.dsn, GATEWAY_LOG_LEVEL="info")
+            port = free_port()
+            self.reference_url = f"http://127.0.0.1:{port}"
+            reference = subprocess.Popen([sys.executable, "-m", "tests.bench.reference", "--dsn", self.dsn,
+                                          "--port", str(port), "--key", KEY], stdout=subprocess.DEVNULL)
             try:
-                self.gateway.wait_ready(60)
-                results = await self.scenarios()
+                results = await self.on_gateway(1, self.scenarios)
+                if self.args.workers > 1:
+                    results += await self.on_gateway(self.args.workers, lambda: self.with_workers(self.args.workers))
             finally:
-                self.gateway.stop()
+                reference.terminate()
+                reference.wait(timeout=20)
         finally:
             pg.stop()
         return {"machine": {"cores": os.cpu_count(), "platform": platform.platform(),
                             "python": platform.python_version(), "postgres": version},
-                "gateway_workers": self.args.workers, "seconds_per_run": self.seconds, "scenarios": results}
+                "gateway_workers": [1, self.args.workers] if self.args.workers > 1 else [1],
+                "seconds_per_run": self.seconds, "scenarios": results}
+
+    async def on_gateway(self, workers: int, scenarios) -> list[dict]:
+        """Run `scenarios` on a gateway of `workers` server processes, started and stopped here."""
+        self.gateway = GatewayProcess(self.folder, CONFIG, "serve", ["--workers", str(workers)],
+                                      GATEWAY_DATABASE_URL=self.dsn, GATEWAY_LOG_LEVEL="info")
+        try:
+            self.gateway.wait_ready(60)
+            httpx_ready(self.reference_url)
+            return await scenarios()
+        finally:
+            self.gateway.stop()
 
 
 def _package(frame: str) -> str:
@@ -258,28 +313,47 @@ def _package(frame: str) -> str:
     return "other"
 
 
-def row(name: str, result: dict, floor_rps: float | None, floor: dict | None = None, extra: dict | None = None,
-        measured_rps: float | None = None) -> dict:
-    """One scenario's figures; the ratio is `measured_rps` (default: requests answered per second)
-    over the floor's."""
+def httpx_ready(url: str, timeout: float = 30) -> None:
+    """Wait for a service's /readyz (the reference's, started beside the gateway)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready in {timeout}s")
+
+
+def row(name: str, result: dict, reference: dict | None, floor_rps: float | None, floor: dict | None = None,
+        extra: dict | None = None, measured_rps: float | None = None) -> dict:
+    """One scenario's figures. `ratio_to_reference`: requests answered per second over the reference
+    service's under the same load; `ratio`: `measured_rps` (default: requests answered per second)
+    over the floor's. `load_cpu_share`: the load generator's share of the machine's CPU."""
     errors = sum(v for k, v in result["statuses"].items() if not k.startswith("2")) + sum(
         result["transport_errors"].values())
     measured = result["rps"] if measured_rps is None else measured_rps
     print(f"done: {name}: {result['rps']} req/s", file=sys.stderr, flush=True)
     return {"scenario": name, "rps": result["rps"], "p50_ms": result["p50_ms"], "p95_ms": result["p95_ms"],
             "p99_ms": result["p99_ms"], "errors": errors, "statuses": result["statuses"],
+            "load_cpu_share": result["cpu_share"],
+            "reference_rps": reference["rps"] if reference else None,
+            "ratio_to_reference": round(result["rps"] / reference["rps"], 2) if reference else None,
             "floor_rps": round(floor_rps, 1) if floor_rps else None,
             "ratio": round(measured / floor_rps, 2) if floor_rps else None,
             **({"plan_wrapped": True} if result.get("plan_wrapped") else {}),
+            **({"reference": reference} if reference else {}),
             **({"floor": floor} if floor else {}), **(extra or {})}
 
 
 def table(report: dict) -> str:
-    lines = [f"{'scenario':<48} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7} "
-             f"{'floor/s':>8} {'ratio':>6}"]
+    lines = [f"{'scenario':<52} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>8} {'errors':>7} {'ref/s':>7} "
+             f"{'vs ref':>6} {'floor/s':>8} {'ratio':>6} {'load cpu':>8}"]
     for r in report["scenarios"]:
-        lines.append(f"{r['scenario']:<48} {r['rps']:>8.1f} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} "
-                     f"{r['p99_ms']:>8.2f} {r['errors']:>7} {r['floor_rps'] or '-':>8} {r['ratio'] or '-':>6}")
+        lines.append(f"{r['scenario']:<52} {r['rps']:>7.1f} {r['p50_ms']:>7.1f} {r['p99_ms']:>8.1f} "
+                     f"{r['errors']:>7} {r['reference_rps'] or '-':>7} {r['ratio_to_reference'] or '-':>6} "
+                     f"{r['floor_rps'] or '-':>8} {r['ratio'] or '-':>6} {r['load_cpu_share']:>8}")
         notes = {k: v for k, v in r.items() if k in (
             "over_refunded", "unexpected_statuses", "refunds_made", "balance_for", "refunds_per_s",
             "backlog_drained_seconds", "applied_per_s", "rss_start_mb", "rss_end_mb", "rss_growth", "plan_wrapped",
@@ -295,7 +369,8 @@ def table(report: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument("--quick", action="store_true", help="seconds, not minutes: proves the harness runs")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="also run scenarios 1 and 2 on a gateway of this many server processes (1: skip)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured run")
     parser.add_argument("--soak-seconds", type=float, default=300.0)
     parser.add_argument("--out", default="bench-results.json")

@@ -245,6 +245,27 @@ async def test_failed_sign_ins_and_keyless_requests_are_limited_per_address(data
         await client.close()
 
 
+async def test_verified_webhooks_are_not_limited_by_address_and_forged_ones_are_failed_sign_ins(database_url):
+    """A processor sends bursts from few addresses: its signed webhooks pass whatever the rate;
+    a bad signature counts as a failed sign-in, and once those are spent the address waits."""
+    client = await start_api(make_settings(database_url, failed_sign_ins_per_minute=3, unauthenticated_per_second=1.0,
+                                           processors=[{"id": "mock", "kind": "mock", "webhook_secrets": [MOCK_SECRET]}]))
+    api = Api(client)
+    refund = {"id": "mre_burst", "payment": "ch_unknown", "amount": 100, "currency": "EUR", "status": "succeeded"}
+    try:
+        for _ in range(10):  # ten times the keyless rate, at once
+            body, headers = signed_mock_webhook(refund, MOCK_SECRET)
+            assert (await api.post("/v1/webhooks/mock", data=body, key=None, headers=headers)).status == 200
+        forged = {"Content-Type": "application/json", "Mock-Signature": "0" * 64}
+        statuses = [(await api.post("/v1/webhooks/mock", data=b"{}", key=None, headers=forged)).status
+                    for _ in range(4)]
+        assert statuses == [400, 400, 400, 429], statuses
+        body, headers = signed_mock_webhook(refund, MOCK_SECRET)
+        assert (await api.post("/v1/webhooks/mock", data=body, key=None, headers=headers)).status == 429
+    finally:
+        await client.close()
+
+
 async def test_no_answer_names_the_server_software(api):
     for path in ("/healthz", "/v1/refunds", "/nope"):
         resp = await api.get(path)
