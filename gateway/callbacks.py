@@ -22,6 +22,7 @@ from gateway import metrics
 from gateway.db import store
 from gateway.ids import new_id
 from gateway.logging import scrub_text, without_credentials
+from gateway.models import RefundOut
 
 log = structlog.get_logger(__name__)
 
@@ -31,9 +32,17 @@ SIGNATURE_HEADER = "Gateway-Signature"
 
 
 def event_body(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The event as the billing core sees it, in callbacks and in GET /v1/events."""
+    """The event as the billing core sees it, in callbacks and in GET /v1/events. A refund's event
+    keeps a snapshot of the refund's row (`refund`), rendered here as the API renders a refund."""
+    payload = row["payload"]
+    if "refund" in payload:
+        snapshot = payload["refund"]
+        payload = {"type": payload["type"], "refund_id": payload["refund_id"], "version": payload["version"],
+                   "previous_status": payload["previous_status"],
+                   "data": RefundOut.from_row(snapshot).model_dump(mode="json"),
+                   "credit_note": payload["credit_note"]}
     return {"id": row["id"], "object": "event", "created_at": row["created_at"].isoformat().replace("+00:00", "Z"),
-            **row["payload"]}
+            **payload}
 
 
 def signature(body: bytes, secrets: Sequence[bytes], timestamp: int) -> str:

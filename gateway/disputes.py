@@ -6,6 +6,8 @@ the waiting refunds go on. Each change reaches the billing core as an event."""
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import asyncpg
 import structlog
 
@@ -58,10 +60,15 @@ async def apply(conn: asyncpg.Connection, processor_id: str, transaction: asyncp
     return row
 
 
-async def refuse_if_disputed(conn: asyncpg.Connection, transaction_id: str) -> None:
-    if await store.payment_disputed(conn, transaction_id):
-        raise errors.Conflict(f"transaction {transaction_id} is under dispute: no refund goes to its processor "
-                              "until the dispute is closed", code="payment_disputed", transaction_id=transaction_id)
+def refuse_if_disputed(transaction: Mapping[str, Any]) -> None:
+    """`transaction`: a payment row read with `disputed` (store.lock_transaction_for_refund)."""
+    if transaction["disputed"]:
+        raise errors.Conflict(f"transaction {transaction['id']} is under dispute: no refund goes to its processor "
+                              "until the dispute is closed", code="payment_disputed", transaction_id=transaction["id"])
+
+
+async def refuse_if_payment_disputed(conn: asyncpg.Connection, transaction_id: str) -> None:
+    refuse_if_disputed({"id": transaction_id, "disputed": await store.payment_disputed(conn, transaction_id)})
 
 
 async def _settle_refunds(conn: asyncpg.Connection, dispute: asyncpg.Record, request_id: str | None) -> None:

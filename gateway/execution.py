@@ -394,13 +394,12 @@ class RefundExecutor:
         answer under its claim's `lease_token` (see ledger.apply)."""
         expect = None if isinstance(answer, RefundResult) else (refund["status"], refund["stage"])
         async with self._pool.acquire() as conn, conn.transaction():
-            await store.insert_attempts(conn, refund["id"], attempts)
             row, _ = await ledger.apply(conn, refund["id"], decision or ledger.decide(answer), event=event,
-                                        expect=expect,
-                                        current_truth=current_truth,
+                                        expect=expect, current_truth=current_truth,
                                         recheck_seconds=self._settings.pending_poll_seconds,
                                         refund_calls=refund_calls, request_id=request_id,
-                                        lease_token=lease_token, sent_at=sent_at, verify_at=verify_at)
+                                        lease_token=lease_token, sent_at=sent_at, verify_at=verify_at,
+                                        calls=attempts)
         return row
 
     async def aclose(self, grace_seconds: float) -> None:

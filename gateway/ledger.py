@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import asyncpg
 import structlog
@@ -44,7 +44,7 @@ from gateway.domain.refunds import (
     target_for,
 )
 from gateway.ids import new_id
-from gateway.models import CreditNoteState, RefundOut
+from gateway.models import CreditNoteState
 
 log = structlog.get_logger(__name__)
 
@@ -121,8 +121,10 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
                 expect: tuple[str, str] | None = None, current_truth: bool = False, recheck_seconds: float,
                 refund_calls: int = 0, request_id: str | None = None, detail: dict[str, Any] | None = None,
                 snapshot_at: datetime | None = None, by_operator: bool = False, lease_token: int | None = None,
-                sent_at: datetime | None = None, verify_at: datetime | None = None) -> tuple[asyncpg.Record, bool]:
-    """Apply a decision; returns (the refund as it now is, whether its state changed).
+                sent_at: datetime | None = None, verify_at: datetime | None = None,
+                calls: Sequence[Any] = ()) -> tuple[asyncpg.Record, bool]:
+    """Apply a decision; returns (the refund as it now is, whether its state changed). `calls`: the
+    processor calls behind it (execution.Attempt), recorded whatever the decision does.
 
     `lease_token` is the fencing token of the claim the answer was got under (a run's answer);
     when the refund has been claimed again since, the answer is stale and moves nothing: its
@@ -141,7 +143,7 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     processor carried out a refund resolved as failed) reopens the refund for attention, where
     only a decision `by_operator` (a replay, a resolution) moves it on.
     """
-    current = await store.lock_refund(conn, refund_id)
+    current = await store.lock_refund_and_payment(conn, refund_id)
     status, stage = Status(current["status"]), Stage(current["stage"])
     if lease_token is not None and current["lease_token"] != lease_token:
         # The lease ran out while this answer's call was alive and someone claimed the refund
@@ -149,11 +151,11 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
         metrics.FENCED_ANSWERS.labels(current["processor_id"]).inc()
         log.warning("refund_answer_fenced", refund_id=refund_id, claim=lease_token, current_claim=current["lease_token"],
                     status=status, answer=decision.target.status, cause=event)
-        return await _calls_kept(conn, current, refund_calls, sent_at, verify_at), False
+        return await _calls_kept(conn, current, calls, refund_calls, sent_at, verify_at), False
     if is_stale(snapshot_at, current["processor_snapshot_at"]):
         log.info("refund_snapshot_stale", refund_id=refund_id, status=status, answer=decision.target.status,
                  snapshot_at=snapshot_at, applied_at=current["processor_snapshot_at"], cause=event)
-        return current, False
+        return await _calls_kept(conn, current, calls, 0, None, None), False
     duplicate = decision.failure_code == DUPLICATE
     contradicted = (expect is None and not by_operator and contradicts(status, decision.target.status)
                     and await store.last_moved_by(conn, refund_id, status) == RESOLVE_EVENT)
@@ -180,9 +182,9 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
         # Someone else (a webhook that beat our own answer, say) got there first: theirs stands.
         log.info("refund_answer_superseded", refund_id=refund_id, status=status, stage=stage,
                  answer=target.status, cause=event)
-        return await _calls_kept(conn, current, refund_calls, sent_at, verify_at), False
+        return await _calls_kept(conn, current, calls, refund_calls, sent_at, verify_at), False
     delta = balance_delta(status, target.status, current["amount"])
-    if delta.refunded > 0 and not await store.refund_fits(conn, current["transaction_id"], delta.refunded):
+    if delta.refunded > 0 and delta.refunded > current["payment_room"]:
         message = (f"the processor reports the refund {target.status}, but the payment's other refunds leave "
                    f"no room for its {current['amount']}: the payment was refunded beyond its amount")
         if by_operator:
@@ -198,12 +200,15 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     # words) is no news, and gets no new version and no callback.
     quiet = (not unchanged and stage is Stage.SENDING and target.status == status
              and _no_news(await store.last_published(conn, refund_id), decision, current, refund_calls))
-    # One statement: the compare-and-set, the balance move and the event row (none while unchanged).
+    news = not (unchanged or quiet)
+    callback = event_type(status, target.status) if news and current["credit_note_id"] is None else None
+    # One statement: the compare-and-set, the balance move, the event row (none while unchanged), the
+    # attempt rows and the callback (after it, for a refund of a credit note: see `publish`).
     updated = await store.update_refund_state(
         conn, refund_id, from_status=status, from_stage=stage, status=target.status, stage=target.stage,
         psp_refund_id=decision.psp_refund_id, failure_code=decision.failure_code,
         failure_message=decision.failure_message, attempts=refund_calls, recheck_seconds=recheck_seconds,
-        version_step=0 if unchanged or quiet else 1, retry_in=decision.retry_in,
+        version_step=1 if news else 0, retry_in=decision.retry_in, callback=callback, calls=calls,
         lease_seconds=decision.lease_seconds,
         reserved_delta=delta.reserved, refunded_delta=delta.refunded, event=None if unchanged else event,
         snapshot_at=snapshot_at, reversed=is_reversal(status, target.status), sent_at=sent_at,
@@ -219,7 +224,10 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
         return updated, False  # still where it was (a pending refund still pending)
     if quiet:
         return updated, True
-    await publish(conn, updated, previous_status=status, request_id=request_id)
+    if callback is None:
+        await publish(conn, updated, previous_status=status, request_id=request_id)
+    else:
+        published(updated, previous_status=status)
     if duplicate:
         metrics.DUPLICATE_EXECUTIONS.labels(current["processor_id"]).inc()
         log.error("refund_executed_twice", refund_id=refund_id, processor=current["processor_id"], cause=event,
@@ -231,10 +239,12 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     return updated, True
 
 
-async def _calls_kept(conn: asyncpg.Connection, current: asyncpg.Record, refund_calls: int,
+async def _calls_kept(conn: asyncpg.Connection, current: asyncpg.Record, calls: Sequence[Any], refund_calls: int,
                       sent_at: datetime | None, verify_at: datetime | None) -> asyncpg.Record:
-    """An answer that moves nothing still made its processor calls: they count, and they are sends
-    that a processor without idempotency keys may carry out (`sent_at`, `verify_at`)."""
+    """An answer that moves nothing still made its processor calls: they are recorded and they
+    count, and they are sends that a processor without idempotency keys may carry out (`sent_at`,
+    `verify_at`)."""
+    await store.insert_attempts(conn, current["id"], calls)
     if not refund_calls:  # no refund call, no send time either
         return current
     return await store.add_attempts(conn, current["id"], refund_calls, sent_at, verify_at)
@@ -296,21 +306,35 @@ async def record_external(conn: asyncpg.Connection, transaction: asyncpg.Record,
     return row
 
 
+def event_type(previous_status: str | None, status: str) -> str:
+    """The callback's type for a refund moved from `previous_status` (None: just made) to `status`."""
+    if previous_status is None:
+        return "refund.created"
+    if is_reversal(Status(previous_status), Status(status)):
+        return "refund.reversed"
+    return f"refund.{status}" if status != previous_status else "refund.updated"
+
+
 async def publish(conn: asyncpg.Connection, refund: asyncpg.Record, *, previous_status: str | None,
                   request_id: str | None = None) -> None:
     """Write the callback for a refund's new state into the outbox, in the caller's transaction,
-    with the id of the request (or round of background work) that caused it."""
-    event_type = "refund.created" if previous_status is None else (
-        "refund.reversed" if is_reversal(Status(previous_status), Status(refund["status"])) else
-        f"refund.{refund['status']}" if refund["status"] != previous_status else "refund.updated")
+    with the id of the request (or round of background work) that caused it: a snapshot of the
+    refund (rendered when read: callbacks.event_body) and, for a credit note's refund, the credit
+    note as it now stands. A statement that writes a refund of no credit note writes its callback
+    itself (store._OUTBOX_CTE), the same way."""
+    kind = event_type(previous_status, refund["status"])
     credit_note = None
     if refund["credit_note_id"] is not None:
         rows = await store.credit_note_refunds(conn, refund["invoice_id"], refund["credit_note_id"])
         credit_note = CreditNoteState.from_rows(refund["invoice_id"], refund["credit_note_id"],
                                                 rows).model_dump(mode="json")
-    payload = {"type": event_type, "refund_id": refund["id"], "version": refund["version"],
-               "previous_status": previous_status, "data": RefundOut.from_row(refund).model_dump(mode="json"),
-               "credit_note": credit_note}
-    await store.insert_outbox(conn, refund["id"], refund["version"], event_type, payload, request_id)
+    payload = {"type": kind, "refund_id": refund["id"], "version": refund["version"],
+               "previous_status": previous_status, "refund": dict(refund), "credit_note": credit_note}
+    await store.insert_outbox(conn, refund["id"], refund["version"], kind, payload, request_id)
+    published(refund, previous_status=previous_status)
+
+
+def published(refund: Mapping[str, Any], *, previous_status: str | None) -> None:
+    """Count a refund's move, once its callback is written."""
     if refund["status"] != previous_status:
         metrics.REFUND_TRANSITIONS.labels(refund["processor_id"], refund["status"]).inc()

@@ -93,7 +93,7 @@ async def replay(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, *
     async with refused, pool.acquire() as conn, conn.transaction():
         refund = await _lock_open_refund(conn, refund_id, "replayed")
         if refund["stage"] == Stage.NOT_SENT:  # one never sent is not sent while its payment is disputed
-            await disputes.refuse_if_disputed(conn, refund["transaction_id"])
+            await disputes.refuse_if_payment_disputed(conn, refund["transaction_id"])
         before = {"status": refund["status"], "stage": refund["stage"]}
         audit_id = await audit(conn, actor=actor, action="refund.replay", target=refund_id, reason=reason,
                                request={"before": before}, request_id=request_id)
@@ -206,7 +206,7 @@ async def approve(pool: asyncpg.Pool, executor: RefundExecutor, refund_id: str, 
                               request={}, request_id=request_id)
     async with refused, pool.acquire() as conn, conn.transaction():
         refund = await _awaiting(conn, refund_id, actor, "approved")
-        await disputes.refuse_if_disputed(conn, refund["transaction_id"])
+        await disputes.refuse_if_payment_disputed(conn, refund["transaction_id"])
         row, _ = await ledger.apply(
             conn, refund_id, ledger.Decision(Target(Status.PENDING, Stage.SENDING), lease_seconds=lease_seconds),
             event="approved", expect=(Status.PENDING, Stage.AWAITING_APPROVAL), recheck_seconds=1,

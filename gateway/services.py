@@ -165,7 +165,7 @@ async def _lock_transaction_for(conn: asyncpg.Connection, cmd: RefundCreate) -> 
     offline = cmd.method == "offline"
     if cmd.transaction_id is not None:
         # Named by id: lock it at once (the caller would lock it next anyway).
-        row = await store.lock_transaction(conn, cmd.transaction_id)
+        row = await store.lock_transaction_for_refund(conn, cmd.transaction_id)
         rows, by_pointer = ([row] if row else []), True
     elif cmd.psp_reference is not None:
         rows, by_pointer = await store.transactions_by_reference(conn, cmd.psp_reference), True
@@ -189,7 +189,7 @@ async def _lock_transaction_for(conn: asyncpg.Connection, cmd: RefundCreate) -> 
         raise errors.Refused(
             f"transaction {chosen.id!r} belongs to invoice {chosen.invoice_id!r}, not {cmd.invoice_id!r}",
             code="invoice_mismatch")
-    return rows[0] if cmd.transaction_id is not None else await store.lock_transaction(conn, chosen.id)
+    return rows[0] if cmd.transaction_id is not None else await store.lock_transaction_for_refund(conn, chosen.id)
 
 
 def _check_command(cmd: RefundCreate) -> None:
@@ -283,12 +283,10 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
             shares, transactions = [(tx["id"], _checked_amount(cmd, tx, amount))], {tx["id"]: tx}
         if cmd.method != "offline":  # controls guard money the processor sends; an offline refund is a record
             for tx_id, _ in shares:
-                await disputes.refuse_if_disputed(conn, tx_id)
+                disputes.refuse_if_disputed(transactions[tx_id])
             await _check_controls(conn, requester, shares, transactions)
         refunds = await _insert_refunds(conn, cmd, shares, transactions, previous, lease_seconds, request_id,
-                                        requester)
-        if claim is not None:
-            await store.set_key_resource(conn, claim.client_id, claim.key, refunds[0]["id"])
+                                        requester, claim)
     for refund in refunds:
         log.info("refund_created", refund_id=refund["id"], transaction_id=refund["transaction_id"],
                  processor=refund["processor_id"], amount=refund["amount"], currency=refund["currency"],
@@ -402,10 +400,14 @@ def _followers(shares: list[tuple[str, int]], previous: list[credit_notes.Part])
 
 async def _insert_refunds(conn: asyncpg.Connection, cmd: RefundCreate, shares: list[tuple[str, int]],
                           transactions: dict[str, asyncpg.Record], previous: list[credit_notes.Part],
-                          lease_seconds: float, request_id: str | None, requester: Requester) -> list[asyncpg.Record]:
+                          lease_seconds: float, request_id: str | None, requester: Requester,
+                          claim: IdempotencyClaim | None) -> list[asyncpg.Record]:
+    """Write the refunds, each with its amount on its payment, its event and (for the first) the
+    Idempotency-Key pointed at it; with no credit note, each statement writes its callback too."""
     offline = cmd.method == "offline"
     refunds = []
-    for (tx_id, amount), previous_id in zip(shares, _followers(shares, previous)):
+    callback = ledger.event_type(None, Status.PENDING) if cmd.credit_note_id is None else None
+    for n, ((tx_id, amount), previous_id) in enumerate(zip(shares, _followers(shares, previous))):
         tx = transactions[tx_id]
         threshold = requester.approval_threshold(tx["processor_id"])
         # Over its threshold a refund is written but not sent: it waits for a second person.
@@ -420,10 +422,13 @@ async def _insert_refunds(conn: asyncpg.Connection, cmd: RefundCreate, shares: l
             metadata=cmd.metadata, status=status, stage=stage, idempotency_key=refund_id,
             lease_seconds=lease_seconds, request_id=request_id, origin="offline" if offline else "gateway",
             external_reference=cmd.external_reference, previous_refund_id=previous_id,
-            requested_by=requester.client_id,
+            requested_by=requester.client_id, callback=callback,
+            key=(claim.client_id, claim.key) if claim is not None and n == 0 else None,
             event_detail={"amount": amount, "currency": tx["currency"], "method": cmd.method,
                           "previous_refund_id": previous_id, "external_reference": cmd.external_reference}))
-    # Published once all are written: each event carries the credit note as it now stands.
     for refund in refunds:
-        await ledger.publish(conn, refund, previous_status=None, request_id=request_id)
+        if callback is None:  # once all are written: each event carries the credit note as it now stands
+            await ledger.publish(conn, refund, previous_status=None, request_id=request_id)
+        else:
+            ledger.published(refund, previous_status=None)
     return refunds

@@ -47,6 +47,10 @@ SELECT pg_advisory_xact_lock(k) FROM (
 
 GET_TRANSACTION = "SELECT * FROM transactions WHERE id = $1"
 LOCK_TRANSACTION = "SELECT * FROM transactions WHERE id = $1 FOR UPDATE"
+# The payment a refund is made on, locked, with whether a dispute is open on it (one round trip).
+LOCK_TRANSACTION_FOR_REFUND = """
+SELECT t.*, EXISTS (SELECT 1 FROM disputes d WHERE d.transaction_id = t.id AND d.status = 'open') AS disputed
+FROM transactions t WHERE t.id = $1 FOR UPDATE"""
 TRANSACTIONS_BY_INVOICE = "SELECT * FROM transactions WHERE invoice_id = $1 ORDER BY id"
 TRANSACTIONS_BY_REFERENCE = """
 SELECT t.* FROM transaction_references r JOIN transactions t ON t.id = r.transaction_id
@@ -87,6 +91,11 @@ async def lock_transaction(conn, transaction_id: str) -> Row | None:
     return await conn.fetchrow(LOCK_TRANSACTION, transaction_id)
 
 
+async def lock_transaction_for_refund(conn, transaction_id: str) -> Row | None:
+    """The payment locked, with `disputed`: whether a dispute is open on it."""
+    return await conn.fetchrow(LOCK_TRANSACTION_FOR_REFUND, transaction_id)
+
+
 async def transactions_by_invoice(conn, invoice_id: str) -> list[Row]:
     return await conn.fetch(TRANSACTIONS_BY_INVOICE, invoice_id)
 
@@ -102,10 +111,30 @@ async def move_balance(conn, transaction_id: str, reserved: int, refunded: int) 
 
 # --- refunds ----------------------------------------------------------------------------------
 
+# The callback for a refund's new state, written by the statement that writes the state: the refund
+# as it now is (`u`, a snapshot rendered for the billing core when read: callbacks.event_body), its
+# version and the event's type ($T; NULL: none here, ledger.publish writes it after, with the credit
+# note's state). `$P` is the status it came from.
+_OUTBOX_CTE = """, outbox AS (
+    INSERT INTO outbox_events (refund_id, version, type, payload, request_id)
+    SELECT u.id, u.version, $T::text, jsonb_build_object('type', $T::text, 'refund_id', u.id, 'version', u.version,
+                                                         'previous_status', $P::text, 'refund', to_jsonb(u),
+                                                         'credit_note', NULL), $R::text
+    FROM u WHERE $T::text IS NOT NULL
+    ON CONFLICT (refund_id, version) DO NOTHING
+)"""
+
+
+def _outbox(type_param: int, previous_param: str, request_param: int) -> str:
+    return (_OUTBOX_CTE.replace("$T", f"${type_param}").replace("$P", previous_param)
+            .replace("$R", f"${request_param}"))
+
+
 # The refund, its amount on the transaction (reserved while it runs, refunded for one recorded as
-# refunded outside the processor) and its first event, in one statement.
+# refunded outside the processor), its first event, its callback ($20, see _OUTBOX_CTE) and the
+# Idempotency-Key that asked for it ($21, $22: the client and the key), in one statement.
 INSERT_REFUND = """
-WITH r AS (
+WITH u AS (
     INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, credit_note_id, amount, currency, reason,
                          metadata, status, stage, idempotency_key, lease_expires_at, origin, external_reference,
                          previous_refund_id, requested_by)
@@ -121,11 +150,18 @@ WITH r AS (
 ), event AS (
     INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail, request_id)
     VALUES ($1, 'created', NULL, $10, NULL, $11, $14, $15)
-)
-SELECT * FROM r"""
+), idempotency AS (
+    UPDATE idempotency_keys SET resource_id = $1 WHERE client_id = $21::text AND key = $22::text
+)""" + _outbox(20, "NULL", 15) + """
+SELECT * FROM u"""
 
 GET_REFUND = "SELECT * FROM refunds WHERE id = $1"
 LOCK_REFUND = "SELECT * FROM refunds WHERE id = $1 FOR UPDATE"
+# The refund and its payment, both locked (the refund's row first), with `payment_room`: how much
+# more the payment can have refunded (its amount less what is refunded and charged back).
+LOCK_REFUND_AND_PAYMENT = """
+SELECT r.*, t.amount - t.refunded_amount - t.charged_back_amount AS payment_room
+FROM refunds r JOIN transactions t ON t.id = r.transaction_id WHERE r.id = $1 FOR UPDATE"""
 REFUND_BY_PSP_ID = "SELECT * FROM refunds WHERE processor_id = $1 AND psp_refund_id = $2"
 # The payment known by any of these ids; the first id that names one wins.
 TRANSACTION_BY_ANY_REFERENCE = """
@@ -150,7 +186,9 @@ LOCK_CREDIT_NOTE = "SELECT pg_advisory_xact_lock(hashtextextended('credit_note:'
 # Whether a later refund follows this one (a retry of a failed one).
 REFUND_FOLLOWED = "SELECT EXISTS (SELECT 1 FROM refunds WHERE previous_refund_id = $1)"
 # An invoice's payments, each locked, in one order for everyone.
-LOCK_INVOICE_TRANSACTIONS = "SELECT * FROM transactions WHERE invoice_id = $1 ORDER BY id FOR UPDATE"
+LOCK_INVOICE_TRANSACTIONS = """
+SELECT t.*, EXISTS (SELECT 1 FROM disputes d WHERE d.transaction_id = t.id AND d.status = 'open') AS disputed
+FROM transactions t WHERE t.invoice_id = $1 ORDER BY t.id FOR UPDATE"""
 # A sale voided while unsettled (BridgePay allows one void per sale): the void says it was not settled.
 MARK_VOIDED = "UPDATE transactions SET voided_at = now(), settled_at = NULL, updated_at = now() WHERE id = $1"
 MARK_SETTLED = "UPDATE transactions SET settled_at = now(), updated_at = now() WHERE id = $1 RETURNING *"
@@ -196,7 +234,12 @@ WITH u AS (
 ), event AS (
     INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail, request_id)
     SELECT u.id, $16, $2, $4, $3, $5, $17, $18 FROM u WHERE $16::text IS NOT NULL
-)
+), attempt AS (
+    INSERT INTO refund_attempts (refund_id, call, started_at, latency_ms, outcome, error_class, processor_code,
+                                 message)
+    SELECT $1, * FROM unnest($27::text[], $28::timestamptz[], $29::int[], $30::text[], $31::text[], $32::text[],
+                             $33::text[])
+)""" + _outbox(26, "$2", 18) + """
 SELECT * FROM u"""
 
 # Refunds whose processor call must be made again or resolved: a retry that is due, an unknown
@@ -274,11 +317,15 @@ async def insert_refund(conn, *, id: str, transaction_id: str, processor_id: str
                         metadata: dict[str, str], status: str, stage: str, idempotency_key: str,
                         lease_seconds: float, request_id: str | None, event_detail: dict[str, Any],
                         origin: str = "gateway", external_reference: str | None = None,
-                        previous_refund_id: str | None = None, requested_by: str | None = None) -> Row:
+                        previous_refund_id: str | None = None, requested_by: str | None = None,
+                        callback: str | None = None, key: tuple[str, str] | None = None) -> Row:
+    """`callback`: the type of the event to write with it (None: written after); `key`: the
+    (client, Idempotency-Key) that asked for it, which is pointed at it."""
+    client_id, key_value = key or (None, None)
     return await conn.fetchrow(INSERT_REFUND, id, transaction_id, processor_id, invoice_id, credit_note_id, amount,
                                currency, reason, metadata, status, stage, idempotency_key, lease_seconds,
                                event_detail, request_id, origin, external_reference, previous_refund_id,
-                               requested_by)
+                               requested_by, callback, client_id, key_value)
 
 
 async def get_refund(conn, refund_id: str) -> Row | None:
@@ -287,6 +334,10 @@ async def get_refund(conn, refund_id: str) -> Row | None:
 
 async def lock_refund(conn, refund_id: str) -> Row | None:
     return await conn.fetchrow(LOCK_REFUND, refund_id)
+
+
+async def lock_refund_and_payment(conn, refund_id: str) -> Row | None:
+    return await conn.fetchrow(LOCK_REFUND_AND_PAYMENT, refund_id)
 
 
 # Calls made for a refund whose answer moved nothing (superseded, or fenced by a newer claim):
@@ -383,13 +434,16 @@ async def update_refund_state(conn, refund_id: str, *, from_status: str, from_st
                               reversed: bool = False, sent_at: datetime | None = None,
                               verify_at: datetime | None = None,
                               duplicate_ids: Sequence[str] | None = None, next_action: str | None = None,
-                              external_reference: str | None = None) -> Row | None:
+                              external_reference: str | None = None, callback: str | None = None,
+                              calls: Sequence[Any] = ()) -> Row | None:
+    """One statement: the compare-and-set, the balance move, the event row, the attempt rows of
+    `calls` (execution.Attempt) and, with `callback` (its type), the callback (_OUTBOX_CTE)."""
     return await conn.fetchrow(UPDATE_REFUND_STATE, refund_id, from_status, from_stage, status, stage, psp_refund_id,
                                failure_code, failure_message, attempts, recheck_seconds, version_step, retry_in,
                                lease_seconds, reserved_delta, refunded_delta, event, event_detail or {}, request_id,
                                snapshot_at, reversed, sent_at, verify_at,
                                list(duplicate_ids) if duplicate_ids is not None else None, next_action,
-                               external_reference)
+                               external_reference, callback, *_attempt_columns(calls))
 
 
 async def claim_recovery(conn, limit: int, lease_seconds: float) -> list[Row]:
@@ -411,12 +465,15 @@ async def insert_event(conn, refund_id: str, event: str, *, from_status: str | N
                        request_id)
 
 
+def _attempt_columns(attempts: Sequence[Any]) -> tuple[list, ...]:
+    return ([a.call for a in attempts], [a.started_at for a in attempts], [a.latency_ms for a in attempts],
+            [a.outcome for a in attempts], [a.error_class for a in attempts], [a.processor_code for a in attempts],
+            [a.message for a in attempts])
+
+
 async def insert_attempts(conn, refund_id: str, attempts: Sequence[Any]) -> None:
     if attempts:
-        await conn.execute(INSERT_ATTEMPTS, refund_id, [a.call for a in attempts], [a.started_at for a in attempts],
-                           [a.latency_ms for a in attempts], [a.outcome for a in attempts],
-                           [a.error_class for a in attempts], [a.processor_code for a in attempts],
-                           [a.message for a in attempts])
+        await conn.execute(INSERT_ATTEMPTS, refund_id, *_attempt_columns(attempts))
 
 
 async def processor_calls(conn, refund_id: str) -> int:
@@ -650,7 +707,11 @@ EVENT_EXISTS = "SELECT EXISTS (SELECT 1 FROM outbox_events WHERE id = $1)"
 
 
 # What the billing core was last told about a refund: the data of its newest event.
-LAST_PUBLISHED = "SELECT payload -> 'data' FROM outbox_events WHERE refund_id = $1 ORDER BY version DESC LIMIT 1"
+# The refund as its newest callback described it (a snapshot of the row; `data` in events written
+# before snapshots were kept).
+LAST_PUBLISHED = """
+SELECT coalesce(payload -> 'refund', payload -> 'data') FROM outbox_events
+WHERE refund_id = $1 ORDER BY version DESC LIMIT 1"""
 
 
 async def last_published(conn, refund_id: str) -> dict[str, Any] | None:
@@ -901,7 +962,6 @@ UPDATE_DISPUTE = """
 UPDATE disputes SET status = $2, funds_withdrawn = $3, amount = $4, reason = coalesce($5, reason),
     version = version + 1, updated_at = now()
 WHERE id = $1 RETURNING *"""
-OPEN_DISPUTE = "SELECT EXISTS (SELECT 1 FROM disputes WHERE transaction_id = $1 AND status = 'open')"
 CHARGE_BACK = """
 UPDATE transactions SET charged_back_amount = charged_back_amount + $2, updated_at = now() WHERE id = $1"""
 # A payment's refunds that have not reached its processor: a dispute holds them.
@@ -929,6 +989,9 @@ async def insert_dispute(conn, *, id: str, processor_id: str, psp_dispute_id: st
 async def update_dispute(conn, dispute_id: str, *, status: str, funds_withdrawn: bool, amount: int,
                          reason: str | None) -> Row:
     return await conn.fetchrow(UPDATE_DISPUTE, dispute_id, status, funds_withdrawn, amount, reason)
+
+
+OPEN_DISPUTE = "SELECT EXISTS (SELECT 1 FROM disputes WHERE transaction_id = $1 AND status = 'open')"
 
 
 async def payment_disputed(conn, transaction_id: str) -> bool:

@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from adapters.bridgepay_sim import SimConfig
 from gateway import keys
+from gateway.callbacks import event_body
 from tests.conftest import ADMIN_KEY, eventually
 from tests.e2e.test_bridgepay_flow import BP, BridgePayWorld, bridgepay_world
 
@@ -95,8 +96,8 @@ async def test_a_window_set_too_short_ends_in_a_duplicate_that_is_flagged_never_
         assert flagged["failure_code"] == "duplicate_at_processor"
         assert {flagged["psp_refund_id"], *flagged["duplicate_psp_refund_ids"]} == executed  # both kept
         async with world.api.app[keys.POOL].acquire() as conn:
-            callbacks = [r["payload"] for r in await conn.fetch(
-                "SELECT payload FROM outbox_events WHERE refund_id = $1 ORDER BY version", refund["id"])]
+            callbacks = [event_body(r) for r in await conn.fetch(  # as the billing core reads them
+                "SELECT * FROM outbox_events WHERE refund_id = $1 ORDER BY version", refund["id"])]
         assert callbacks[-1]["type"] == "refund.requires_attention"
         assert callbacks[-1]["data"]["failure_code"] == "duplicate_at_processor"
         assert counted("psp_gateway_duplicate_executions") >= 1

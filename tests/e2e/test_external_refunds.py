@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from gateway import keys
+from gateway.callbacks import event_body
 from tests.conftest import eventually, logged_api, make_settings, signed_mock_webhook
 
 WHSEC = "whsec_external_0123456789"
@@ -47,13 +48,14 @@ async def test_external_refund_that_no_longer_fits_its_payment_needs_attention_a
     async with api.app[keys.POOL].acquire() as conn:
         external = await conn.fetchrow("SELECT * FROM refunds WHERE transaction_id = $1 AND origin = 'external'",
                                        tx["id"])
-        published = await conn.fetch("SELECT type, payload FROM outbox_events WHERE refund_id = $1", external["id"])
+        published = [event_body(r) for r in await conn.fetch("SELECT * FROM outbox_events WHERE refund_id = $1",
+                                                             external["id"])]
     assert (external["status"], external["stage"], external["failure_code"], external["amount"]) == (
         "requires_attention", "done", "would_over_refund", 500)
     assert "leave no room" in external["failure_message"] and external["psp_refund_id"] in external["failure_message"]
     payment = await (await api.get(f"/v1/transactions/{tx['id']}")).json()
     assert (payment["refunded_amount"], payment["reserved_amount"]) == (10_000, 500)  # reserved, not refunded
-    assert [(p["type"], p["payload"]["data"]["status"]) for p in published] == [
+    assert [(p["type"], p["data"]["status"]) for p in published] == [
         ("refund.created", "requires_attention")]
     logged = [orjson.loads(line) for line in api.logs.getvalue().splitlines() if line.startswith("{")]
     [error] = [line for line in logged if line.get("event") == "external_refund_would_over_refund"]

@@ -1,0 +1,88 @@
+"""Round trips to Postgres per refund on the hot path (creation, the processor's answer recorded),
+counted by asyncpg's query logger on every pooled connection: the figure the README publishes. A
+change that adds a statement to the hot path fails here and says which."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import structlog
+
+from gateway.db import pool as pool_module
+from tests.conftest import Api, eventually, make_settings, start_api
+
+# BEGIN; the payment locked (with its open disputes); the refund, its reservation, event and callback;
+# COMMIT; BEGIN; the refund and its payment locked; the outcome, balance, attempt, event and callback;
+# COMMIT.
+ROUND_TRIPS = 8
+# With an Idempotency-Key: its claim, its lock (before the payment's) and the answer kept for replays.
+ROUND_TRIPS_WITH_KEY = ROUND_TRIPS + 3
+TRANSACTION_CONTROL = ("BEGIN;", "COMMIT;")
+
+
+@pytest.fixture
+async def counted(database_url, monkeypatch):
+    """The real server, and every statement its pool's connections sent, by request id."""
+    seen: list[tuple[str | None, str]] = []
+    init = pool_module._init_connection
+
+    async def logged(conn):
+        await init(conn)
+        # The logger runs in the context of the task that sent the statement: its request id.
+        conn.add_query_logger(lambda record: seen.append(
+            (structlog.contextvars.get_contextvars().get("request_id"), " ".join(record.query.split()))))
+
+    monkeypatch.setattr(pool_module, "_init_connection", logged)
+    # One connection: prepared statements are per connection, and each is prepared once, then reused.
+    client = await start_api(make_settings(database_url, db_pool_min=1, db_pool_max=1))
+    try:
+        yield Api(client), seen
+    finally:
+        await client.close()
+
+
+async def _statements_of_one_refund(api: Api, seen: list, *, with_key: bool) -> list[str]:
+    tx = await api.transaction()
+    for n in range(3):  # the first warms the statement cache: prepared statements are reused after
+        request_id = f"req_roundtrip{n}{with_key}"
+        headers = {"X-Request-ID": request_id, **({"Idempotency-Key": f"roundtrip-{n}"} if with_key else {})}
+        resp = await api.post("/v1/refunds", {"invoice_id": tx["invoice_id"], "transaction_id": tx["id"],
+                                              "currency": "EUR", "amount": 100}, headers=headers)
+        assert resp.status == 201, await resp.text()
+        assert (await resp.json())["status"] == "succeeded"
+        await asyncio.sleep(0.05)  # the query logger reports on the next loop iteration
+    return [query for rid, query in seen if rid == request_id]
+
+
+async def test_a_refund_takes_eight_round_trips_and_four_statements(counted):
+    api, seen = counted
+    statements = await _statements_of_one_refund(api, seen, with_key=False)
+    assert len(statements) == ROUND_TRIPS, "\n".join(statements)
+    assert sum(q not in TRANSACTION_CONTROL for q in statements) == 4, "\n".join(statements)
+
+
+async def test_with_an_idempotency_key_three_more(counted):
+    api, seen = counted
+    statements = await _statements_of_one_refund(api, seen, with_key=True)
+    assert len(statements) == ROUND_TRIPS_WITH_KEY, "\n".join(statements)
+
+
+async def test_the_callback_written_with_the_refund_reads_as_the_api_answers(counted):
+    """The hot path writes a snapshot of the refund's row with its callback, in SQL: rendered for the
+    billing core it is the refund as GET /v1/refunds/{id} shows it at that version."""
+    api, _ = counted
+    tx = await api.transaction()
+    refund = await api.refund(tx, 300, reason="damaged", metadata={"note": "x"})
+    answer = await (await api.get(f"/v1/refunds/{refund['id']}")).json()
+
+    async def events():
+        listed = (await (await api.get("/v1/events")).json())["data"]
+        return [e for e in listed if e["refund_id"] == refund["id"]]
+    created, succeeded = await eventually(events)
+    assert succeeded["data"] == answer and succeeded["type"] == "refund.succeeded"
+    assert created["type"] == "refund.created" and created["previous_status"] is None
+    assert {k: v for k, v in created["data"].items() if k not in ("status", "stage", "updated_at", "psp_refund_id",
+                                                                  "attempts")} == {
+        k: v for k, v in answer.items() if k not in ("status", "stage", "updated_at", "psp_refund_id", "attempts")}
+    assert (created["data"]["status"], created["data"]["stage"]) == ("pending", "sending")
