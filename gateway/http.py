@@ -26,7 +26,8 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def model_response(model: BaseModel, status: int = 200) -> web.Response:
-    return json_response(model.model_dump(mode="json"), status)
+    return web.Response(body=model.__pydantic_serializer__.to_json(model), status=status,
+                        content_type="application/json")
 
 
 def problem_response(err: errors.GatewayError) -> web.Response:

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 from xml.sax.saxutils import escape as xml_escape
 
+import orjson
 import structlog
 
 REDACTED = "[redacted]"
@@ -22,6 +23,9 @@ _SECRET_NAMES = frozenset({"api_key", "x_api_key", "database_url", "dsn"})
 # groups that pass Luhn ("4111 1111 1111 1111", "CN-4111111111111111-2"). Digits, not word
 # boundaries, delimit a run: "evt_4111111111111111" holds a card number too.
 _DIGIT_RUN = re.compile(r"\d+(?:[ -]\d+)*")
+# 13 digits, each pair at most one space or dash apart: text without them holds no card number
+# (checked first, in C: most text has none).
+_THIRTEEN_DIGITS = re.compile(r"\d(?:[ -]?\d){12}")
 _DIGIT_GROUP = re.compile(r"\d+")
 # Credential elements of the wire formats (BridgePay's SOAP, as XML or escaped inside XML).
 _CREDENTIAL_ELEMENT = re.compile(
@@ -54,6 +58,8 @@ def _is_secret_name(key: str) -> bool:
 
 def card_spans(text: str) -> list[tuple[int, int]]:
     """Where `text` holds a card number: consecutive digit groups of 13 to 19 digits passing Luhn."""
+    if _THIRTEEN_DIGITS.search(text) is None:
+        return []
     spans = []
     for run in _DIGIT_RUN.finditer(text):
         groups = list(_DIGIT_GROUP.finditer(run.group(0)))
@@ -161,8 +167,34 @@ def scrub(value: Any, key: str = "") -> Any:
     return value
 
 
+# Fields whose values the gateway makes or has checked on the way in (its ids, a client's id from
+# the configuration, states, amounts, a request id it accepted only when it needs no redaction):
+# never scrubbed, so that a log line pays for redaction only where outside text can be.
+_OWN_FIELDS = frozenset({"timestamp", "level", "logger", "request_id", "client_id", "refund_id", "transaction_id",
+                         "previous_refund_id", "outbox_id", "processor", "status", "from_status", "stage",
+                         "from_stage", "cause", "amount", "currency", "version", "attempts", "calls", "count"})
+# Event names already scrubbed: a structlog event name is a constant, so each is scrubbed once.
+_SCRUBBED_EVENTS: dict[str, str] = {}
+
+
+def _scrubbed_event(value: Any) -> str:
+    text = str(value)
+    found = _SCRUBBED_EVENTS.get(text)
+    if found is None:
+        found = scrub_text(text)
+        if len(_SCRUBBED_EVENTS) < 1_000 and len(text) <= 64:  # a library's message varies: not kept
+            _SCRUBBED_EVENTS[text] = found
+    return found
+
+
 def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    return {k: scrub(v, k) if k != "event" else scrub_text(str(v)) for k, v in event.items()}
+    return {k: v if k in _OWN_FIELDS else _scrubbed_event(v) if k == "event" else scrub(v, k)
+            for k, v in event.items()}
+
+
+def _json(event: dict[str, Any], **_: Any) -> str:
+    """A log line as JSON, by orjson (anything it cannot encode, as its str())."""
+    return orjson.dumps(event, default=str).decode()
 
 
 class _StdlibHandler(logging.StreamHandler):
@@ -171,7 +203,7 @@ class _StdlibHandler(logging.StreamHandler):
 
 def configure(log_format: str = "json", level: str = "info", stream: Any = None) -> None:
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if log_format == "console"
-                     else structlog.processors.JSONRenderer())
+                     else structlog.processors.JSONRenderer(serializer=_json))
     # The libraries' own loggers (aiohttp, asyncpg, httpx) go through the same redaction and format:
     # aiohttp's parser errors quote the raw header line, API key included. Their warnings and
     # errors only: their info lines are one per request.
