@@ -50,6 +50,9 @@ async def apply(conn: asyncpg.Connection, processor_id: str, transaction: asyncp
         row = await store.update_dispute(conn, current["id"], status=snapshot.status,
                                          funds_withdrawn=snapshot.funds_withdrawn, amount=snapshot.amount,
                                          reason=snapshot.reason)
+    # The payment's row changes with its dispute: a refund checked against the payment before (and
+    # written only while the row is that version, store.INSERT_REFUND) is checked again.
+    await store.touch_transaction(conn, row["transaction_id"])
     if row["status"] != previous:
         await _settle_refunds(conn, row, request_id)
         if row["status"] == "lost":

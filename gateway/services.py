@@ -160,12 +160,13 @@ def _pointer(cmd: RefundCreate) -> str | None:
     return cmd.transaction_id or cmd.psp_reference
 
 
-async def _lock_transaction_for(conn: asyncpg.Connection, cmd: RefundCreate) -> asyncpg.Record:
-    """The transaction the command means, locked FOR UPDATE for the balance check."""
+async def _transaction_for(conn: asyncpg.Connection, cmd: RefundCreate, *, lock: bool) -> asyncpg.Record:
+    """The transaction the command means (store.transaction_for_refund), `lock`ed FOR UPDATE for the
+    balance check, or read as it is (the refund is then written only if it is still so)."""
     offline = cmd.method == "offline"
     if cmd.transaction_id is not None:
-        # Named by id: lock it at once (the caller would lock it next anyway).
-        row = await store.lock_transaction_for_refund(conn, cmd.transaction_id)
+        # Named by id: read it at once, as the balance check needs it.
+        row = await store.transaction_for_refund(conn, cmd.transaction_id, lock=lock)
         rows, by_pointer = ([row] if row else []), True
     elif cmd.psp_reference is not None:
         rows, by_pointer = await store.transactions_by_reference(conn, cmd.psp_reference), True
@@ -189,7 +190,9 @@ async def _lock_transaction_for(conn: asyncpg.Connection, cmd: RefundCreate) -> 
         raise errors.Refused(
             f"transaction {chosen.id!r} belongs to invoice {chosen.invoice_id!r}, not {cmd.invoice_id!r}",
             code="invoice_mismatch")
-    return rows[0] if cmd.transaction_id is not None else await store.lock_transaction_for_refund(conn, chosen.id)
+    if cmd.transaction_id is not None:
+        return rows[0]
+    return await store.transaction_for_refund(conn, chosen.id, lock=lock)
 
 
 def _check_command(cmd: RefundCreate) -> None:
@@ -235,13 +238,56 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
                         claim: IdempotencyClaim | None = None, request_id: str | None = None,
                         requester: Requester = Requester()) -> CommandResult:
     """Match, check and reserve the balance, and write the refund (or, for a credit note spread over
-    an invoice's payments, one per payment), in one database transaction.
+    an invoice's payments, one per payment).
 
     A refund for the processor is written as already `sending` under a lease, because the caller
     sends it right after the commit; one refunded outside it is written `refunded_offline`. A
     command for a credit note that already has refunds is answered by credit_notes.plan: the same
-    refunds again, a retry of failed ones, or a conflict."""
+    refunds again, a retry of failed ones, or a conflict.
+
+    A refund of one payment with no credit note and no daily cap to count is checked against the
+    payment as read and written by one statement that holds only while the payment is still that
+    version (two round trips, no transaction held open); if it changed meanwhile, or the command
+    needs more, all is done again under the payment's lock (`_create_locked`)."""
     _check_command(cmd)
+    if cmd.credit_note_id is None and cmd.allocation is None and (
+            requester.client is None or requester.client.daily_refund_cap is None):
+        made = await _create_unlocked(conn, cmd, lease_seconds, claim, request_id, requester)
+        if made is not None:
+            return made
+    return await _create_locked(conn, cmd, lease_seconds, claim, request_id, requester)
+
+
+async def _create_unlocked(conn: asyncpg.Connection, cmd: RefundCreate, lease_seconds: float,
+                           claim: IdempotencyClaim | None, request_id: str | None,
+                           requester: Requester) -> CommandResult | None:
+    """The refund checked against its payment as read, written only if the payment is unchanged
+    (INSERT_REFUND); None when it changed (or the key points elsewhere): try under the lock. A
+    refusal is the answer for the payment as it stood when read."""
+    tx = await _transaction_for(conn, cmd, lock=False)
+    shares, transactions = [(tx["id"], _checked_amount(cmd, tx, cmd.amount))], {tx["id"]: tx}
+    if cmd.method != "offline":
+        disputes.refuse_if_disputed(tx)
+        await _check_controls(conn, requester, shares, transactions)
+    refunds = await _insert_refunds(conn, cmd, shares, transactions, [], lease_seconds, request_id, requester, claim)
+    if not refunds:
+        return None
+    _log_created(refunds)
+    return CommandResult(refunds, transactions, True)
+
+
+def _log_created(refunds: Sequence[asyncpg.Record]) -> None:
+    for refund in refunds:
+        log.info("refund_created", refund_id=refund["id"], transaction_id=refund["transaction_id"],
+                 processor=refund["processor_id"], amount=refund["amount"], currency=refund["currency"],
+                 status=refund["status"], stage=refund["stage"], previous_refund_id=refund["previous_refund_id"])
+
+
+async def _create_locked(conn: asyncpg.Connection, cmd: RefundCreate, lease_seconds: float,
+                         claim: IdempotencyClaim | None, request_id: str | None,
+                         requester: Requester) -> CommandResult:
+    """The command in one database transaction, under the locks of the key, the credit note and
+    the payments, in that order."""
     async with conn.transaction():
         if claim is not None:
             # The key row first, before any payment's row lock: a request that took the key over
@@ -261,7 +307,7 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
             rows = await store.credit_note_refunds(conn, cmd.invoice_id, cmd.credit_note_id)
             if _pointer(cmd) is not None:
                 # Named payment: its refunds for the credit note (a credit note split by hand).
-                tx = await _lock_transaction_for(conn, cmd)
+                tx = await _transaction_for(conn, cmd, lock=True)
                 rows = [r for r in rows if r["transaction_id"] == tx["id"]]
             try:
                 step = credit_notes.plan(credit_note_parts(rows), amount=cmd.amount, offline=cmd.method == "offline")
@@ -279,7 +325,7 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
         if cmd.allocation is not None:
             shares, transactions = await _allocate(conn, cmd, amount)
         else:
-            tx = tx or await _lock_transaction_for(conn, cmd)
+            tx = tx or await _transaction_for(conn, cmd, lock=True)
             shares, transactions = [(tx["id"], _checked_amount(cmd, tx, amount))], {tx["id"]: tx}
         if cmd.method != "offline":  # controls guard money the processor sends; an offline refund is a record
             for tx_id, _ in shares:
@@ -287,10 +333,9 @@ async def create_refund(conn: asyncpg.Connection, cmd: RefundCreate, *, lease_se
             await _check_controls(conn, requester, shares, transactions)
         refunds = await _insert_refunds(conn, cmd, shares, transactions, previous, lease_seconds, request_id,
                                         requester, claim)
-    for refund in refunds:
-        log.info("refund_created", refund_id=refund["id"], transaction_id=refund["transaction_id"],
-                 processor=refund["processor_id"], amount=refund["amount"], currency=refund["currency"],
-                 status=refund["status"], stage=refund["stage"], previous_refund_id=refund["previous_refund_id"])
+        if len(refunds) < len(shares):  # the payments are locked and the key held: nothing can differ
+            raise RuntimeError("a locked payment changed before its refund was written")
+    _log_created(refunds)
     return CommandResult(refunds, transactions, True)
 
 
@@ -403,7 +448,9 @@ async def _insert_refunds(conn: asyncpg.Connection, cmd: RefundCreate, shares: l
                           lease_seconds: float, request_id: str | None, requester: Requester,
                           claim: IdempotencyClaim | None) -> list[asyncpg.Record]:
     """Write the refunds, each with its amount on its payment, its event and (for the first) the
-    Idempotency-Key pointed at it; with no credit note, each statement writes its callback too."""
+    Idempotency-Key pointed at it; with no credit note, each statement writes its callback too.
+    Each is written only while its payment is the version read (store.insert_refund): the refunds
+    written so far are returned, and the caller's transaction rolls back any before a miss."""
     offline = cmd.method == "offline"
     refunds = []
     callback = ledger.event_type(None, Status.PENDING) if cmd.credit_note_id is None else None
@@ -416,7 +463,7 @@ async def _insert_refunds(conn: asyncpg.Connection, cmd: RefundCreate, shares: l
                          else (Status.PENDING, Stage.SENDING))
         refund_id = new_id("rf")
         # One statement writes the refund, moves its amount on the payment and records the event.
-        refunds.append(await store.insert_refund(
+        refund = await store.insert_refund(
             conn, id=refund_id, transaction_id=tx_id, processor_id=tx["processor_id"], invoice_id=cmd.invoice_id,
             credit_note_id=cmd.credit_note_id, amount=amount, currency=tx["currency"], reason=cmd.reason,
             metadata=cmd.metadata, status=status, stage=stage, idempotency_key=refund_id,
@@ -424,8 +471,12 @@ async def _insert_refunds(conn: asyncpg.Connection, cmd: RefundCreate, shares: l
             external_reference=cmd.external_reference, previous_refund_id=previous_id,
             requested_by=requester.client_id, callback=callback,
             key=(claim.client_id, claim.key) if claim is not None and n == 0 else None,
+            payment_version=tx["row_version"], disputes_hold=not offline,
             event_detail={"amount": amount, "currency": tx["currency"], "method": cmd.method,
-                          "previous_refund_id": previous_id, "external_reference": cmd.external_reference}))
+                          "previous_refund_id": previous_id, "external_reference": cmd.external_reference})
+        if refund is None:
+            return refunds
+        refunds.append(refund)
     for refund in refunds:
         if callback is None:  # once all are written: each event carries the credit note as it now stands
             await ledger.publish(conn, refund, previous_status=None, request_id=request_id)

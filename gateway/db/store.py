@@ -47,10 +47,13 @@ SELECT pg_advisory_xact_lock(k) FROM (
 
 GET_TRANSACTION = "SELECT * FROM transactions WHERE id = $1"
 LOCK_TRANSACTION = "SELECT * FROM transactions WHERE id = $1 FOR UPDATE"
-# The payment a refund is made on, locked, with whether a dispute is open on it (one round trip).
-LOCK_TRANSACTION_FOR_REFUND = """
-SELECT t.*, EXISTS (SELECT 1 FROM disputes d WHERE d.transaction_id = t.id AND d.status = 'open') AS disputed
-FROM transactions t WHERE t.id = $1 FOR UPDATE"""
+# The payment a refund is made on, with whether a dispute is open on it and its row version (`xmin`:
+# a refund is written only while the payment is as it was read, see INSERT_REFUND); locked or not.
+TRANSACTION_FOR_REFUND = """
+SELECT t.*, t.xmin AS row_version,
+       EXISTS (SELECT 1 FROM disputes d WHERE d.transaction_id = t.id AND d.status = 'open') AS disputed
+FROM transactions t WHERE t.id = $1"""
+LOCK_TRANSACTION_FOR_REFUND = TRANSACTION_FOR_REFUND + " FOR UPDATE OF t"
 TRANSACTIONS_BY_INVOICE = "SELECT * FROM transactions WHERE invoice_id = $1 ORDER BY id"
 TRANSACTIONS_BY_REFERENCE = """
 SELECT t.* FROM transaction_references r JOIN transactions t ON t.id = r.transaction_id
@@ -91,9 +94,10 @@ async def lock_transaction(conn, transaction_id: str) -> Row | None:
     return await conn.fetchrow(LOCK_TRANSACTION, transaction_id)
 
 
-async def lock_transaction_for_refund(conn, transaction_id: str) -> Row | None:
-    """The payment locked, with `disputed`: whether a dispute is open on it."""
-    return await conn.fetchrow(LOCK_TRANSACTION_FOR_REFUND, transaction_id)
+async def transaction_for_refund(conn, transaction_id: str, *, lock: bool) -> Row | None:
+    """The payment, with `disputed` (whether a dispute is open on it) and `row_version`; `lock`:
+    locked to the end of the caller's transaction."""
+    return await conn.fetchrow(LOCK_TRANSACTION_FOR_REFUND if lock else TRANSACTION_FOR_REFUND, transaction_id)
 
 
 async def transactions_by_invoice(conn, invoice_id: str) -> list[Row]:
@@ -130,28 +134,38 @@ def _outbox(type_param: int, previous_param: str, request_param: int) -> str:
             .replace("$R", f"${request_param}"))
 
 
-# The refund, its amount on the transaction (reserved while it runs, refunded for one recorded as
+# The refund, its amount on the payment (reserved while it runs, refunded for one recorded as
 # refunded outside the processor), its first event, its callback ($20, see _OUTBOX_CTE) and the
-# Idempotency-Key that asked for it ($21, $22: the client and the key), in one statement.
+# Idempotency-Key that asked for it ($21, $22: the client and the key), in one statement; written
+# only while the payment's row is the version the checks read ($23, its xmin: any change to the
+# row, a balance move, a settlement, a void or a dispute, makes a new one), no dispute is open on
+# it ($24: an offline refund is a record, not held by one) and the key points at nothing yet (it is
+# locked before the payment, as everywhere). Otherwise nothing is written and no row returned.
 INSERT_REFUND = """
-WITH u AS (
-    INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, credit_note_id, amount, currency, reason,
-                         metadata, status, stage, idempotency_key, lease_expires_at, origin, external_reference,
-                         previous_refund_id, requested_by)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-            CASE WHEN $11 = 'sending' THEN now() + make_interval(secs => $13) END, $16, $17, $18, $19)
-    RETURNING *
+WITH k AS (
+    SELECT 1 FROM idempotency_keys WHERE client_id = $21::text AND key = $22::text AND resource_id IS NULL
+    FOR UPDATE
 ), balance AS (
-    UPDATE transactions
+    UPDATE transactions t
     SET reserved_amount = reserved_amount + CASE WHEN $10 = 'pending' THEN $6 ELSE 0 END,
         refunded_amount = refunded_amount + CASE WHEN $10 = 'refunded_offline' THEN $6 ELSE 0 END,
         updated_at = now()
-    WHERE id = $2
+    WHERE t.id = $2 AND t.xmin = $23::xid AND ($21::text IS NULL OR EXISTS (SELECT 1 FROM k))
+      AND ($24::bool OR NOT EXISTS (SELECT 1 FROM disputes d WHERE d.transaction_id = t.id AND d.status = 'open'))
+    RETURNING t.id
+), u AS (
+    INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, credit_note_id, amount, currency, reason,
+                         metadata, status, stage, idempotency_key, lease_expires_at, origin, external_reference,
+                         previous_refund_id, requested_by)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+           CASE WHEN $11 = 'sending' THEN now() + make_interval(secs => $13) END, $16, $17, $18, $19
+    FROM balance
+    RETURNING *
 ), event AS (
     INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail, request_id)
-    VALUES ($1, 'created', NULL, $10, NULL, $11, $14, $15)
+    SELECT u.id, 'created', NULL, $10, NULL, $11, $14, $15 FROM u
 ), idempotency AS (
-    UPDATE idempotency_keys SET resource_id = $1 WHERE client_id = $21::text AND key = $22::text
+    UPDATE idempotency_keys SET resource_id = u.id FROM u WHERE client_id = $21::text AND key = $22::text
 )""" + _outbox(20, "NULL", 15) + """
 SELECT * FROM u"""
 
@@ -187,9 +201,11 @@ LOCK_CREDIT_NOTE = "SELECT pg_advisory_xact_lock(hashtextextended('credit_note:'
 REFUND_FOLLOWED = "SELECT EXISTS (SELECT 1 FROM refunds WHERE previous_refund_id = $1)"
 # An invoice's payments, each locked, in one order for everyone.
 LOCK_INVOICE_TRANSACTIONS = """
-SELECT t.*, EXISTS (SELECT 1 FROM disputes d WHERE d.transaction_id = t.id AND d.status = 'open') AS disputed
-FROM transactions t WHERE t.invoice_id = $1 ORDER BY t.id FOR UPDATE"""
+SELECT t.*, t.xmin AS row_version,
+       EXISTS (SELECT 1 FROM disputes d WHERE d.transaction_id = t.id AND d.status = 'open') AS disputed
+FROM transactions t WHERE t.invoice_id = $1 ORDER BY t.id FOR UPDATE OF t"""
 # A sale voided while unsettled (BridgePay allows one void per sale): the void says it was not settled.
+TOUCH_TRANSACTION = "UPDATE transactions SET updated_at = now() WHERE id = $1"
 MARK_VOIDED = "UPDATE transactions SET voided_at = now(), settled_at = NULL, updated_at = now() WHERE id = $1"
 MARK_SETTLED = "UPDATE transactions SET settled_at = now(), updated_at = now() WHERE id = $1 RETURNING *"
 
@@ -318,14 +334,17 @@ async def insert_refund(conn, *, id: str, transaction_id: str, processor_id: str
                         lease_seconds: float, request_id: str | None, event_detail: dict[str, Any],
                         origin: str = "gateway", external_reference: str | None = None,
                         previous_refund_id: str | None = None, requested_by: str | None = None,
-                        callback: str | None = None, key: tuple[str, str] | None = None) -> Row:
-    """`callback`: the type of the event to write with it (None: written after); `key`: the
-    (client, Idempotency-Key) that asked for it, which is pointed at it."""
+                        callback: str | None = None, key: tuple[str, str] | None = None,
+                        payment_version: int, disputes_hold: bool = True) -> Row | None:
+    """The refund, or None if the payment is no longer the version read (`payment_version`), a
+    dispute holds it (`disputes_hold`) or the key points elsewhere (see INSERT_REFUND).
+    `callback`: the type of the event to write with it (None: written after); `key`: the (client,
+    Idempotency-Key) that asked for it, which is pointed at it."""
     client_id, key_value = key or (None, None)
     return await conn.fetchrow(INSERT_REFUND, id, transaction_id, processor_id, invoice_id, credit_note_id, amount,
                                currency, reason, metadata, status, stage, idempotency_key, lease_seconds,
                                event_detail, request_id, origin, external_reference, previous_refund_id,
-                               requested_by, callback, client_id, key_value)
+                               requested_by, callback, client_id, key_value, payment_version, not disputes_hold)
 
 
 async def get_refund(conn, refund_id: str) -> Row | None:
@@ -411,6 +430,11 @@ async def lock_client_day(conn, client_id: str) -> None:
 
 async def refunds_today(conn, client_id: str) -> int:
     return await conn.fetchval(REFUNDS_TODAY, client_id)
+
+
+async def touch_transaction(conn, transaction_id: str) -> None:
+    """A new version of the payment's row, for a change kept elsewhere (a dispute)."""
+    await conn.execute(TOUCH_TRANSACTION, transaction_id)
 
 
 async def lock_invoice_transactions(conn, invoice_id: str) -> list[Row]:
