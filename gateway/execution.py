@@ -393,13 +393,24 @@ class RefundExecutor:
         """Record a processor's answer, or the lack of one, in one database transaction; a run's
         answer under its claim's `lease_token` (see ledger.apply)."""
         expect = None if isinstance(answer, RefundResult) else (refund["status"], refund["stage"])
-        async with self._pool.acquire() as conn, conn.transaction():
-            row, _ = await ledger.apply(conn, refund["id"], decision or ledger.decide(answer), event=event,
-                                        expect=expect, current_truth=current_truth,
-                                        recheck_seconds=self._settings.pending_poll_seconds,
-                                        refund_calls=refund_calls, request_id=request_id,
-                                        lease_token=lease_token, sent_at=sent_at, verify_at=verify_at,
-                                        calls=attempts)
+        decision = decision or ledger.decide(answer)
+        recheck = self._settings.pending_poll_seconds
+        async with self._pool.acquire() as conn:
+            # Most answers move the refund from where the run's claim left it: one statement, no lock
+            # held before it. Anything else (it moved meanwhile, say) goes through the refund's lock.
+            row = await ledger.record_unlocked(conn, refund, decision, event=event, expect=expect,
+                                               current_truth=current_truth, recheck_seconds=recheck,
+                                               refund_calls=refund_calls, request_id=request_id,
+                                               lease_token=lease_token, sent_at=sent_at, verify_at=verify_at,
+                                               calls=attempts)
+            if row is not None:
+                return row
+            async with conn.transaction():
+                row, _ = await ledger.apply(conn, refund["id"], decision, event=event, expect=expect,
+                                            current_truth=current_truth, recheck_seconds=recheck,
+                                            refund_calls=refund_calls, request_id=request_id,
+                                            lease_token=lease_token, sent_at=sent_at, verify_at=verify_at,
+                                            calls=attempts)
         return row
 
     async def aclose(self, grace_seconds: float) -> None:

@@ -205,17 +205,10 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     # One statement: the compare-and-set, the balance move, the event row (none while unchanged), the
     # attempt rows and the callback (after it, for a refund of a credit note: see `publish`).
     updated = await store.update_refund_state(
-        conn, refund_id, from_status=status, from_stage=stage, status=target.status, stage=target.stage,
-        psp_refund_id=decision.psp_refund_id, failure_code=decision.failure_code,
-        failure_message=decision.failure_message, attempts=refund_calls, recheck_seconds=recheck_seconds,
-        version_step=1 if news else 0, retry_in=decision.retry_in, callback=callback, calls=calls,
-        lease_seconds=decision.lease_seconds,
-        reserved_delta=delta.reserved, refunded_delta=delta.refunded, event=None if unchanged else event,
-        snapshot_at=snapshot_at, reversed=is_reversal(status, target.status), sent_at=sent_at,
-        verify_at=verify_at, duplicate_ids=decision.duplicate_ids, next_action=decision.next_action,
-        external_reference=decision.external_reference, request_id=request_id, event_detail={"failure_code": decision.failure_code,
-                                             "psp_refund_id": decision.psp_refund_id,
-                                             **(decision.details or {}), **(detail or {})})
+        conn, refund_id, **_state(status, stage, decision, delta, event=None if unchanged else event,
+                                  news=news, callback=callback, calls=calls, refund_calls=refund_calls,
+                                  recheck_seconds=recheck_seconds, request_id=request_id, snapshot_at=snapshot_at,
+                                  sent_at=sent_at, verify_at=verify_at, detail=detail))
     if decision.voided_payment and delta.refunded > 0:
         # Nothing more is refundable through the processor until the payment settles.
         await store.mark_voided(conn, current["transaction_id"])
@@ -226,17 +219,74 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
         return updated, True
     if callback is None:
         await publish(conn, updated, previous_status=status, request_id=request_id)
-    else:
-        published(updated, previous_status=status)
     if duplicate:
         metrics.DUPLICATE_EXECUTIONS.labels(current["processor_id"]).inc()
         log.error("refund_executed_twice", refund_id=refund_id, processor=current["processor_id"], cause=event,
                   psp_refund_id=decision.psp_refund_id, duplicates=list(decision.duplicate_ids or ()))
+    _moved(updated, status, decision, event, published_here=callback is not None)
+    return updated, True
+
+
+def _state(status: Status, stage: Stage, decision: Decision, delta: Any, *, event: str | None, news: bool,
+           callback: str | None, calls: Sequence[Any], refund_calls: int, recheck_seconds: float,
+           request_id: str | None, snapshot_at: datetime | None, sent_at: datetime | None,
+           verify_at: datetime | None, detail: dict[str, Any] | None) -> dict[str, Any]:
+    """The columns of a refund's move from (status, stage) by `decision` (store._state_args)."""
+    target = decision.target
+    return dict(from_status=status, from_stage=stage, status=target.status, stage=target.stage,
+                psp_refund_id=decision.psp_refund_id, failure_code=decision.failure_code,
+                failure_message=decision.failure_message, attempts=refund_calls, recheck_seconds=recheck_seconds,
+                version_step=1 if news else 0, retry_in=decision.retry_in, callback=callback, calls=calls,
+                lease_seconds=decision.lease_seconds, reserved_delta=delta.reserved, refunded_delta=delta.refunded,
+                event=event, snapshot_at=snapshot_at, reversed=is_reversal(status, target.status), sent_at=sent_at,
+                verify_at=verify_at, duplicate_ids=decision.duplicate_ids, next_action=decision.next_action,
+                external_reference=decision.external_reference, request_id=request_id,
+                event_detail={"failure_code": decision.failure_code, "psp_refund_id": decision.psp_refund_id,
+                              **(decision.details or {}), **(detail or {})})
+
+
+def _moved(updated: asyncpg.Record, status: Status, decision: Decision, event: str, *, published_here: bool) -> None:
+    """Count and log a refund's move (its callback written by the statement that moved it, if
+    `published_here`; else by `publish`, which counts it)."""
+    target = decision.target
+    if published_here:
+        published(updated, previous_status=status)
     log_method = log.info if target.status in FINAL or target.status == Status.PENDING else log.warning
-    log_method("refund_state_changed", refund_id=refund_id, processor=current["processor_id"], cause=event,
+    log_method("refund_state_changed", refund_id=updated["id"], processor=updated["processor_id"], cause=event,
                from_status=status, status=target.status, stage=target.stage, failure_code=decision.failure_code,
                psp_refund_id=updated["psp_refund_id"])
-    return updated, True
+
+
+async def record_unlocked(conn: asyncpg.Connection, known: Mapping[str, Any], decision: Decision, *, event: str,
+                          expect: tuple[str, str] | None, current_truth: bool, recheck_seconds: float,
+                          refund_calls: int, request_id: str | None, lease_token: int | None,
+                          sent_at: datetime | None, verify_at: datetime | None,
+                          calls: Sequence[Any]) -> asyncpg.Record | None:
+    """`apply` for a run's answer, in one statement and no transaction: the refund is taken to be
+    `known` (as the run's claim left it), and the move is written only while it still is that
+    version under that claim, with room on its payment (store.RECORD_IF_UNCHANGED). None, with
+    nothing written: it moved meanwhile, or the decision needs what only `apply` reads (an
+    operator's settlement, a quiet round, a credit note's state, a void, a second execution, an
+    over-refund): apply it there."""
+    status, stage, target = Status(known["status"]), Stage(known["stage"]), decision.target
+    if (lease_token is None or known["lease_token"] != lease_token or known["credit_note_id"] is not None
+            or target.status == status or decision.voided_payment or decision.failure_code == DUPLICATE
+            or (expect is not None and (status, stage) != expect) or awaits_operator(status, known["failure_code"])
+            or contradicts(status, target.status) or (status is Status.SUCCEEDED and not current_truth)):
+        return None
+    try:
+        check_transition(status, target.status)
+    except InvalidTransition:
+        return None
+    delta = balance_delta(status, target.status, known["amount"])
+    updated = await store.record_if_unchanged(
+        conn, known["id"], version=known["version"], lease_token=lease_token, transaction_id=known["transaction_id"],
+        **_state(status, stage, decision, delta, event=event, news=True, callback=event_type(status, target.status),
+                 calls=calls, refund_calls=refund_calls, recheck_seconds=recheck_seconds, request_id=request_id,
+                 snapshot_at=None, sent_at=sent_at, verify_at=verify_at, detail=None))
+    if updated is not None:
+        _moved(updated, status, decision, event, published_here=True)
+    return updated
 
 
 async def _calls_kept(conn: asyncpg.Connection, current: asyncpg.Record, calls: Sequence[Any], refund_calls: int,

@@ -211,9 +211,8 @@ MARK_SETTLED = "UPDATE transactions SET settled_at = now(), updated_at = now() W
 
 # Compare-and-set: the update only lands if nobody moved the refund since we read it. The same
 # statement moves the transaction's balance and, when an event name is given, records the event.
-UPDATE_REFUND_STATE = """
-WITH u AS (
-    UPDATE refunds
+# A refund's move: its columns ($4..$13, $19..$25)...
+_REFUND_STATE_SET = """
     SET status = $4, stage = $5,
         psp_refund_id = coalesce($6, psp_refund_id),
         failure_code = $7, failure_message = $8,
@@ -241,21 +240,48 @@ WITH u AS (
             WHEN $12::float8 IS NOT NULL THEN now() + make_interval(secs => $12::float8)
         END,
         updated_at = now()
-    WHERE id = $1 AND status = $2 AND stage = $3
-    RETURNING *
-), balance AS (
-    UPDATE transactions t
-    SET reserved_amount = reserved_amount + $14, refunded_amount = refunded_amount + $15, updated_at = now()
-    FROM u WHERE t.id = u.transaction_id AND ($14 <> 0 OR $15 <> 0)
-), event AS (
+"""
+# ...and what goes with it: the event row ($16; NULL: none), the attempt rows ($27..$33) and the
+# callback ($26, see _OUTBOX_CTE), all from the moved row `u`.
+_RECORDED_WITH_IT = """, event AS (
     INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail, request_id)
     SELECT u.id, $16, $2, $4, $3, $5, $17, $18 FROM u WHERE $16::text IS NOT NULL
 ), attempt AS (
     INSERT INTO refund_attempts (refund_id, call, started_at, latency_ms, outcome, error_class, processor_code,
                                  message)
-    SELECT $1, * FROM unnest($27::text[], $28::timestamptz[], $29::int[], $30::text[], $31::text[], $32::text[],
-                             $33::text[])
-)""" + _outbox(26, "$2", 18) + """
+    SELECT u.id, a.* FROM u, unnest($27::text[], $28::timestamptz[], $29::int[], $30::text[], $31::text[],
+                                    $32::text[], $33::text[]) AS a
+)""" + _outbox(26, "$2", 18)
+# Under the refund's lock (ledger.apply): the compare-and-set on its state, the balance move on its
+# payment ($14 reserved, $15 refunded), and what goes with it.
+UPDATE_REFUND_STATE = """
+WITH u AS (
+    UPDATE refunds""" + _REFUND_STATE_SET + """    WHERE id = $1 AND status = $2 AND stage = $3
+    RETURNING *
+), balance AS (
+    UPDATE transactions t
+    SET reserved_amount = reserved_amount + $14, refunded_amount = refunded_amount + $15, updated_at = now()
+    FROM u WHERE t.id = u.transaction_id AND ($14 <> 0 OR $15 <> 0)
+)""" + _RECORDED_WITH_IT + """
+SELECT * FROM u"""
+# With no lock held before (ledger.record_unlocked): the same move, made only while the refund is
+# the version the caller knows ($34) under the caller's claim ($35), and only if its payment ($36)
+# has room for what it makes refunded (the over-refund guard); the refund's row is locked first,
+# then the payment's, as everywhere. No row: nothing was written.
+RECORD_IF_UNCHANGED = """
+WITH known AS (
+    SELECT id FROM refunds
+    WHERE id = $1 AND status = $2 AND stage = $3 AND version = $34 AND lease_token = $35
+    FOR UPDATE
+), balance AS (
+    UPDATE transactions t
+    SET reserved_amount = reserved_amount + $14, refunded_amount = refunded_amount + $15, updated_at = now()
+    FROM known WHERE t.id = $36 AND ($15 <= 0 OR t.amount - t.refunded_amount - t.charged_back_amount >= $15)
+    RETURNING t.id
+), u AS (
+    UPDATE refunds""" + _REFUND_STATE_SET + """    FROM balance WHERE refunds.id = $1
+    RETURNING refunds.*
+)""" + _RECORDED_WITH_IT + """
 SELECT * FROM u"""
 
 # Refunds whose processor call must be made again or resolved: a retry that is due, an unknown
@@ -449,25 +475,34 @@ async def mark_settled(conn, transaction_id: str) -> Row:
     return await conn.fetchrow(MARK_SETTLED, transaction_id)
 
 
-async def update_refund_state(conn, refund_id: str, *, from_status: str, from_stage: str, status: str, stage: str,
-                              psp_refund_id: str | None, failure_code: str | None, failure_message: str | None,
-                              attempts: int, recheck_seconds: float, version_step: int,
-                              retry_in: float | None = None, lease_seconds: float = 0.0, reserved_delta: int = 0,
-                              refunded_delta: int = 0, event: str | None = None, request_id: str | None = None,
-                              event_detail: dict[str, Any] | None = None, snapshot_at: datetime | None = None,
-                              reversed: bool = False, sent_at: datetime | None = None,
-                              verify_at: datetime | None = None,
-                              duplicate_ids: Sequence[str] | None = None, next_action: str | None = None,
-                              external_reference: str | None = None, callback: str | None = None,
-                              calls: Sequence[Any] = ()) -> Row | None:
+def _state_args(refund_id: str, *, from_status: str, from_stage: str, status: str, stage: str,
+                psp_refund_id: str | None, failure_code: str | None, failure_message: str | None, attempts: int,
+                recheck_seconds: float, version_step: int, retry_in: float | None = None,
+                lease_seconds: float = 0.0, reserved_delta: int = 0, refunded_delta: int = 0,
+                event: str | None = None, request_id: str | None = None, event_detail: dict[str, Any] | None = None,
+                snapshot_at: datetime | None = None, reversed: bool = False, sent_at: datetime | None = None,
+                verify_at: datetime | None = None, duplicate_ids: Sequence[str] | None = None,
+                next_action: str | None = None, external_reference: str | None = None, callback: str | None = None,
+                calls: Sequence[Any] = ()) -> tuple:
+    return (refund_id, from_status, from_stage, status, stage, psp_refund_id, failure_code, failure_message, attempts,
+            recheck_seconds, version_step, retry_in, lease_seconds, reserved_delta, refunded_delta, event,
+            event_detail or {}, request_id, snapshot_at, reversed, sent_at, verify_at,
+            list(duplicate_ids) if duplicate_ids is not None else None, next_action, external_reference, callback,
+            *_attempt_columns(calls))
+
+
+async def update_refund_state(conn, refund_id: str, **state: Any) -> Row | None:
     """One statement: the compare-and-set, the balance move, the event row, the attempt rows of
     `calls` (execution.Attempt) and, with `callback` (its type), the callback (_OUTBOX_CTE)."""
-    return await conn.fetchrow(UPDATE_REFUND_STATE, refund_id, from_status, from_stage, status, stage, psp_refund_id,
-                               failure_code, failure_message, attempts, recheck_seconds, version_step, retry_in,
-                               lease_seconds, reserved_delta, refunded_delta, event, event_detail or {}, request_id,
-                               snapshot_at, reversed, sent_at, verify_at,
-                               list(duplicate_ids) if duplicate_ids is not None else None, next_action,
-                               external_reference, callback, *_attempt_columns(calls))
+    return await conn.fetchrow(UPDATE_REFUND_STATE, *_state_args(refund_id, **state))
+
+
+async def record_if_unchanged(conn, refund_id: str, *, version: int, lease_token: int, transaction_id: str,
+                              **state: Any) -> Row | None:
+    """update_refund_state for a refund the caller holds unlocked (RECORD_IF_UNCHANGED): None when
+    it is no longer that version under that claim, or its payment has no room for it."""
+    return await conn.fetchrow(RECORD_IF_UNCHANGED, *_state_args(refund_id, **state), version, lease_token,
+                               transaction_id)
 
 
 async def claim_recovery(conn, limit: int, lease_seconds: float) -> list[Row]:

@@ -129,8 +129,9 @@ async def refund(pool: asyncpg.Pool, tx: asyncpg.Record, amount: int, answer: Re
     retries are spent: requires_attention at stage not_sent, its amount still reserved)."""
     refund_id = new_id("rf")
     async with pool.acquire() as conn, conn.transaction():
+        locked = await store.transaction_for_refund(conn, tx["id"], lock=True)
         await store.insert_refund(
-            conn, id=refund_id, transaction_id=tx["id"], processor_id=tx["processor_id"], invoice_id=tx["invoice_id"],
+            conn, payment_version=locked["row_version"], id=refund_id, transaction_id=tx["id"], processor_id=tx["processor_id"], invoice_id=tx["invoice_id"],
             credit_note_id=f"CN-{uuid.uuid4().hex[:6]}", amount=amount, currency="EUR", reason=None, metadata={},
             status="pending", stage="sending", idempotency_key=refund_id, lease_seconds=60, request_id=None,
             event_detail={})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from adapters.base import OutcomeUnknownError, RefundResult, TransientProcessorError
 from adapters.mock import MockAdapter
 from gateway import services
 from gateway.db import store
 from gateway.domain.refunds import Outcome
-from gateway.execution import RefundExecutor
+from gateway.execution import Attempt, RefundExecutor
 from gateway.ledger import decide
 from gateway.models import RefundCreate, TransactionCreate
 from tests.conftest import make_settings
@@ -83,3 +85,52 @@ async def test_webhook_that_beats_our_answer_stands_and_our_calls_still_count(po
                                 event="processor_answer", refund_calls=2)
     assert (row["status"], row["attempts"]) == ("succeeded", 2)
     assert await _balance(pool, tx["id"]) == (0, 1_000)
+
+
+async def _attempt_rows(pool, refund_id):
+    async with pool.acquire() as conn:
+        return await conn.fetchval("SELECT count(*) FROM refund_attempts WHERE refund_id = $1", refund_id)
+
+
+def _calls(n=1):
+    return [Attempt("refund", datetime.now(timezone.utc), 3, "succeeded") for _ in range(n)]
+
+
+async def test_a_run_answer_is_recorded_by_one_statement_while_the_refund_is_as_its_claim_left_it(pool, database_url):
+    refund, tx = await _refund(pool)
+    executor = RefundExecutor(pool, {"mock": MockAdapter("mock")}, make_settings(database_url))
+    done = await executor.record(refund, RefundResult(Outcome.SUCCEEDED, psp_refund_id="re_1"), _calls(),
+                                 event="processor_answer", refund_calls=1, lease_token=refund["lease_token"])
+    assert (done["status"], done["version"], done["attempts"]) == ("succeeded", 2, 1)
+    assert await _balance(pool, tx["id"]) == (0, 1_000) and await _attempt_rows(pool, refund["id"]) == 1
+    async with pool.acquire() as conn:
+        types = [r["type"] for r in await conn.fetch(
+            "SELECT type FROM outbox_events WHERE refund_id = $1 ORDER BY version", refund["id"])]
+    assert types == ["refund.created", "refund.succeeded"]
+
+
+async def test_a_run_answer_for_a_refund_moved_meanwhile_goes_through_the_lock(pool, database_url):
+    """A webhook recorded the refund succeeded while the run's call was out: the run's late decline
+    finds another version, is applied under the lock as an answer (which cannot undo a success),
+    and its call is still recorded, once."""
+    refund, tx = await _refund(pool)
+    executor = RefundExecutor(pool, {"mock": MockAdapter("mock")}, make_settings(database_url))
+    await executor.record(refund, RefundResult(Outcome.SUCCEEDED, psp_refund_id="re_1"), [], event="webhook",
+                          current_truth=True)
+    late = await executor.record(refund, RefundResult(Outcome.DECLINED, processor_code="x"), _calls(),
+                                 event="processor_answer", refund_calls=1, lease_token=refund["lease_token"])
+    assert (late["status"], late["attempts"]) == ("succeeded", 1)
+    assert await _balance(pool, tx["id"]) == (0, 1_000) and await _attempt_rows(pool, refund["id"]) == 1
+
+
+async def test_a_run_answer_that_would_over_refund_goes_through_the_lock_and_is_flagged(pool, database_url):
+    """A dispute lost meanwhile charged back most of the payment: the success no longer fits, so the
+    one statement writes nothing and `apply` flags it (would_over_refund), the money kept reserved."""
+    refund, tx = await _refund(pool)
+    async with pool.acquire() as conn:
+        await store.charge_back(conn, tx["id"], 9_500)
+    executor = RefundExecutor(pool, {"mock": MockAdapter("mock")}, make_settings(database_url))
+    flagged = await executor.record(refund, RefundResult(Outcome.SUCCEEDED, psp_refund_id="re_1"), _calls(),
+                                    event="processor_answer", refund_calls=1, lease_token=refund["lease_token"])
+    assert (flagged["status"], flagged["failure_code"]) == ("requires_attention", "would_over_refund")
+    assert await _balance(pool, tx["id"]) == (1_000, 0) and await _attempt_rows(pool, refund["id"]) == 1
