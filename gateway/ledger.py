@@ -269,10 +269,11 @@ async def record_unlocked(conn: asyncpg.Connection, known: Mapping[str, Any], de
     operator's settlement, a quiet round, a credit note's state, a void, a second execution, an
     over-refund): apply it there."""
     status, stage, target = Status(known["status"]), Stage(known["stage"]), decision.target
-    if (lease_token is None or known["lease_token"] != lease_token or known["credit_note_id"] is not None
-            or target.status == status or decision.voided_payment or decision.failure_code == DUPLICATE
-            or (expect is not None and (status, stage) != expect) or awaits_operator(status, known["failure_code"])
-            or contradicts(status, target.status) or (status is Status.SUCCEEDED and not current_truth)):
+    # A run's refund is pending under its claim: what `apply` reads beyond that (an operator's
+    # settlement, the last callback, a credit note's refunds) only matters in the cases left to it.
+    if (status is not Status.PENDING or lease_token is None or known["lease_token"] != lease_token
+            or known["credit_note_id"] is not None or target.status == status or decision.voided_payment
+            or decision.failure_code == DUPLICATE or (expect is not None and (status, stage) != expect)):
         return None
     try:
         check_transition(status, target.status)
