@@ -6,6 +6,7 @@ layer only parses and serialises.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Sequence
@@ -100,7 +101,9 @@ async def _register(conn: asyncpg.Connection, *, processor_id: str, psp_referenc
     """
     references = list(dict.fromkeys([psp_reference, *other_references]))
     transaction_id = new_id("tx")
-    async with conn.transaction():
+    # Inside a caller's transaction (a webhook's), its own: a savepoint would cost two round trips
+    # and save nothing, as a failure here fails the caller's work too.
+    async with contextlib.nullcontext() if conn.is_in_transaction() else conn.transaction():
         # Held to the end of the (outermost) transaction: a webhook that finds the payment unknown
         # waits for this one to commit, or is parked before the wake-up below looks for it.
         await store.lock_payment_references(conn, processor_id, references)
