@@ -68,6 +68,7 @@ class Bench:
         self.args, self.folder = args, folder
         self.seconds = 2.0 if args.quick else args.seconds
         self.warmup = 0.5 if args.quick else 3.0
+        self.profiles: dict[str, dict] = {}
 
     async def seed(self, processor: str, count: int, amount: int) -> Path:
         """Register `count` payments straight into the database; returns a plan file for the load."""
@@ -109,9 +110,25 @@ class Bench:
         """The same load against the reference service."""
         return self.load(plan, url=self.reference_url, **options)
 
+    async def bracketed(self, processor: str, count: int, amount: int, run, **options) -> tuple[dict, dict]:
+        """`run()` (the gateway's run) between two runs of the reference under the same load, each on
+        payments of its own: this machine's pace drifts, so the reference's figure is their mean."""
+        before = self.reference(await self.seed(processor, count, amount), **options)
+        result = run()
+        after = self.reference(await self.seed(processor, count, amount), **options)
+        runs = [before, after]
+        return result, {"rps": round(sum(r["rps"] for r in runs) / 2, 1), "runs": runs}
+
     def floor(self, plan: Path, *, kind: str = "refunds", concurrency: int = 64) -> dict:
         return self.run_tool("tests.bench.floor", "--dsn", self.dsn, "--plan", str(plan), "--kind", kind,
                              "--concurrency", str(concurrency), "--seconds", str(self.seconds), seconds=self.seconds)
+
+    def profiled(self, name: str, run) -> dict:
+        """`run()`, the gateway sampled meanwhile with --profile (summary in self.profiles)."""
+        profiler = self.profile(name)
+        result = run()
+        self.profiles[name] = self.profile_summary(profiler, name)
+        return result
 
     def profile(self, name: str) -> subprocess.Popen | None:
         """With --profile, py-spy on the gateway for one measured run: collapsed stacks in
@@ -150,13 +167,12 @@ class Bench:
         # 1. Refunds through the zero-latency mock, 64 clients, each on its own transaction.
         self.load(await self.seed("mock", 2_000, 1_000_000), seconds=self.warmup)
         self.reference(await self.seed("mock", 2_000, 1_000_000), seconds=self.warmup)
-        ref1 = self.reference(await self.seed("mock", per_run // 4, 1_000_000))
         floor1 = self.floor(await self.seed("mock", per_run // 4, 1_000_000))
         plan1 = await self.seed("mock", per_run // 4, 1_000_000)
-        profiler = self.profile("1")
-        gateway1 = self.load(plan1)
+        gateway1, ref1 = await self.bracketed("mock", per_run // 4, 1_000_000,
+                                              lambda: self.profiled("1", lambda: self.load(plan1)))
         results.append(row("1. refunds, mock 0 ms, 64 clients", gateway1, ref1, floor1["rps"], floor1,
-                           extra=self.profile_summary(profiler, "1")))
+                           extra=self.profiles.get("1")))
         rate = max(1.0, ref1["rps"] / 2)
         open1 = self.load(await self.seed("mock", per_run // 4, 1_000_000), rate=rate)
         results.append(row(f"1b. same, open loop at {rate:.0f}/s (half the reference)", open1, None, rate))
@@ -165,12 +181,12 @@ class Bench:
         # the most the latency allows, or the gateway's own rate at 0 ms if that is lower.
         floor2 = min(512 / 0.2, gateway1["rps"])
         self.load(await self.seed("slow", 2_000, 1_000_000), concurrency=512, seconds=self.warmup)
-        ref2 = self.reference(await self.seed("slow", per_run // 4, 1_000_000), concurrency=512)
         plan2 = await self.seed("slow", per_run // 4, 1_000_000)
-        profiler = self.profile("2")
-        gateway2 = self.load(plan2, concurrency=512)
+        gateway2, ref2 = await self.bracketed(
+            "slow", per_run // 4, 1_000_000, lambda: self.profiled("2", lambda: self.load(plan2, concurrency=512)),
+            concurrency=512)
         results.append(row("2. refunds, mock 200 ms, 512 clients", gateway2, ref2, floor2,
-                           extra=self.profile_summary(profiler, "2")))
+                           extra=self.profiles.get("2")))
 
         # 3. Partial refunds on 10 hot transactions: row-lock contention, never over-refunded. The
         # balance is sized to run out within the first tenth of the run at the gateway's own pace in
@@ -178,11 +194,9 @@ class Bench:
         # under contention and refusals of an exhausted balance are measured.
         per_transaction = max(1, int(gateway1["rps"] * self.seconds / 100))
         room = 10 * per_transaction
-        ref3 = self.reference(await self.seed("mock", 10, per_transaction * 100))
         hot = await self.seed("mock", 10, per_transaction * 100)  # refunds of 1.00: `room` in all
-        gateway3 = self.load(hot)
-        for result in (gateway3, ref3):
-            result.pop("plan_wrapped")  # ten transactions, refunded over and over: by design
+        gateway3, ref3 = await self.bracketed("mock", 10, per_transaction * 100, lambda: self.load(hot))
+        gateway3.pop("plan_wrapped")  # ten transactions, refunded over and over: by design
         conn = await asyncpg.connect(self.dsn)
         try:
             ids = [t["id"] for t in json.loads(hot.read_text())["transactions"]]
@@ -230,12 +244,13 @@ class Bench:
         results = []
         per_run = 200_000 if not self.args.quick else 20_000
         self.load(await self.seed("mock", 2_000, 1_000_000), seconds=self.warmup)
-        ref1 = self.reference(await self.seed("mock", per_run // 4, 1_000_000))
-        gateway1 = self.load(await self.seed("mock", per_run // 4, 1_000_000))
+        plan1 = await self.seed("mock", per_run // 4, 1_000_000)
+        gateway1, ref1 = await self.bracketed("mock", per_run // 4, 1_000_000, lambda: self.load(plan1))
         results.append(row(f"1w. refunds, mock 0 ms, 64 clients, {workers} workers", gateway1, ref1, None))
         self.load(await self.seed("slow", 2_000, 1_000_000), concurrency=512, seconds=self.warmup)
-        ref2 = self.reference(await self.seed("slow", per_run // 4, 1_000_000), concurrency=512)
-        gateway2 = self.load(await self.seed("slow", per_run // 4, 1_000_000), concurrency=512)
+        plan2 = await self.seed("slow", per_run // 4, 1_000_000)
+        gateway2, ref2 = await self.bracketed("slow", per_run // 4, 1_000_000,
+                                              lambda: self.load(plan2, concurrency=512), concurrency=512)
         results.append(row(f"2w. refunds, mock 200 ms, 512 clients, {workers} workers", gateway2, ref2,
                            min(512 / 0.2, gateway1["rps"])))
         return results

@@ -47,10 +47,10 @@ async def run(args: argparse.Namespace) -> dict:
                            currency="EUR")
         async with pool.acquire() as conn:
             made = await services.create_refund(conn, cmd, lease_seconds=settings.lease_seconds)
-        refund, transaction = made.refund, made.transactions[made.refund["transaction_id"]]
+        refund = made.refund
         attempt = Attempt("refund", datetime.now(timezone.utc), 0, "succeeded", None, "succeeded")
         await executor.record(refund, RefundResult(Outcome.SUCCEEDED, psp_refund_id=f"re_{uuid.uuid4().hex}"),
-                              [attempt], event="processor_answer", refund_calls=1)
+                              [attempt], event="processor_answer", refund_calls=1, lease_token=refund["lease_token"])
 
     async def webhook_once() -> None:
         event = WebhookEvent(event_id=f"evt_{uuid.uuid4().hex}", type="charge.succeeded", created=int(time.time()),
