@@ -51,7 +51,7 @@ bridgepay-sim: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
-# The benchmark: about 7 minutes (a 5-minute soak included); prints a table, writes bench-results.json.
+# The benchmark: about 15 minutes (a 5-minute soak included); prints a table, writes bench-results.json.
 bench: $(BIN)/.installed
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 

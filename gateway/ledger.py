@@ -27,6 +27,7 @@ from gateway.domain.refunds import (
     OVER_REFUND,
     FINAL,
     BUCKET,
+    BalanceDelta,
     REOPENED,
     Bucket,
     InvalidTransition,
@@ -227,7 +228,7 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     return updated, True
 
 
-def _state(status: Status, stage: Stage, decision: Decision, delta: Any, *, event: str | None, news: bool,
+def _state(status: Status, stage: Stage, decision: Decision, delta: BalanceDelta, *, event: str | None, news: bool,
            callback: str | None, calls: Sequence[Any], refund_calls: int, recheck_seconds: float,
            request_id: str | None, snapshot_at: datetime | None, sent_at: datetime | None,
            verify_at: datetime | None, detail: dict[str, Any] | None) -> dict[str, Any]:

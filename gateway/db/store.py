@@ -583,7 +583,6 @@ WITH released AS (
     WHERE client_id = $1 AND key = $2 AND status_code IS NULL AND resource_id IS NULL)
 UPDATE idempotency_keys SET locked_until = now()
 WHERE client_id = $1 AND key = $2 AND status_code IS NULL AND resource_id IS NOT NULL"""
-SET_KEY_RESOURCE = "UPDATE idempotency_keys SET resource_id = $3 WHERE client_id = $1 AND key = $2"
 
 
 async def claim_key(conn, client_id: str, key: str, method: str, path: str, request_hash: bytes,
@@ -610,10 +609,6 @@ async def store_response(conn, client_id: str, key: str, status: int, content_ty
 
 async def release_key(conn, client_id: str, key: str) -> None:
     await conn.execute(RELEASE_KEY, client_id, key)
-
-
-async def set_key_resource(conn, client_id: str, key: str, resource_id: str) -> None:
-    await conn.execute(SET_KEY_RESOURCE, client_id, key, resource_id)
 
 
 # --- webhook events ---------------------------------------------------------------------------
