@@ -45,6 +45,14 @@ def run_harness(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
+def answers_ok(url: str) -> bool:
+    """Whether a GET of `url` answers 200 now (a service started by a test or a harness)."""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,12 +87,7 @@ class GatewayProcess:
         raise AssertionError(f"not {what} in {timeout}s:\n{self.logs()}")
 
     def wait_ready(self, timeout: float = 30) -> None:
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-        self.wait_until(ready, "ready", timeout)
+        self.wait_until(lambda: answers_ok(f"{self.url}/readyz"), "ready", timeout)
 
     def wait_working(self, timeout: float = 30) -> None:
         self.wait_until(lambda: "worker running" in self.logs(), "working", timeout)

@@ -28,13 +28,12 @@ from collections import Counter
 from pathlib import Path
 
 import asyncpg
-import httpx
 import psutil
 
 from gateway import embedded
 from gateway.db.migrate import migrate
 from gateway.db.pool import connect
-from tests.processes import GatewayProcess, free_port, stop_on_sigterm
+from tests.processes import GatewayProcess, answers_ok, free_port, stop_on_sigterm
 from tests.ids import token
 
 KEY = "sk_bench_0123456789abcdef"
@@ -303,7 +302,7 @@ class Bench:
                                       GATEWAY_DATABASE_URL=self.dsn, GATEWAY_LOG_LEVEL="info")
         try:
             self.gateway.wait_ready(60)
-            httpx_ready(self.reference_url)
+            wait_answering(self.reference_url)
             return await scenarios()
         finally:
             self.gateway.stop()
@@ -328,17 +327,13 @@ def _package(frame: str) -> str:
     return "other"
 
 
-def httpx_ready(url: str, timeout: float = 30) -> None:
+def wait_answering(url: str, timeout: float = 30) -> None:
     """Wait for a service's /readyz (the reference's, started beside the gateway)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
+    while not answers_ok(f"{url}/readyz"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} not ready in {timeout}s")
         time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready in {timeout}s")
 
 
 def row(name: str, result: dict, reference: dict | None, floor_rps: float | None, floor: dict | None = None,

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import free_port
+from tests.processes import answers_ok, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADING = "## A refund, step by step"
@@ -133,11 +133,8 @@ class Simulator:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"the simulator exited with {self.proc.returncode}"
-            try:
-                if httpx.get(f"{self.url}/_sim/state", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            if answers_ok(f"{self.url}/_sim/state"):
+                return
             time.sleep(0.1)
         raise AssertionError("the simulator did not come up")
 
