@@ -14,7 +14,7 @@ from adapters.registry import build_adapters, close_adapters
 from gateway import callbacks, keys, metrics, reconcile, tracing, webhooks
 from gateway.auth import Authenticator, SourceLimiter
 from gateway.db.migrate import migrate
-from gateway.db.pool import create_pool
+from gateway.db.pool import close_pool, create_pool
 from gateway.execution import RefundExecutor
 from gateway.logging import register_secrets
 from gateway.middleware import (
@@ -51,7 +51,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await observing
     finally:
-        await pool.close()
+        await close_pool(pool, settings.shutdown_grace_seconds)
 
 
 async def _processors(app: web.Application) -> AsyncIterator[None]:

@@ -52,7 +52,8 @@ SETTINGS: list[tuple[str, dict[str, str]]] = [
         "log_level": "The lowest level that is logged.",
         "shutdown_grace_seconds": "After SIGTERM, how long requests and processor calls in flight may finish. "
                                   "A call still running then keeps its lease. The janitor takes it over "
-                                  "once the lease runs out.",
+                                  "once the lease runs out. Database connections still in use after it "
+                                  "are closed.",
     }),
     ("Requests and limits", {
         "max_body_bytes": "The largest request body. A larger one gets 413.",

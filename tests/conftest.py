@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
@@ -230,8 +231,21 @@ async def logged_api(settings: Settings) -> AsyncIterator[Api]:
         configure("console", "warning")
 
 
+class _GatewayTestServer(TestServer):
+    """The real server as `psp-gateway serve` runs it: requests still running at shutdown get
+    shutdown_grace_seconds, not aiohttp's default minute."""
+
+    def __init__(self, app: web.Application, *, shutdown_timeout: float, **kwargs: Any):
+        super().__init__(app, **kwargs)
+        self._shutdown_timeout = shutdown_timeout
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return await super()._make_runner(shutdown_timeout=self._shutdown_timeout, **kwargs)
+
+
 async def start_api(settings: Settings) -> TestClient:
-    client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
+    client = TestClient(_GatewayTestServer(create_app(settings), host="127.0.0.1",
+                                           shutdown_timeout=settings.shutdown_grace_seconds))
     await client.start_server()
     return client
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import orjson
+import structlog
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -29,6 +32,17 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20,
     return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection,
                                      command_timeout=30, statement_cache_size=statement_cache_size,
                                      connection_class=_PooledConnection)
+
+
+async def close_pool(pool: asyncpg.Pool, grace_seconds: float) -> None:
+    """Close the pool, waiting at most `grace_seconds` for connections still in use; then they are
+    terminated (their transactions roll back), so that a shutdown never waits on a stuck query."""
+    try:
+        async with asyncio.timeout(grace_seconds):
+            await pool.close()
+    except TimeoutError:
+        structlog.get_logger(__name__).warning("database_pool_terminated", grace_seconds=grace_seconds)
+        pool.terminate()
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

@@ -1,15 +1,17 @@
 """The pool as a transaction-mode pooler needs it, on real Postgres: with the statement cache off
 no named prepared statement is left on a server connection, and with migrations off at start the
-gateway serves but is not ready until `migrate` has run."""
+gateway serves but is not ready until `migrate` has run. Closing it is bounded."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 
 import pytest
 
 from gateway import keys
 from gateway.db.migrate import migrate
-from gateway.db.pool import connect, create_pool
+from gateway.db.pool import close_pool, connect, create_pool
 from tests.conftest import Api, make_settings, start_api
 
 NAMED = "SELECT count(*) FROM pg_prepared_statements"
@@ -75,3 +77,17 @@ async def test_a_connection_given_back_mid_transaction_comes_back_without_it(dat
                                         "AND pid = pg_backend_pid()") == 0
     finally:
         await pool.close()
+
+
+async def test_closing_the_pool_waits_the_grace_period_then_terminates_what_is_still_in_use(database_url):
+    """A shutdown never waits on a stuck query: after the grace period its connection is terminated."""
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    held = await pool.acquire()
+    stuck = asyncio.create_task(held.execute("SELECT pg_sleep(30)"))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await close_pool(pool, 0.5)
+    assert time.monotonic() - started < 5
+    with pytest.raises(Exception):  # the connection was terminated under the query
+        await stuck
+    assert pool.is_closing()
