@@ -27,7 +27,7 @@ from gateway.logging import scrub_stored, scrub_stored_value, scrub_text
 log = structlog.get_logger(__name__)
 
 BATCH = 50
-APPLY_CONCURRENCY = 16
+APPLY_CONCURRENCY = 8
 LEASE_SECONDS = 60.0
 # The headers worth keeping with a webhook (what it is, who sent it, its signature, the processor's
 # delivery ids): an allow-list, as anyone can send any header with a forged one.
