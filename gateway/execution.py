@@ -244,8 +244,15 @@ class RefundExecutor:
     def _verify_at(self, refund: Mapping, adapter: ProcessorAdapter, sent_at: datetime | None, calls: int,
                    maybe_sent_before: bool) -> datetime | None:
         """A refund sent again to a processor that cannot deduplicate is looked up once more after
-        the execution window, for a second execution (a window set too short, a clock that lied)."""
+        the execution window, for a second execution (a window set too short, a clock that lied).
+
+        A run that only looked up a refund an earlier run may have sent (`maybe_sent_before`: a
+        lease that ran out, whose holder's answer was never recorded) counts from the refund's last
+        possible send (its `last_sent_at`, which a claim of an expired lease moves to the lease's
+        end): that run may have sent it twice, and nothing recorded it."""
         caps = adapter.capabilities
+        if maybe_sent_before and sent_at is None:
+            sent_at = refund["last_sent_at"]
         if caps.idempotency_keys or not caps.lookup or sent_at is None:
             return None
         if not (calls > 1 or maybe_sent_before or refund["attempts"] > 0):

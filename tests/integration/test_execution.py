@@ -9,7 +9,7 @@ from adapters.mock import MockAdapter
 from gateway import services
 from gateway.db import store
 from gateway.domain.refunds import Outcome
-from gateway.execution import Attempt, RefundExecutor
+from gateway.execution import Attempt, RefundExecutor, refund_request
 from gateway.ledger import decide
 from gateway.models import RefundCreate, TransactionCreate
 from tests.conftest import make_settings
@@ -134,3 +134,27 @@ async def test_a_run_answer_that_would_over_refund_goes_through_the_lock_and_is_
                                     event="processor_answer", refund_calls=1, lease_token=refund["lease_token"])
     assert (flagged["status"], flagged["failure_code"]) == ("requires_attention", "would_over_refund")
     assert await _balance(pool, tx["id"]) == (1_000, 0) and await _attempt_rows(pool, refund["id"]) == 1
+
+
+async def test_a_taken_over_refund_found_by_its_look_up_is_checked_again_for_a_second_execution(pool, database_url):
+    """The holder of an expired lease may have sent the refund twice, to a processor that cannot
+    deduplicate, and died before recording it. The run that takes it over finds it by a look-up
+    and sends nothing; the duplicate check is still due, counted from the lease's end."""
+    settings = make_settings(database_url)
+    adapter = MockAdapter("mock2", idempotency_keys=False)
+    async with pool.acquire() as conn:
+        tx, _ = await services.register_transaction(conn, TransactionCreate(
+            processor="mock2", psp_reference="ch_2", invoice_id="inv_2", amount=10_000, currency="EUR"))
+        made = await services.create_refund(
+            conn, RefundCreate(invoice_id="inv_2", amount=1_000, currency="EUR"), lease_seconds=60)
+    refund = made.refund
+    await adapter.refund(refund_request(refund, tx))  # carried out; its answer never recorded
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE refunds SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+                           refund["id"])
+        [claimed] = await store.claim_recovery(conn, 10, 60)
+    assert claimed["last_sent_at"] is not None  # the expired lease's end: the latest it can have been sent
+    executor = RefundExecutor(pool, {"mock2": adapter}, settings)
+    report = await executor.run(claimed, tx, resolve_first=True)
+    assert report.looked_up and not report.resent and report.refund["status"] == "succeeded"
+    assert report.refund["verify_at"] is not None and report.refund["verify_at"] > claimed["last_sent_at"]
