@@ -144,7 +144,7 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     processor carried out a refund resolved as failed) reopens the refund for attention, where
     only a decision `by_operator` (a replay, a resolution) moves it on.
     """
-    current = await store.lock_refund(conn, refund_id)
+    current = await store.lock_refund_and_payment(conn, refund_id)
     status, stage = Status(current["status"]), Stage(current["stage"])
     if lease_token is not None and current["lease_token"] != lease_token:
         # The lease ran out while this answer's call was alive and someone claimed the refund
@@ -185,10 +185,7 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
                  answer=target.status, cause=event)
         return await _calls_kept(conn, current, calls, refund_calls, sent_at, verify_at), False
     delta = balance_delta(status, target.status, current["amount"])
-    # The payment is locked (after the refund, as everywhere) only when money moves to refunded:
-    # locking it for every answer would order more transactions on it, and deadlock webhooks
-    # that carry several refunds of one payment.
-    if delta.refunded > 0 and not await store.refund_fits(conn, current["transaction_id"], delta.refunded):
+    if delta.refunded > 0 and delta.refunded > current["payment_room"]:
         message = (f"the processor reports the refund {target.status}, but the payment's other refunds leave "
                    f"no room for its {current['amount']}: the payment was refunded beyond its amount")
         if by_operator:

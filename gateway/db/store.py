@@ -171,7 +171,11 @@ SELECT * FROM u"""
 
 GET_REFUND = "SELECT * FROM refunds WHERE id = $1"
 LOCK_REFUND = "SELECT * FROM refunds WHERE id = $1 FOR UPDATE"
-
+# The refund and its payment, both locked (the refund's row first), with `payment_room`: how much
+# more the payment can have refunded (its amount less what is refunded and charged back).
+LOCK_REFUND_AND_PAYMENT = """
+SELECT r.*, t.amount - t.refunded_amount - t.charged_back_amount AS payment_room
+FROM refunds r JOIN transactions t ON t.id = r.transaction_id WHERE r.id = $1 FOR UPDATE"""
 REFUND_BY_PSP_ID = "SELECT * FROM refunds WHERE processor_id = $1 AND psp_refund_id = $2"
 # The payment known by any of these ids; the first id that names one wins.
 TRANSACTION_BY_ANY_REFERENCE = """
@@ -261,10 +265,9 @@ WITH u AS (
 )""" + _RECORDED_WITH_IT + """
 SELECT * FROM u"""
 # With no lock held before (ledger.record_unlocked): the same move, made only while the refund is
-# the version the caller knows ($34) under the caller's claim ($35), and, when money moves, only if
-# its payment ($36) has room for what it makes refunded (the over-refund guard); the refund's row
-# is locked first, then the payment's (only when money moves), as everywhere. No row: nothing was
-# written.
+# the version the caller knows ($34) under the caller's claim ($35), and only if its payment ($36)
+# has room for what it makes refunded (the over-refund guard); the refund's row is locked first,
+# then the payment's, as everywhere. No row: nothing was written.
 RECORD_IF_UNCHANGED = """
 WITH known AS (
     SELECT id FROM refunds
@@ -273,12 +276,10 @@ WITH known AS (
 ), balance AS (
     UPDATE transactions t
     SET reserved_amount = reserved_amount + $14, refunded_amount = refunded_amount + $15, updated_at = now()
-    FROM known WHERE t.id = $36 AND ($14 <> 0 OR $15 <> 0)
-      AND ($15 <= 0 OR t.amount - t.refunded_amount - t.charged_back_amount >= $15)
+    FROM known WHERE t.id = $36 AND ($15 <= 0 OR t.amount - t.refunded_amount - t.charged_back_amount >= $15)
     RETURNING t.id
 ), u AS (
-    UPDATE refunds""" + _REFUND_STATE_SET + """    FROM known
-    WHERE refunds.id = known.id AND (($14 = 0 AND $15 = 0) OR EXISTS (SELECT 1 FROM balance))
+    UPDATE refunds""" + _REFUND_STATE_SET + """    FROM balance WHERE refunds.id = $1
     RETURNING refunds.*
 )""" + _RECORDED_WITH_IT + """
 SELECT * FROM u"""
@@ -378,6 +379,10 @@ async def get_refund(conn, refund_id: str) -> Row | None:
 
 async def lock_refund(conn, refund_id: str) -> Row | None:
     return await conn.fetchrow(LOCK_REFUND, refund_id)
+
+
+async def lock_refund_and_payment(conn, refund_id: str) -> Row | None:
+    return await conn.fetchrow(LOCK_REFUND_AND_PAYMENT, refund_id)
 
 
 # Calls made for a refund whose answer moved nothing (superseded, or fenced by a newer claim):
