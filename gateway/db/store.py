@@ -249,8 +249,10 @@ _RECORDED_WITH_IT = """, event AS (
 ), attempt AS (
     INSERT INTO refund_attempts (refund_id, call, started_at, latency_ms, outcome, error_class, processor_code,
                                  message)
-    SELECT u.id, a.* FROM u, unnest($27::text[], $28::timestamptz[], $29::int[], $30::text[], $31::text[],
-                                    $32::text[], $33::text[]) AS a
+    SELECT u.id, a.call, a.started_at, a.latency_ms, a.outcome, a.error_class, a.processor_code, a.message
+    FROM u, unnest($27::text[], $28::timestamptz[], $29::int[], $30::text[], $31::text[], $32::text[], $33::text[])
+            WITH ORDINALITY AS a (call, started_at, latency_ms, outcome, error_class, processor_code, message, n)
+    ORDER BY a.n  -- in the order the calls were made: their ids say so
 )""" + _outbox(26, "$2", 18)
 # Under the refund's lock (ledger.apply): the compare-and-set on its state, the balance move on its
 # payment ($14 reserved, $15 refunded), and what goes with it.
