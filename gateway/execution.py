@@ -217,7 +217,8 @@ class RefundExecutor:
         row = await self.record(refund, answer, attempts, event=event, request_id=request_id, refund_calls=calls,
                                 decision=decision, current_truth=answer is looked_up,
                                 lease_token=refund["lease_token"], sent_at=sent_at,
-                                verify_at=self._verify_at(refund, adapter, sent_at, calls, resolve_first))
+                                verify_at=self._verify_at(refund, adapter, sent_at, calls, resolve_first,
+                                                          found=isinstance(looked_up, RefundResult)))
         return RunReport(row, looked_up=looked_up != "not asked",
                          found=looked_up.outcome.value if isinstance(looked_up, RefundResult) else None,
                          resent=calls > 0)
@@ -242,16 +243,16 @@ class RefundExecutor:
         return max(sent) + timedelta(seconds=self._window(adapter) + WINDOW_MARGIN_SECONDS)
 
     def _verify_at(self, refund: Mapping, adapter: ProcessorAdapter, sent_at: datetime | None, calls: int,
-                   maybe_sent_before: bool) -> datetime | None:
+                   maybe_sent_before: bool, found: bool = False) -> datetime | None:
         """A refund sent again to a processor that cannot deduplicate is looked up once more after
         the execution window, for a second execution (a window set too short, a clock that lied).
 
-        A run that only looked up a refund an earlier run may have sent (`maybe_sent_before`: a
-        lease that ran out, whose holder's answer was never recorded) counts from the refund's last
+        A run that only looked up, and `found`, a refund an earlier run may have sent (`maybe_sent_before`:
+        a lease that ran out, whose holder's answer was never recorded) counts from the refund's last
         possible send (its `last_sent_at`, which a claim of an expired lease moves to the lease's
         end): that run may have sent it twice, and nothing recorded it."""
         caps = adapter.capabilities
-        if maybe_sent_before and sent_at is None:
+        if maybe_sent_before and sent_at is None and found:
             sent_at = refund["last_sent_at"]
         if caps.idempotency_keys or not caps.lookup or sent_at is None:
             return None
