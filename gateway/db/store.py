@@ -633,17 +633,21 @@ WEBHOOK_EVENT_BODY = "SELECT body FROM webhook_events WHERE id = $1"
 # A stored body parsed at last: what the adapter made of it, as a readable event would have had.
 SET_WEBHOOK_EVENT_PARSED = "UPDATE webhook_events SET event_type = $2, event = $3, match_keys = $4 WHERE id = $1"
 
-# Events to (re)process, oldest first; the claim pushes the next attempt out (a lease), so that
+# Events to (re)process, in due order; the claim pushes the next attempt out (a lease), so that
 # concurrent workers never process one event at once. Parked (`unmatched`) events are swept too,
 # with backoff (FINISH_WEBHOOK_EVENT), in case no registration woke them; after the others, so
-# that a backlog of them never holds up a fresh event (webhook_events_due_idx covers all three).
+# that a backlog of them never holds up a fresh event. Each part reads its own index in order and
+# is read only as far as the limit needs: a claim reads about as many rows as it takes, however
+# long the backlog.
 CLAIM_DUE_WEBHOOK_EVENTS = """
-WITH due AS (
-    SELECT id FROM webhook_events
-    WHERE status IN ('received', 'failed', 'unmatched') AND next_attempt_at <= now()
-    ORDER BY status = 'unmatched', id
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
+WITH fresh AS (
+    SELECT id FROM webhook_events WHERE status IN ('received', 'failed') AND next_attempt_at <= now()
+    ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+), parked AS (
+    SELECT id FROM webhook_events WHERE status = 'unmatched' AND next_attempt_at <= now()
+    ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+), due AS (
+    (SELECT id FROM fresh) UNION ALL (SELECT id FROM parked) LIMIT $1
 )
 UPDATE webhook_events w SET next_attempt_at = now() + make_interval(secs => $2), attempts = w.attempts + 1
 FROM due WHERE w.id = due.id

@@ -154,6 +154,17 @@ class Bench:
         total = sum(buckets.values()) or 1
         return {"profile": {k: round(v / total, 3) for k, v in buckets.most_common(10)}}
 
+    async def settle(self) -> None:
+        """Before each scenario: VACUUM ANALYZE and a checkpoint. Each starts from a database in a
+        steady state, as a production one is (statistics that match the tables, so the plans made
+        from them do; no dead rows or dirty pages of the run before), not from the last run's debris."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute("VACUUM ANALYZE")
+            await conn.execute("CHECKPOINT")
+        finally:
+            await conn.close()
+
     def rss_mb(self) -> float:
         """Resident memory of the gateway: its process and any worker processes."""
         proc = psutil.Process(self.gateway.proc.pid)
@@ -164,6 +175,7 @@ class Bench:
         per_run = 200_000 if not self.args.quick else 20_000
 
         # 1. Refunds through the zero-latency mock, 64 clients, each on its own transaction.
+        await self.settle()
         self.load(await self.seed("mock", 2_000, 1_000_000), seconds=self.warmup)
         self.reference(await self.seed("mock", 2_000, 1_000_000), seconds=self.warmup)
         floor1 = self.floor(await self.seed("mock", per_run // 4, 1_000_000))
@@ -173,12 +185,14 @@ class Bench:
         results.append(row("1. refunds, mock 0 ms, 64 clients", gateway1, ref1, floor1["rps"], floor1,
                            extra=self.profiles.get("1")))
         rate = max(1.0, ref1["rps"] / 2)
+        await self.settle()
         open1 = self.load(await self.seed("mock", per_run // 4, 1_000_000), rate=rate)
         results.append(row(f"1b. same, open loop at {rate:.0f}/s (half the reference)", open1, None, rate))
 
         # 2. Processor latency 200 ms, 512 clients: nothing may be held across the call. Its floor is
         # the most the latency allows, or the gateway's own rate at 0 ms if that is lower.
         floor2 = min(512 / 0.2, gateway1["rps"])
+        await self.settle()
         self.load(await self.seed("slow", 2_000, 1_000_000), concurrency=512, seconds=self.warmup)
         plan2 = await self.seed("slow", per_run // 4, 1_000_000)
         gateway2, ref2 = await self.bracketed(
@@ -195,6 +209,7 @@ class Bench:
         if self.args.quick:  # a 2 s run on a busy machine proves the harness: a small balance, surely spent
             per_transaction = min(per_transaction, 3)
         room = 10 * per_transaction
+        await self.settle()
         hot = await self.seed("mock", 10, per_transaction * 100)  # refunds of 1.00: `room` in all
         gateway3, ref3 = await self.bracketed("mock", 10, per_transaction * 100, lambda: self.load(hot))
         gateway3.pop("plan_wrapped")  # ten transactions, refunded over and over: by design
@@ -214,6 +229,7 @@ class Bench:
                                   "balance_for": room, "refunds_per_s": round(succeeded / gateway3["seconds"], 1)}))
 
         # 4. Signed Stripe-like webhooks: verify, store, apply.
+        await self.settle()
         plan4 = await self.seed("mock", 1, 1)
         self.load(plan4, kind="webhooks", seconds=self.warmup)
         floor4 = self.floor(plan4, kind="webhooks")
@@ -230,6 +246,7 @@ class Bench:
         # 5. Soak at a fixed rate: resident memory at the start and at the end.
         soak_seconds = 4.0 if self.args.quick else self.args.soak_seconds
         soak_rate = max(1.0, round(ref1["rps"] / 4))
+        await self.settle()
         self.load(await self.seed("mock", 2_000, 1_000_000), rate=soak_rate, seconds=self.warmup)
         rss_start = self.rss_mb()
         soak = self.load(await self.seed("mock", int(soak_rate * soak_seconds) + 1_000, 1_000_000), rate=soak_rate,
@@ -244,10 +261,12 @@ class Bench:
         """Scenarios 1 and 2 again, on a gateway of `workers` server processes."""
         results = []
         per_run = 200_000 if not self.args.quick else 20_000
+        await self.settle()
         self.load(await self.seed("mock", 2_000, 1_000_000), seconds=self.warmup)
         plan1 = await self.seed("mock", per_run // 4, 1_000_000)
         gateway1, ref1 = await self.bracketed("mock", per_run // 4, 1_000_000, lambda: self.load(plan1))
         results.append(row(f"1w. refunds, mock 0 ms, 64 clients, {workers} workers", gateway1, ref1, None))
+        await self.settle()
         self.load(await self.seed("slow", 2_000, 1_000_000), concurrency=512, seconds=self.warmup)
         plan2 = await self.seed("slow", per_run // 4, 1_000_000)
         gateway2, ref2 = await self.bracketed("slow", per_run // 4, 1_000_000,
