@@ -141,7 +141,7 @@ class SourceLimiter:
     @staticmethod
     def _refuse(limit: str, wait: float) -> None:
         if wait > 0:
-            metrics.SOURCE_LIMITED.labels(limit).inc()
+            metrics.child(metrics.SOURCE_LIMITED, limit).inc()
             detail = ("too many failed sign-ins from this address" if limit == "failed_sign_in"
                       else "too many requests from this address")
             raise errors.TooManyRequests(detail, headers={"Retry-After": str(max(1, math.ceil(wait)))})

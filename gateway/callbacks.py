@@ -81,7 +81,7 @@ async def dispatch_due(pool: asyncpg.Pool, http: httpx.AsyncClient, url: str, se
                 await store.mark_delivered(conn, row["id"])
             else:
                 await store.mark_undelivered(conn, row["id"], error, initial=initial_backoff, maximum=max_backoff)
-        metrics.CALLBACK_DELIVERIES.labels("delivered" if error is None else "failed").inc()
+        metrics.child(metrics.CALLBACK_DELIVERIES, "delivered" if error is None else "failed").inc()
         if error is None:
             log.info("callback_delivered", outbox_id=row["id"], refund_id=row["refund_id"], version=row["version"])
         else:

@@ -26,7 +26,7 @@ from gateway import ledger, metrics
 from gateway.db import store
 from gateway.domain.refunds import Outcome, Status, Target
 from gateway.ids import new_id
-from gateway.retry import processor_retrying
+from gateway.retry import processor_retrying, release
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ class RefundExecutor:
                         # "No record" is "not yet" while a request sent earlier may still land.
                         until = self._resend_after(refund, adapter, attempts)
                         if until is not None and datetime.now(timezone.utc) < until:
-                            metrics.EXECUTION_WINDOW_WAITS.labels(adapter.id).inc()
+                            metrics.child(metrics.EXECUTION_WINDOW_WAITS, adapter.id).inc()
                             answer = ExecutionWindowOpen(until)
                             break
                         unresolved = False
@@ -201,6 +201,8 @@ class RefundExecutor:
             attempts.append(Attempt("refund", datetime.now(timezone.utc), 0, "error", "internal", None,
                                     type(e).__name__))
             answer = e
+        finally:
+            release(retrying)
         if isinstance(answer, ProcessorError) and unresolved and not isinstance(answer, OutcomeUnknownError):
             # The last failure came after an unknown outcome nobody resolved: that is what the refund is.
             answer = OutcomeUnknownError(f"unresolved after: {answer}", code=answer.code)
@@ -279,7 +281,7 @@ class RefundExecutor:
         if total_calls >= s.durable_retry_max_attempts:
             return replace(decision, failure_message=ledger.said(
                 f"retries spent after {total_calls} processor calls: {decision.failure_message}"))
-        metrics.DURABLE_RETRIES.labels(adapter.id).inc()
+        metrics.child(metrics.DURABLE_RETRIES, adapter.id).inc()
         if isinstance(answer, ExecutionWindowOpen):
             # Looked up a few times while the window runs (a late execution is found soon after it
             # lands), and once when it has passed; each look-up spends the budget like any call.
@@ -326,7 +328,7 @@ class RefundExecutor:
             except Exception as e:  # a cancellation is not a call's outcome: it passes unobserved
                 answer = e
             outcome = metrics.call_outcome(answer)
-            metrics.PROCESSOR_CALLS.labels(processor_id, kind, outcome).observe(time.perf_counter() - t0)
+            metrics.child(metrics.PROCESSOR_CALLS, processor_id, kind, outcome).observe(time.perf_counter() - t0)
             if span is not None:
                 span.outcome(outcome, failed=isinstance(answer, Exception))
             if isinstance(answer, Exception):

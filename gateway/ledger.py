@@ -149,7 +149,7 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     if lease_token is not None and current["lease_token"] != lease_token:
         # The lease ran out while this answer's call was alive and someone claimed the refund
         # again: the new holder decides (it looks up and respects the execution window).
-        metrics.FENCED_ANSWERS.labels(current["processor_id"]).inc()
+        metrics.child(metrics.FENCED_ANSWERS, current["processor_id"]).inc()
         log.warning("refund_answer_fenced", refund_id=refund_id, claim=lease_token, current_claim=current["lease_token"],
                     status=status, answer=decision.target.status, cause=event)
         return await _calls_kept(conn, current, calls, refund_calls, sent_at, verify_at), False
@@ -221,7 +221,7 @@ async def apply(conn: asyncpg.Connection, refund_id: str, decision: Decision, *,
     if callback is None:
         await publish(conn, updated, previous_status=status, request_id=request_id)
     if duplicate:
-        metrics.DUPLICATE_EXECUTIONS.labels(current["processor_id"]).inc()
+        metrics.child(metrics.DUPLICATE_EXECUTIONS, current["processor_id"]).inc()
         log.error("refund_executed_twice", refund_id=refund_id, processor=current["processor_id"], cause=event,
                   psp_refund_id=decision.psp_refund_id, duplicates=list(decision.duplicate_ids or ()))
     _moved(updated, status, decision, event, published_here=callback is not None)
@@ -389,4 +389,4 @@ async def publish(conn: asyncpg.Connection, refund: asyncpg.Record, *, previous_
 def published(refund: Mapping[str, Any], *, previous_status: str | None) -> None:
     """Count a refund's move, once its callback is written."""
     if refund["status"] != previous_status:
-        metrics.REFUND_TRANSITIONS.labels(refund["processor_id"], refund["status"]).inc()
+        metrics.child(metrics.REFUND_TRANSITIONS, refund["processor_id"], refund["status"]).inc()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Iterable
+from typing import Any, Iterable
 
 import asyncpg
 import structlog
@@ -82,6 +82,19 @@ CALLBACK_DELIVERIES = Counter(
 DB_POOL = Gauge("psp_gateway_db_pool_connections", "Database connections of the pool, by state (idle, in_use)",
                 ["state"], multiprocess_mode="livesum")
 DB_POOL_MAX = Gauge("psp_gateway_db_pool_max_connections", "The pool's largest size", multiprocess_mode="livesum")
+
+_children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Counter | Histogram, *labels: str) -> Any:
+    """`metric.labels(*labels)`, made once per label set and then a dict hit: the hot path skips
+    prometheus_client's label checks and lock. Labels are processor ids and statuses, a bounded set."""
+    key = (metric, labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
+
 
 _ERROR_CLASSES = {"transient": "transient", "outcome_unknown": "outcome_unknown", "protocol_error": "protocol"}
 

@@ -99,7 +99,7 @@ async def run(pool: asyncpg.Pool, adapter: ProcessorAdapter, *, since: datetime,
             await store.finish_run(conn, run_id, "finished", processor_refunds=len(listed), gateway_refunds=len(rows),
                                    counts=dict(counts))
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
-    metrics.RECONCILIATION_RUNS.labels(adapter.id, "finished").inc()
+    metrics.child(metrics.RECONCILIATION_RUNS, adapter.id, "finished").inc()
     log.info("reconciliation_finished", run_id=run_id, processor=adapter.id, since=since.isoformat(),
              until=until.isoformat(), processor_refunds=len(listed), gateway_refunds=len(rows),
              new_findings=dict(counts), seconds=round(seconds, 3))
@@ -113,7 +113,7 @@ async def _failed(pool: asyncpg.Pool, processor_id: str, run_id: int, since: dat
     async with pool.acquire() as conn:
         await store.finish_run(conn, run_id, "failed", processor_refunds=None, gateway_refunds=None, counts={},
                                error=error)
-    metrics.RECONCILIATION_RUNS.labels(processor_id, "failed").inc()
+    metrics.child(metrics.RECONCILIATION_RUNS, processor_id, "failed").inc()
     log.warning("reconciliation_failed", run_id=run_id, processor=processor_id, error=error)
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
     return RunSummary(run_id, processor_id, since, until, "failed", 0, 0, {}, error, seconds)

@@ -89,7 +89,7 @@ async def receive(pool: asyncpg.Pool, adapter: ProcessorAdapter, headers: Mappin
             event=event.model_dump(mode="json"), match_keys=event.match_keys())
     log.info("webhook_received", processor=adapter.id, event_id=event.event_id, event_type=event.type,
              duplicate=row_id is None)
-    metrics.WEBHOOK_EVENTS.labels(adapter.id, "received" if row_id is not None else "duplicate").inc()
+    metrics.child(metrics.WEBHOOK_EVENTS, adapter.id, "received" if row_id is not None else "duplicate").inc()
     return Receipt(event.event_id, row_id is not None)
 
 
@@ -106,9 +106,9 @@ async def _keep_unreadable(pool: asyncpg.Pool, adapter: ProcessorAdapter, header
             error=scrub_text(f"unreadable: {error}")[:500])
     log.warning("webhook_unreadable", processor=adapter.id, event_id=event_id, event_type=error.event_type,
                 reason=str(error)[:200], duplicate=row_id is None)
-    metrics.WEBHOOK_EVENTS.labels(adapter.id, "received" if row_id is not None else "duplicate").inc()
+    metrics.child(metrics.WEBHOOK_EVENTS, adapter.id, "received" if row_id is not None else "duplicate").inc()
     if row_id is not None:
-        metrics.WEBHOOK_EVENTS.labels(adapter.id, "failed").inc()
+        metrics.child(metrics.WEBHOOK_EVENTS, adapter.id, "failed").inc()
     return Receipt(event_id, row_id is not None, unreadable=True)
 
 
@@ -207,7 +207,7 @@ async def process_row(pool: asyncpg.Pool, row: asyncpg.Record, *, recheck_second
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         status = await _process_row(pool, row, recheck_seconds=recheck_seconds, request_id=request_id,
                                     adapters=adapters or {})
-    metrics.WEBHOOK_EVENTS.labels(row["processor_id"], status).inc()
+    metrics.child(metrics.WEBHOOK_EVENTS, row["processor_id"], status).inc()
     return status
 
 
@@ -235,7 +235,7 @@ async def _process_row(pool: asyncpg.Pool, row: asyncpg.Record, *, recheck_secon
                                        request_id=request_id)
             waited = await store.finish_webhook_event(conn, row["id"], status)
         if status != "unmatched" and waited is not None:
-            metrics.WEBHOOK_LAG.labels(row["processor_id"]).observe(max(0.0, waited))
+            metrics.child(metrics.WEBHOOK_LAG, row["processor_id"]).observe(max(0.0, waited))
         log.info("webhook_processed", processor=row["processor_id"], event_id=row["event_id"], status=status)
         return status
     except WebhookPayloadError as e:  # still unreadable: no traceback, the reason says it all

@@ -48,4 +48,4 @@ async def receive_webhook(request: web.Request) -> web.Response:
 def _rejected(processor_id: str, reason: str, size: int | None, **detail: str) -> None:
     """Every refused webhook is logged and counted; never with its body (anyone can send one)."""
     log.warning("webhook_rejected", processor=processor_id, reason=reason, bytes=size, **detail)
-    metrics.WEBHOOK_EVENTS.labels(processor_id, "rejected").inc()
+    metrics.child(metrics.WEBHOOK_EVENTS, processor_id, "rejected").inc()

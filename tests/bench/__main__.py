@@ -228,11 +228,13 @@ class Bench:
                            extra={"over_refunded": over, "unexpected_statuses": bad, "refunds_made": succeeded,
                                   "balance_for": room, "refunds_per_s": round(succeeded / gateway3["seconds"], 1)}))
 
-        # 4. Signed Stripe-like webhooks: verify, store, apply.
-        await self.settle()
+        # 4. Signed Stripe-like webhooks: verify, store, apply. Settled after the floor's run, whose
+        # payments the gateway's statistics then know.
         plan4 = await self.seed("mock", 1, 1)
         self.load(plan4, kind="webhooks", seconds=self.warmup)
         floor4 = self.floor(plan4, kind="webhooks")
+        await self.webhook_backlog_drained()
+        await self.settle()
         gateway4 = self.load(plan4, kind="webhooks")
         drained = await self.webhook_backlog_drained()
         # The floor stores and applies; the gateway answers once stored and applies after. So the

@@ -68,6 +68,23 @@ def test_each_processor_answer_has_one_bounded_outcome_label(answer, label):
     assert metrics.call_outcome(answer) == label
 
 
+def test_a_metric_child_is_made_once_per_label_set_and_counts_in_the_scrape():
+    sample = "psp_gateway_webhook_events_total"
+    labels = {"processor": "child_test", "status": "applied"}
+
+    def counted() -> float:
+        return next((s.value for f in text_string_to_metric_families(generate_latest().decode())
+                     for s in f.samples if s.name == sample and s.labels == labels), 0.0)
+
+    before = counted()
+    first = metrics.child(metrics.WEBHOOK_EVENTS, "child_test", "applied")
+    assert metrics.child(metrics.WEBHOOK_EVENTS, "child_test", "applied") is first
+    assert metrics.child(metrics.WEBHOOK_EVENTS, "child_test", "ignored") is not first
+    first.inc()
+    metrics.child(metrics.WEBHOOK_EVENTS, "child_test", "applied").inc()
+    assert counted() == before + 2
+
+
 class _DeadPool:
     """A pool whose database never answers: acquiring hangs (as a lost server's TCP connect can)."""
 

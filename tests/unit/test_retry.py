@@ -174,3 +174,29 @@ async def test_retry_after_longer_than_the_budget_gives_up_instead_of_calling_ea
     with pytest.raises(TransientProcessorError):
         await run(policy(max_attempts=4, max_seconds=0.2), call)
     assert len(call.calls) == 1
+
+
+@pytest.mark.parametrize("errors", [(), (TransientProcessorError("503"),), (ProcessorProtocolError("bad"),)])
+async def test_a_released_run_leaves_nothing_for_the_cyclic_garbage_collector(errors):
+    import gc
+
+    from gateway.retry import release
+
+    async def one_run() -> None:
+        retrying = policy()
+        try:
+            await run(retrying, Processor(*errors))
+        except ProcessorProtocolError:
+            pass
+        finally:
+            release(retrying)
+
+    await one_run()  # anything made once (a cache, an interned name) is made before counting
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            await one_run()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
