@@ -106,10 +106,10 @@ async def _register(conn: asyncpg.Connection, *, processor_id: str, psp_referenc
     async with contextlib.nullcontext() if conn.is_in_transaction() else conn.transaction():
         # Held to the end of the (outermost) transaction: a webhook that finds the payment unknown
         # waits for this one to commit, or is parked before the wake-up below looks for it.
-        await store.lock_payment_references(conn, processor_id, references)
-        claimed = await store.claim_references(conn, processor_id, references, transaction_id)
-        # Only a transaction already written joins: the one these claims are for is not, yet.
-        row = await known_payment(conn, processor_id, references)
+        claimed = await store.lock_and_claim_references(conn, processor_id, references, transaction_id)
+        # Every id free: no transaction knows the payment (the claim waited for any registration
+        # holding one). Else the one that does, if written; the one these claims are for is not, yet.
+        row = None if len(claimed) == len(references) else await known_payment(conn, processor_id, references)
         created = row is None
         if created:
             row = await store.insert_transaction(conn, id=transaction_id, processor_id=processor_id,

@@ -81,12 +81,16 @@ async def receive(pool: asyncpg.Pool, adapter: ProcessorAdapter, headers: Mappin
         # Headers are anyone's: one an adapter cannot even parse is a failed verification, never a 500.
         raise WebhookVerificationError(f"unreadable signature header ({type(e).__name__})") from None
     # The event as stored, and applied later: without card numbers or secrets a processor relayed.
-    event = WebhookEvent.model_validate(scrub_stored_value(event.model_dump(mode="json")))
+    as_read = event.model_dump(mode="json")
+    stored = scrub_stored_value(as_read)
+    if stored != as_read:  # something was scrubbed: the event is what is left
+        event = WebhookEvent.model_validate(stored)
+        stored = event.model_dump(mode="json")
     async with pool.acquire() as conn:
         row_id = await store.insert_webhook_event(
             conn, processor_id=adapter.id, event_id=event.event_id, event_type=event.type,
-            headers=storable_headers(headers), body=storable_body(body),
-            event=event.model_dump(mode="json"), match_keys=event.match_keys())
+            headers=storable_headers(headers), body=storable_body(body), event=stored,
+            match_keys=event.match_keys())
     log.info("webhook_received", processor=adapter.id, event_id=event.event_id, event_type=event.type,
              duplicate=row_id is None)
     metrics.child(metrics.WEBHOOK_EVENTS, adapter.id, "received" if row_id is not None else "duplicate").inc()

@@ -25,17 +25,26 @@ WITH t AS (
 )
 SELECT * FROM t"""
 
-# Every id of one payment, claimed for a transaction about to be written. In one order for
-# everyone: two registrations of one payment under different ids wait for each other (the
-# second then finds the first's transaction) instead of deadlocking.
-CLAIM_REFERENCES = """
-INSERT INTO transaction_references (processor_id, reference, transaction_id)
-SELECT $1, reference, $3 FROM unnest($2::text[]) AS reference ORDER BY reference
-ON CONFLICT (processor_id, reference) DO NOTHING
-RETURNING reference"""
 MOVE_REFERENCES = """
 UPDATE transaction_references SET transaction_id = $4
 WHERE processor_id = $1 AND reference = ANY($2::text[]) AND transaction_id = $3"""
+# Every id of one payment, claimed for a transaction about to be written. In one order for
+# everyone: two registrations of one payment under different ids wait for each other (the
+# second then finds the first's transaction) instead of deadlocking.
+# The locks below are taken first (a one-time filter, before any row), then the claims. Which ids
+# are claimed is decided by the unique index, not by this statement's snapshot: a registration
+# that committed one of them while the locks were awaited is seen, and that id is not claimed.
+LOCK_AND_CLAIM_REFERENCES = """
+INSERT INTO transaction_references (processor_id, reference, transaction_id)
+SELECT $1, reference, $3 FROM unnest($2::text[]) AS reference
+WHERE (SELECT count(*) FROM (
+    SELECT pg_advisory_xact_lock(k) FROM (
+        SELECT DISTINCT hashtextextended($1 || ':' || r, 0) AS k FROM unnest($2::text[]) AS r ORDER BY k
+    ) AS keys
+) AS locked) >= 0
+ORDER BY reference
+ON CONFLICT (processor_id, reference) DO NOTHING
+RETURNING reference"""
 # One lock per id of a payment, held until the transaction ends: a registration of the payment
 # and a webhook that finds it unknown take them, so the webhook either sees the registration or
 # is parked before the registration wakes parked events. In the order of the lock keys, for everyone.
@@ -72,13 +81,15 @@ async def insert_transaction(conn, *, id: str, processor_id: str, psp_reference:
                                currency, captured_at, settled_at, metadata)
 
 
-async def claim_references(conn, processor_id: str, references: Sequence[str], transaction_id: str) -> list[str]:
-    return [r["reference"] for r in await conn.fetch(CLAIM_REFERENCES, processor_id, list(references),
-                                                     transaction_id)]
-
-
 async def move_references(conn, processor_id: str, references: Sequence[str], from_id: str, to_id: str) -> None:
     await conn.execute(MOVE_REFERENCES, processor_id, list(references), from_id, to_id)
+
+
+async def lock_and_claim_references(conn, processor_id: str, references: Sequence[str],
+                                    transaction_id: str) -> list[str]:
+    """lock_payment_references, then claim_references, in one round trip."""
+    return [r["reference"] for r in await conn.fetch(LOCK_AND_CLAIM_REFERENCES, processor_id, list(references),
+                                                     transaction_id)]
 
 
 async def lock_payment_references(conn, processor_id: str, references: Sequence[str]) -> None:

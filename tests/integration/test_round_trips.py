@@ -9,7 +9,10 @@ import asyncio
 import pytest
 import structlog
 
+from adapters.base import PaymentSnapshot, WebhookEvent
+from gateway import webhooks
 from gateway.db import pool as pool_module
+from gateway.db import store
 from tests.conftest import Api, eventually, make_settings, start_api
 
 # The payment read (with its open disputes and row version); the refund, its reservation, event and
@@ -21,6 +24,9 @@ ROUND_TRIPS = 3
 # refund by the statement that writes it).
 ROUND_TRIPS_WITH_KEY = ROUND_TRIPS + 2
 TRANSACTION_CONTROL = ("BEGIN;", "COMMIT;")
+# A webhook announcing a payment not known yet, applied: in one transaction, the locks on its ids
+# with their claim, the payment, the wake-up of events parked on it, and the event's new status.
+WEBHOOK_ROUND_TRIPS = 6
 
 
 @pytest.fixture
@@ -68,6 +74,36 @@ async def test_with_an_idempotency_key_two_more(counted):
     api, seen = counted
     statements = await _statements_of_one_refund(api, seen, with_key=True)
     assert len(statements) == ROUND_TRIPS_WITH_KEY, "\n".join(statements)
+
+
+async def test_a_webhook_registering_a_new_payment_takes_six_round_trips(database_url, monkeypatch):
+    seen: list[str] = []
+    init = pool_module._init_connection
+
+    async def logged(conn):
+        await init(conn)
+        conn.add_query_logger(lambda record: seen.append(" ".join(record.query.split())))
+
+    monkeypatch.setattr(pool_module, "_init_connection", logged)
+    pool = await pool_module.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        for n in range(3):  # the first ones prepare the statements
+            event = WebhookEvent(event_id=f"evt_roundtrip_{n}", type="charge.succeeded", created=1, payments=[
+                PaymentSnapshot(psp_reference=f"ch_roundtrip_{n}", amount=5000, currency="EUR",
+                                invoice_id=f"INV-RT-{n}")])
+            async with pool.acquire() as conn:
+                row_id = await store.insert_webhook_event(
+                    conn, processor_id="stripe", event_id=event.event_id, event_type=event.type, headers={},
+                    body=b"{}", event=event.model_dump(mode="json"), match_keys=event.match_keys())
+            await asyncio.sleep(0.05)  # the query logger reports on the next loop iteration
+            seen.clear()
+            row = {"id": row_id, "processor_id": "stripe", "event_id": event.event_id,
+                   "event": event.model_dump(mode="json"), "attempts": 1}
+            assert await webhooks.process_row(pool, row, recheck_seconds=1) == "applied"
+            await asyncio.sleep(0.05)
+    finally:
+        await pool.close()
+    assert len(seen) == WEBHOOK_ROUND_TRIPS, "\n".join(seen)
 
 
 async def test_the_callback_written_with_the_refund_reads_as_the_api_answers(counted):
