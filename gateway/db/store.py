@@ -87,7 +87,8 @@ async def move_references(conn, processor_id: str, references: Sequence[str], fr
 
 async def lock_and_claim_references(conn, processor_id: str, references: Sequence[str],
                                     transaction_id: str) -> list[str]:
-    """lock_payment_references, then claim_references, in one round trip."""
+    """Take the payment's locks (as lock_payment_references does), then claim its ids for
+    `transaction_id`, in one round trip; returns the ids claimed here."""
     return [r["reference"] for r in await conn.fetch(LOCK_AND_CLAIM_REFERENCES, processor_id, list(references),
                                                      transaction_id)]
 

@@ -260,7 +260,7 @@ class Bench:
         return results
 
     async def with_workers(self, workers: int) -> list[dict]:
-        """Scenarios 1 and 2 again, on a gateway of `workers` server processes."""
+        """Scenarios 1, 1b and 2 again, on a gateway of `workers` server processes."""
         results = []
         per_run = 200_000 if not self.args.quick else 20_000
         await self.settle()
@@ -268,6 +268,10 @@ class Bench:
         plan1 = await self.seed("mock", per_run // 4, 1_000_000)
         gateway1, ref1 = await self.bracketed("mock", per_run // 4, 1_000_000, lambda: self.load(plan1))
         results.append(row(f"1w. refunds, mock 0 ms, 64 clients, {workers} workers", gateway1, ref1, None))
+        rate = max(1.0, ref1["rps"] / 2)
+        await self.settle()
+        open1 = self.load(await self.seed("mock", per_run // 4, 1_000_000), rate=rate)
+        results.append(row(f"1bw. same, open loop at {rate:.0f}/s, {workers} workers", open1, None, rate))
         await self.settle()
         self.load(await self.seed("slow", 2_000, 1_000_000), concurrency=512, seconds=self.warmup)
         plan2 = await self.seed("slow", per_run // 4, 1_000_000)
