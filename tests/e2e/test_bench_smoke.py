@@ -18,7 +18,7 @@ def test_quick_bench_runs_every_scenario_and_never_over_refunds(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     names = [r["scenario"].split(".")[0] for r in report["scenarios"]]
-    assert names == ["1", "1b", "2", "3", "4", "5", "1w", "2w"]
+    assert names == ["1", "1b", "2", "3", "4", "5", "1w", "1bw", "2w"]
     hot = report["scenarios"][3]
     assert hot["over_refunded"] == 0 and hot["unexpected_statuses"] == {}
     assert all(r["rps"] > 0 for r in report["scenarios"])
