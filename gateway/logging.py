@@ -27,6 +27,10 @@ _DIGIT_RUN = re.compile(r"\d+(?:[ -]\d+)*")
 # (checked first, in C: most text has none).
 _THIRTEEN_DIGITS = re.compile(r"\d(?:[ -]?\d){12}")
 _DIGIT_GROUP = re.compile(r"\d+")
+# A hash or a MAC written in hex (a signature header, a digest): 32 or more hex characters, some of
+# them letters, standing alone. Its digit runs are chance, not card numbers: one 64-character MAC
+# in about sixty holds 13 or more digits in a row that pass Luhn.
+_HEX_TOKEN = re.compile(r"(?<![0-9A-Za-z])(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{32,}(?![0-9A-Za-z])")
 # Credential elements of the wire formats (BridgePay's SOAP, as XML or escaped inside XML).
 _CREDENTIAL_ELEMENT = re.compile(
     r"(?i)((?:<|&lt;)(?:\w+:)?(?:password|passwd|pwd|username|user|userid)(?:\s[^<>&]*)?(?:>|&gt;))([^<&]*)")
@@ -57,11 +61,15 @@ def _is_secret_name(key: str) -> bool:
 
 
 def card_spans(text: str) -> list[tuple[int, int]]:
-    """Where `text` holds a card number: consecutive digit groups of 13 to 19 digits passing Luhn."""
+    """Where `text` holds a card number: consecutive digit groups of 13 to 19 digits passing Luhn,
+    outside hex hashes and MACs."""
     if _THIRTEEN_DIGITS.search(text) is None:
         return []
     spans = []
+    hex_tokens = [m.span() for m in _HEX_TOKEN.finditer(text)]
     for run in _DIGIT_RUN.finditer(text):
+        if any(start <= run.start() and run.end() <= end for start, end in hex_tokens):
+            continue
         groups = list(_DIGIT_GROUP.finditer(run.group(0)))
         i = 0
         while i < len(groups):

@@ -250,6 +250,11 @@ def test_the_libraries_stdlib_loggers_go_through_the_same_redaction_as_json(logs
     ("4111111111111112", []),  # fails Luhn
     ("order 20261121164832620802", []),  # 20 digits: no card number
     ("2026-11-21 and 1732206512", []),
+    # A Stripe-Signature whose MAC holds 17 digits in a row that pass Luhn: a hex MAC, not a card.
+    ("t=1796393937,v1=6eff7c9f88d31453294899833574e30f6c443ae3bed5a1e6fd0750860315053b", []),
+    (f"sha256:{'ab' * 8}{CARD}{'cd' * 8}", []),
+    (f"sha256:{'ab' * 2}{CARD}{'cd' * 2}", [CARD]),  # too short for a hash: a card glued to letters
+    (f"{'1' * 40} {CARD}", [CARD]),  # digits only are no hash
 ])
 def test_card_numbers_are_found_in_any_grouping(text, cards):
     assert [text[a:b] for a, b in card_spans(text)] == cards
