@@ -28,23 +28,6 @@ SELECT * FROM t"""
 MOVE_REFERENCES = """
 UPDATE transaction_references SET transaction_id = $4
 WHERE processor_id = $1 AND reference = ANY($2::text[]) AND transaction_id = $3"""
-# Every id of one payment, claimed for a transaction about to be written. In one order for
-# everyone: two registrations of one payment under different ids wait for each other (the
-# second then finds the first's transaction) instead of deadlocking.
-# The locks below are taken first (a one-time filter, before any row), then the claims. Which ids
-# are claimed is decided by the unique index, not by this statement's snapshot: a registration
-# that committed one of them while the locks were awaited is seen, and that id is not claimed.
-LOCK_AND_CLAIM_REFERENCES = """
-INSERT INTO transaction_references (processor_id, reference, transaction_id)
-SELECT $1, reference, $3 FROM unnest($2::text[]) AS reference
-WHERE (SELECT count(*) FROM (
-    SELECT pg_advisory_xact_lock(k) FROM (
-        SELECT DISTINCT hashtextextended($1 || ':' || r, 0) AS k FROM unnest($2::text[]) AS r ORDER BY k
-    ) AS keys
-) AS locked) >= 0
-ORDER BY reference
-ON CONFLICT (processor_id, reference) DO NOTHING
-RETURNING reference"""
 # One lock per id of a payment, held until the transaction ends: a registration of the payment
 # and a webhook that finds it unknown take them, so the webhook either sees the registration or
 # is parked before the registration wakes parked events. In the order of the lock keys, for everyone.
@@ -53,6 +36,20 @@ SELECT pg_advisory_xact_lock(k) FROM (
     SELECT DISTINCT hashtextextended($1 || ':' || reference, 0) AS k FROM unnest($2::text[]) AS reference
     ORDER BY k
 ) AS keys"""
+# Every id of one payment, claimed for a transaction about to be written. In one order for
+# everyone: two registrations of one payment under different ids wait for each other (the
+# second then finds the first's transaction) instead of deadlocking.
+# The payment's locks (LOCK_PAYMENT_REFERENCES) are taken first, as a one-time filter before any
+# row, then the claims. Which ids are claimed is decided by the unique index, not by this
+# statement's snapshot: a registration that committed one of them while the locks were awaited is
+# seen, and that id is not claimed.
+LOCK_AND_CLAIM_REFERENCES = """
+INSERT INTO transaction_references (processor_id, reference, transaction_id)
+SELECT $1, reference, $3 FROM unnest($2::text[]) AS reference
+WHERE (SELECT count(*) FROM (""" + LOCK_PAYMENT_REFERENCES + """) AS locked) >= 0
+ORDER BY reference
+ON CONFLICT (processor_id, reference) DO NOTHING
+RETURNING reference"""
 
 GET_TRANSACTION = "SELECT * FROM transactions WHERE id = $1"
 LOCK_TRANSACTION = "SELECT * FROM transactions WHERE id = $1 FOR UPDATE"
