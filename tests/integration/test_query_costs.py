@@ -27,6 +27,14 @@ async def pages_picking(conn: asyncpg.Connection, name: str, arguments: str) -> 
     return sum(n["Shared Hit Blocks"] + n["Shared Read Blocks"] for n in ctes)
 
 
+async def add_events(conn: asyncpg.Connection, prefix: str, status: str, count: int, *, older_by: int = 0) -> None:
+    """`count` events in `status`, due `older_by` + 1 to `older_by` + `count` seconds ago."""
+    await conn.execute(
+        "INSERT INTO webhook_events (processor_id, event_id, event_type, headers, body, event, match_keys, "
+        "status, next_attempt_at) SELECT 'stripe', $1 || n, 'charge.succeeded', '{}', '', '{}', '{}', $2, "
+        "now() - make_interval(secs => $3 + n) FROM generate_series(1, $4) AS n", prefix, status, older_by, count)
+
+
 async def cache_generic_plan(conn: asyncpg.Connection, name: str, types: str, query: str, arguments: str) -> None:
     await conn.execute("SET plan_cache_mode = force_generic_plan")
     await conn.execute(f"PREPARE {name}({types}) AS {query}")
@@ -34,17 +42,14 @@ async def cache_generic_plan(conn: asyncpg.Connection, name: str, types: str, qu
 
 
 async def test_the_webhook_inbox_is_claimed_in_a_few_pages_however_long_its_backlog(pool):
-    insert = ("INSERT INTO webhook_events (processor_id, event_id, event_type, headers, body, event, match_keys, "
-              "status, next_attempt_at) SELECT 'stripe', $1 || n, 'charge.succeeded', '{}', '', '{}', '{}', $2, "
-              "now() - make_interval(secs => $3 + n) FROM generate_series(1, $4) AS n")
     async with pool.acquire() as conn:
-        await conn.execute(insert, "evt_done_", "applied", 0, 5_000)
-        await conn.execute(insert, "evt_small_", "received", 0, 3)
+        await add_events(conn, "evt_done_", "applied", 5_000)
+        await add_events(conn, "evt_small_", "received", 3)
         await conn.execute("ANALYZE webhook_events")
         await cache_generic_plan(conn, "claim", "int, float8", store.CLAIM_DUE_WEBHOOK_EVENTS, "1, 60")
         # A backlog: fresh events, and parked ones due for a sweep (older still, so due first by time).
-        await conn.execute(insert, "evt_fresh_", "received", 0, GROWN)
-        await conn.execute(insert, "evt_parked_", "unmatched", GROWN, GROWN)
+        await add_events(conn, "evt_fresh_", "received", GROWN)
+        await add_events(conn, "evt_parked_", "unmatched", GROWN, older_by=GROWN)
         measured = conn.transaction()
         await measured.start()
         assert await pages_picking(conn, "claim", "50, 60") < FEW_PAGES
@@ -57,11 +62,8 @@ async def test_the_webhook_inbox_is_claimed_in_a_few_pages_however_long_its_back
 
 @pytest.mark.parametrize("fresh", [0, 20])
 async def test_parked_events_fill_what_fresh_ones_leave_of_a_claim(pool, fresh):
-    insert = ("INSERT INTO webhook_events (processor_id, event_id, event_type, headers, body, event, match_keys, "
-              "status, next_attempt_at) SELECT 'stripe', $1 || n, 'charge.succeeded', '{}', '', '{}', '{}', $2, "
-              "now() - interval '1 second' FROM generate_series(1, $3) AS n")
     async with pool.acquire() as conn:
-        await conn.execute(insert, "evt_fresh_", "received", fresh)
-        await conn.execute(insert, "evt_parked_", "unmatched", 100)
+        await add_events(conn, "evt_fresh_", "received", fresh)
+        await add_events(conn, "evt_parked_", "unmatched", 100)
         claimed = await store.claim_due_webhook_events(conn, 50, 60)
     assert sorted(r["event_id"].split("_")[1] for r in claimed) == ["fresh"] * fresh + ["parked"] * (50 - fresh)

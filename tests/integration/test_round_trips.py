@@ -29,19 +29,25 @@ TRANSACTION_CONTROL = ("BEGIN;", "COMMIT;")
 WEBHOOK_ROUND_TRIPS = 6
 
 
-@pytest.fixture
-async def counted(database_url, monkeypatch):
-    """The real server, and every statement its pool's connections sent, by request id."""
+def log_statements(monkeypatch) -> list[tuple[str | None, str]]:
+    """Every statement the pools made from now on send, with the request id it was sent for (the
+    logger runs in the context of the task that sent it)."""
     seen: list[tuple[str | None, str]] = []
     init = pool_module._init_connection
 
     async def logged(conn):
         await init(conn)
-        # The logger runs in the context of the task that sent the statement: its request id.
         conn.add_query_logger(lambda record: seen.append(
             (structlog.contextvars.get_contextvars().get("request_id"), " ".join(record.query.split()))))
 
     monkeypatch.setattr(pool_module, "_init_connection", logged)
+    return seen
+
+
+@pytest.fixture
+async def counted(database_url, monkeypatch):
+    """The real server, and every statement its pool's connections sent, by request id."""
+    seen = log_statements(monkeypatch)
     # One connection: prepared statements are per connection, and each is prepared once, then reused.
     client = await start_api(make_settings(database_url, db_pool_min=1, db_pool_max=1))
     try:
@@ -77,14 +83,7 @@ async def test_with_an_idempotency_key_two_more(counted):
 
 
 async def test_a_webhook_registering_a_new_payment_takes_six_round_trips(database_url, monkeypatch):
-    seen: list[str] = []
-    init = pool_module._init_connection
-
-    async def logged(conn):
-        await init(conn)
-        conn.add_query_logger(lambda record: seen.append(" ".join(record.query.split())))
-
-    monkeypatch.setattr(pool_module, "_init_connection", logged)
+    seen = log_statements(monkeypatch)
     pool = await pool_module.create_pool(database_url, min_size=1, max_size=1)
     try:
         for n in range(3):  # the first ones prepare the statements
@@ -103,7 +102,7 @@ async def test_a_webhook_registering_a_new_payment_takes_six_round_trips(databas
             await asyncio.sleep(0.05)
     finally:
         await pool.close()
-    assert len(seen) == WEBHOOK_ROUND_TRIPS, "\n".join(seen)
+    assert len(seen) == WEBHOOK_ROUND_TRIPS, "\n".join(query for _, query in seen)
 
 
 async def test_the_callback_written_with_the_refund_reads_as_the_api_answers(counted):
