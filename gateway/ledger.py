@@ -381,7 +381,9 @@ async def publish(conn: asyncpg.Connection, refund: asyncpg.Record, *, previous_
         credit_note = CreditNoteState.from_rows(refund["invoice_id"], refund["credit_note_id"],
                                                 rows).model_dump(mode="json")
     payload = {"type": kind, "refund_id": refund["id"], "version": refund["version"],
-               "previous_status": previous_status, "refund": dict(refund), "credit_note": credit_note}
+               "previous_status": previous_status,
+               "refund": {column: refund[column] for column in store.REFUND_SNAPSHOT_COLUMNS},
+               "credit_note": credit_note}
     await store.insert_outbox(conn, refund["id"], refund["version"], kind, payload, request_id)
     published(refund, previous_status=previous_status)
 

@@ -6,12 +6,12 @@ from datetime import datetime, timezone
 
 from adapters.base import OutcomeUnknownError, RefundResult, TransientProcessorError
 from adapters.mock import MockAdapter
-from gateway import services
+from gateway import callbacks, services
 from gateway.db import store
 from gateway.domain.refunds import Outcome
 from gateway.execution import Attempt, RefundExecutor, refund_request
 from gateway.ledger import decide
-from gateway.models import RefundCreate, TransactionCreate
+from gateway.models import RefundCreate, RefundOut, TransactionCreate
 from tests.conftest import make_settings
 
 
@@ -107,6 +107,27 @@ async def test_a_run_answer_is_recorded_by_one_statement_while_the_refund_is_as_
         types = [r["type"] for r in await conn.fetch(
             "SELECT type FROM outbox_events WHERE refund_id = $1 ORDER BY version", refund["id"])]
     assert types == ["refund.created", "refund.succeeded"]
+
+
+async def test_a_callback_keeps_the_refund_as_the_billing_core_is_shown_it_and_nothing_internal(pool, database_url):
+    """Both writers of a callback keep one snapshot: the statement that writes a state (a refund of no
+    credit note) and ledger.publish (one of a credit note, written after the credit note's state).
+    Each renders as the refund read at that version does, and neither keeps the lease or the key."""
+    plain, _ = await _refund(pool, amount=100)
+    async with pool.acquire() as conn:
+        noted = (await services.create_refund(conn, RefundCreate(invoice_id="inv_1", credit_note_id="cn_1", amount=200,
+                                                                 currency="EUR"), lease_seconds=60)).refund
+    executor = RefundExecutor(pool, {"mock": MockAdapter("mock")}, make_settings(database_url))
+    for refund in (plain, noted):
+        done = await executor.record(refund, RefundResult(Outcome.SUCCEEDED, psp_refund_id=f"re_{refund['id']}"),
+                                     _calls(), event="processor_answer", refund_calls=1,
+                                     lease_token=refund["lease_token"])
+        async with pool.acquire() as conn:
+            events = await conn.fetch("SELECT * FROM outbox_events WHERE refund_id = $1 ORDER BY version", refund["id"])
+        assert [set(e["payload"]["refund"]) for e in events] == [set(store.REFUND_SNAPSHOT_COLUMNS)] * 2
+        assert {"lease_token", "idempotency_key"}.isdisjoint(store.REFUND_SNAPSHOT_COLUMNS)
+        assert callbacks.event_body(events[-1])["data"] == RefundOut.from_row(done).model_dump(mode="json")
+        assert events[0]["payload"]["refund"]["status"] == "pending"
 
 
 async def test_a_run_answer_for_a_refund_moved_meanwhile_goes_through_the_lock(pool, database_url):
