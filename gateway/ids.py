@@ -9,7 +9,7 @@ import os
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-# base64's base32 alphabet to Crockford's (lower case): the encoding is done in C.
+# base64's base32 alphabet to Crockford's (lower case).
 _CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 
 
