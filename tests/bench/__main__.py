@@ -61,6 +61,13 @@ api_key = "{KEY}"
 scopes = ["transactions:write", "transactions:read", "refunds:write", "refunds:read", "admin"]
 """
 
+# What each busy session of the bench's database is waiting for ("running": nothing).
+BUSY_SESSIONS = """
+SELECT coalesce(wait_event, 'running') FROM pg_stat_activity
+WHERE state = 'active' AND backend_type = 'client backend' AND datname = current_database()
+  AND pid <> pg_backend_pid()"""
+WAL_WRITTEN = "SELECT wal_bytes, wal_fpi FROM pg_stat_wal"
+
 
 class Bench:
     def __init__(self, args: argparse.Namespace, folder: Path):
@@ -165,6 +172,45 @@ class Bench:
         finally:
             await conn.close()
 
+    async def open_loop(self, rate: float, count: int) -> tuple[dict, dict]:
+        """Scenario 1b: refunds at a fixed rate on the gateway, then on the reference, each from a
+        settled database and watched (see `watched`). Returns the gateway's run, and what was
+        watched of both with the reference's latencies, to tell the database's part of a tail from
+        the service's."""
+        await self.settle()
+        plan = await self.seed("mock", count, 1_000_000)
+        gateway, watched = await self.watched(lambda: self.load(plan, rate=rate))
+        await self.settle()
+        plan = await self.seed("mock", count, 1_000_000)
+        reference, reference_watched = await self.watched(lambda: self.reference(plan, rate=rate))
+        return gateway, {**watched, "reference_open_loop": {
+            "p50_ms": reference["p50_ms"], "p99_ms": reference["p99_ms"], **reference_watched}}
+
+    async def watched(self, run) -> tuple[dict, dict]:
+        """`run()` (a load, run in a thread), with Postgres watched meanwhile: the WAL written per
+        request answered (and the full-page images in it: a page's first change after a checkpoint
+        writes the whole page), and `wal_flush_wait_share`: of the database's busy sessions, sampled every
+        10 ms, the share waiting for the WAL to reach the disk (a commit waits for its flush:
+        LWLock WALWrite, IO WalSync and WalWrite)."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            wal_before = await conn.fetchrow(WAL_WRITTEN)
+            waits: Counter[str] = Counter()
+            running = asyncio.get_running_loop().run_in_executor(None, run)
+            while not running.done():
+                waits.update(r[0] for r in await conn.fetch(BUSY_SESSIONS))
+                await asyncio.wait([running], timeout=0.01)
+            result = await running
+            wal_after = await conn.fetchrow(WAL_WRITTEN)
+        finally:
+            await conn.close()
+        busy = sum(waits.values())
+        flush = waits["WALWrite"] + waits["WalSync"] + waits["WalWrite"]
+        requests = max(1, result["requests"])
+        return result, {"wal_bytes_per_request": round(float(wal_after[0] - wal_before[0]) / requests),
+                        "wal_full_pages_per_request": round((wal_after[1] - wal_before[1]) / requests, 2),
+                        "wal_flush_wait_share": round(flush / busy, 2) if busy else 0.0}
+
     def rss_mb(self) -> float:
         """Resident memory of the gateway: its process and any worker processes."""
         proc = psutil.Process(self.gateway.proc.pid)
@@ -185,9 +231,9 @@ class Bench:
         results.append(row("1. refunds, mock 0 ms, 64 clients", gateway1, ref1, floor1["rps"], floor1,
                            extra=self.profiles.get("1")))
         rate = max(1.0, ref1["rps"] / 2)
-        await self.settle()
-        open1 = self.load(await self.seed("mock", per_run // 4, 1_000_000), rate=rate)
-        results.append(row(f"1b. same, open loop at {rate:.0f}/s (half the reference)", open1, None, rate))
+        open1, watched1 = await self.open_loop(rate, per_run // 4)
+        results.append(row(f"1b. same, open loop at {rate:.0f}/s (half the reference)", open1, None, rate,
+                           extra=watched1))
 
         # 2. Processor latency 200 ms, 512 clients: nothing may be held across the call. Its floor is
         # the most the latency allows, or the gateway's own rate at 0 ms if that is lower.
@@ -269,9 +315,9 @@ class Bench:
         gateway1, ref1 = await self.bracketed("mock", per_run // 4, 1_000_000, lambda: self.load(plan1))
         results.append(row(f"1w. refunds, mock 0 ms, 64 clients, {workers} workers", gateway1, ref1, None))
         rate = max(1.0, ref1["rps"] / 2)
-        await self.settle()
-        open1 = self.load(await self.seed("mock", per_run // 4, 1_000_000), rate=rate)
-        results.append(row(f"1bw. same, open loop at {rate:.0f}/s, {workers} workers", open1, None, rate))
+        open1, watched1 = await self.open_loop(rate, per_run // 4)
+        results.append(row(f"1bw. same, open loop at {rate:.0f}/s, {workers} workers", open1, None, rate,
+                           extra=watched1))
         await self.settle()
         self.load(await self.seed("slow", 2_000, 1_000_000), concurrency=512, seconds=self.warmup)
         plan2 = await self.seed("slow", per_run // 4, 1_000_000)
@@ -393,7 +439,9 @@ def table(report: dict) -> str:
                      f"{r['floor_rps'] or '-':>8} {r['ratio'] or '-':>6} {r['load_cpu_share']:>8}")
         notes = {k: v for k, v in r.items() if k in (
             "over_refunded", "unexpected_statuses", "refunds_made", "balance_for", "refunds_per_s",
-            "backlog_drained_seconds", "applied_per_s", "rss_start_mb", "rss_end_mb", "rss_growth", "plan_wrapped",
+            "backlog_drained_seconds", "applied_per_s", "wal_bytes_per_request", "wal_full_pages_per_request",
+            "wal_flush_wait_share",
+            "reference_open_loop", "rss_start_mb", "rss_end_mb", "rss_growth", "plan_wrapped",
             "profile")}
         if notes:
             lines.append(f"{'':<4}{json.dumps(notes)}")
