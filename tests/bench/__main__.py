@@ -188,9 +188,9 @@ class Bench:
 
     async def watched(self, run) -> tuple[dict, dict]:
         """`run()` (a load, run in a thread), with Postgres watched meanwhile: the WAL written per
-        request answered (and the full-page images in it: a page's first change after a checkpoint
-        writes the whole page), and `wal_flush_wait_share`: of the database's busy sessions, sampled every
-        10 ms, the share waiting for the WAL to reach the disk (a commit waits for its flush:
+        request answered, the full-page images in it (a page's first change after a checkpoint
+        writes the whole page), and `wal_flush_wait_share`: of the database's busy sessions, sampled
+        every 10 ms, the share waiting for the WAL to reach the disk (a commit waits for its flush:
         LWLock WALWrite, IO WalSync and WalWrite)."""
         conn = await asyncpg.connect(self.dsn)
         try:
@@ -440,9 +440,8 @@ def table(report: dict) -> str:
         notes = {k: v for k, v in r.items() if k in (
             "over_refunded", "unexpected_statuses", "refunds_made", "balance_for", "refunds_per_s",
             "backlog_drained_seconds", "applied_per_s", "wal_bytes_per_request", "wal_full_pages_per_request",
-            "wal_flush_wait_share",
-            "reference_open_loop", "rss_start_mb", "rss_end_mb", "rss_growth", "plan_wrapped",
-            "profile")}
+            "wal_flush_wait_share", "reference_open_loop", "rss_start_mb", "rss_end_mb", "rss_growth",
+            "plan_wrapped", "profile")}
         if notes:
             lines.append(f"{'':<4}{json.dumps(notes)}")
     m = report["machine"]

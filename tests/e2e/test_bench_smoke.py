@@ -27,7 +27,8 @@ def test_quick_bench_runs_every_scenario_and_never_over_refunds(tmp_path):
     webhooks = report["scenarios"][4]
     assert 0 < webhooks["applied_per_s"] <= webhooks["rps"]  # end to end, counted after the backlog drained
     assert not any(r.get("plan_wrapped") for r in report["scenarios"])
-    for open_loop in (report["scenarios"][1], report["scenarios"][7]):  # 1b and 1bw: the database watched, and
-        compared = open_loop["reference_open_loop"]                      # the reference at the same rate
+    # 1b and 1bw: the database watched, and the reference run at the same rate
+    for open_loop in (report["scenarios"][1], report["scenarios"][7]):
+        compared = open_loop["reference_open_loop"]
         assert open_loop["wal_bytes_per_request"] > 0 and compared["wal_bytes_per_request"] > 0
         assert 0 <= open_loop["wal_flush_wait_share"] <= 1 and compared["p99_ms"] > 0
