@@ -128,6 +128,13 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
             continue
         await services.register_payment(conn, processor_id, payment)
     unmatched = False
+    if len(event.refunds) > 1:
+        # Each refund is applied under its lock and its payment's, taken in that order everywhere.
+        # One by one, this event would hold the payment while it waits for its next refund, and an
+        # event naming them in another order could hold that refund and wait for the payment: so
+        # all of them are locked first, in one order.
+        known = [await known_refund(conn, processor_id, snapshot) for snapshot in event.refunds]
+        await store.lock_refunds(conn, sorted({refund["id"] for refund in known if refund is not None}))
     for snapshot in event.refunds:
         refund = await known_refund(conn, processor_id, snapshot)
         if refund is None:

@@ -190,6 +190,8 @@ SELECT * FROM u"""
 
 GET_REFUND = "SELECT * FROM refunds WHERE id = $1"
 LOCK_REFUND = "SELECT * FROM refunds WHERE id = $1 FOR UPDATE"
+# Several refunds, locked in the order of their ids (the rows are locked as the sort hands them on).
+LOCK_REFUNDS = "SELECT id FROM refunds WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
 # The refund and its payment, both locked (the refund's row first), with `payment_room`: how much
 # more the payment can have refunded (its amount less what is refunded and charged back).
 LOCK_REFUND_AND_PAYMENT = """
@@ -400,6 +402,10 @@ async def get_refund(conn, refund_id: str) -> Row | None:
 
 async def lock_refund(conn, refund_id: str) -> Row | None:
     return await conn.fetchrow(LOCK_REFUND, refund_id)
+
+
+async def lock_refunds(conn, refund_ids: Sequence[str]) -> None:
+    await conn.execute(LOCK_REFUNDS, list(refund_ids))
 
 
 async def lock_refund_and_payment(conn, refund_id: str) -> Row | None:

@@ -12,7 +12,7 @@ from adapters.base import RefundSnapshot, WebhookEvent
 from gateway import services, webhooks
 from gateway.db import store
 from gateway.domain.refunds import Outcome
-from gateway.models import TransactionCreate
+from gateway.models import RefundCreate, TransactionCreate
 
 PAYMENT = "ch_crossing"
 
@@ -144,3 +144,49 @@ async def test_fresh_events_are_claimed_before_parked_ones(pool):
         claimed = await store.claim_due_webhook_events(conn, 2, webhooks.LEASE_SECONDS)
     # The fresh one, and the parked one due first: a claim's rows come in no particular order.
     assert sorted(r["id"] for r in claimed) == sorted([fresh, parked[0]])
+
+
+async def waits_for_rows(pool: asyncpg.Pool, task: asyncio.Task, count: int) -> None:
+    """Until `count` sessions of this database wait for a row's lock; fails if `task` ends first."""
+    for _ in range(300):
+        async with pool.acquire() as conn:
+            waiting = await conn.fetchval(
+                "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted AND locktype IN ('transactionid', 'tuple') "
+                "AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())")
+        if waiting >= count:
+            return
+        assert not task.done(), f"ended without waiting: {task.result()!r}"
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"fewer than {count} sessions waited for a row")
+
+
+async def test_two_events_naming_the_same_refunds_in_opposite_orders_never_deadlock(pool):
+    """Each event locks a refund, then its payment, to apply it. Two events that name two refunds of
+    one payment in opposite orders would each hold what the other waits for: the first holding the
+    payment and waiting for the second refund, the other holding that refund and waiting for the
+    payment. An event about several refunds locks them all first, in one order, so one waits."""
+    async with pool.acquire() as conn:
+        tx, _ = await services.register_transaction(conn, registration())
+        made = [(await services.create_refund(conn, RefundCreate(invoice_id="INV-CROSS", transaction_id=tx["id"],
+                                                                 amount=amount, currency="EUR"),
+                                              lease_seconds=60)).refund for amount in (300, 400)]
+
+    def event(event_id: str, refunds: list) -> WebhookEvent:
+        return WebhookEvent(event_id=event_id, type="charge.refunded", refunds=[RefundSnapshot(
+            psp_refund_id=f"re_{r['id']}", refund_id=r["id"], payment_references=[PAYMENT], amount=r["amount"],
+            currency="EUR", outcome=Outcome.SUCCEEDED) for r in refunds])
+
+    async def apply(e: WebhookEvent) -> str:
+        async with pool.acquire() as conn, conn.transaction():
+            return await webhooks.apply_event(conn, "mock", e, recheck_seconds=1)
+
+    async with pool.acquire() as holder, holder.transaction():
+        await store.lock_transaction(holder, tx["id"])  # the payment, held while both events start
+        first = asyncio.create_task(apply(event("evt_forward", made)))
+        await waits_for_rows(pool, first, 1)
+        second = asyncio.create_task(apply(event("evt_backward", made[::-1])))
+        await waits_for_rows(pool, second, 2)
+    assert await asyncio.gather(first, second) == ["applied", "applied"]
+    async with pool.acquire() as conn:
+        statuses = [await conn.fetchval("SELECT status FROM refunds WHERE id = $1", r["id"]) for r in made]
+    assert statuses == ["succeeded", "succeeded"] and await balance(pool) == (700, 0)
