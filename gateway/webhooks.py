@@ -129,7 +129,7 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
         await services.register_payment(conn, processor_id, payment)
     unmatched = False
     if len(event.refunds) > 1:
-        # Each refund is applied under its lock and its payment's, taken in that order everywhere.
+        # Each refund is applied under its lock and its payment's, taken in that order.
         # One by one, this event would hold the payment while it waits for its next refund, and an
         # event naming them in another order could hold that refund and wait for the payment: so
         # all of them are locked first, in one order.
