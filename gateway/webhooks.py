@@ -128,22 +128,22 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
             continue
         await services.register_payment(conn, processor_id, payment)
     unmatched = False
-    if len(event.refunds) > 1:
+    known = [await known_refund(conn, processor_id, snapshot) for snapshot in event.refunds]
+    if len(known) > 1:
         # Each refund is applied under its lock and its payment's, taken in that order.
         # One by one, this event would hold the payment while it waits for its next refund, and an
         # event naming them in another order could hold that refund and wait for the payment: so
         # all of them are locked first, in one order.
-        known = [await known_refund(conn, processor_id, snapshot) for snapshot in event.refunds]
         await store.lock_refunds(conn, sorted({refund["id"] for refund in known if refund is not None}))
-    for snapshot in event.refunds:
-        refund = await known_refund(conn, processor_id, snapshot)
+    for snapshot, refund in zip(event.refunds, known):
         if refund is None:
             transaction = await payment_after_registrations(conn, processor_id, snapshot.payment_references)
             if transaction is None:
                 unmatched = True
                 continue
             await store.lock_transaction(conn, transaction["id"])
-            # Under the lock, again: another event about the same refund may have recorded it meanwhile.
+            # Under the lock, again: another event about the same refund (or an earlier snapshot of this
+            # one) may have recorded it since it was looked up.
             refund = await known_refund(conn, processor_id, snapshot)
             if refund is None:
                 await ledger.record_external(conn, transaction, snapshot, event=cause, request_id=request_id,
