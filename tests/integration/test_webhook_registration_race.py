@@ -15,6 +15,7 @@ from gateway.domain.refunds import Outcome
 from gateway.models import RefundCreate, TransactionCreate
 
 PAYMENT = "ch_crossing"
+ROW_LOCKS = ("transactionid", "tuple")  # what a session waiting for a row's lock waits on
 
 
 def registration(reference: str = PAYMENT) -> TransactionCreate:
@@ -33,18 +34,20 @@ async def stored_refund_event(pool: asyncpg.Pool, event_id: str = "evt_dashboard
             event=event.model_dump(mode="json"), match_keys=event.match_keys())
 
 
-async def waits_for_a_lock(pool: asyncpg.Pool, task: asyncio.Task) -> None:
-    """Until a session of this database waits for an advisory lock; fails if `task` ends first."""
-    for _ in range(200):
+async def waits_for_locks(pool: asyncpg.Pool, task: asyncio.Task, kinds: tuple[str, ...] = ("advisory",),
+                          sessions: int = 1) -> None:
+    """Until `sessions` sessions of this database wait for a lock of one of these kinds (advisory: a
+    payment's ids; transactionid or tuple: a row); fails if `task` ends first."""
+    for _ in range(300):
         async with pool.acquire() as conn:
             waiting = await conn.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
-        if waiting:
+                "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted AND locktype = ANY($1::text[]) "
+                "AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())", list(kinds))
+        if waiting >= sessions:
             return
         assert not task.done(), f"ended without waiting: {task.result()!r}"
         await asyncio.sleep(0.01)
-    raise AssertionError("nobody waited for the payment's lock")
+    raise AssertionError(f"fewer than {sessions} sessions waited for a lock of {kinds}")
 
 
 async def event_row(pool: asyncpg.Pool, row_id: int) -> asyncpg.Record:
@@ -67,7 +70,7 @@ async def test_webhook_finding_its_payment_unknown_waits_for_a_registration_in_f
         await registering.start()
         await services.register_transaction(conn, registration())  # not committed yet
         inbox = asyncio.create_task(webhooks.process_due(pool, recheck_seconds=60))
-        await waits_for_a_lock(pool, inbox)
+        await waits_for_locks(pool, inbox)
         await registering.commit()
     assert await inbox == 1
 
@@ -84,7 +87,7 @@ async def test_registration_waits_for_a_webhook_parking_its_refund_and_then_wake
             event = WebhookEvent.model_validate(claimed["event"])
             assert await webhooks.apply_event(conn, "mock", event, recheck_seconds=60) == "unmatched"
             registering = asyncio.create_task(_register(pool))
-            await waits_for_a_lock(pool, registering)
+            await waits_for_locks(pool, registering)
             await store.finish_webhook_event(conn, row_id, "unmatched")
     await registering
 
@@ -146,20 +149,6 @@ async def test_fresh_events_are_claimed_before_parked_ones(pool):
     assert sorted(r["id"] for r in claimed) == sorted([fresh, parked[0]])
 
 
-async def waits_for_rows(pool: asyncpg.Pool, task: asyncio.Task, count: int) -> None:
-    """Until `count` sessions of this database wait for a row's lock; fails if `task` ends first."""
-    for _ in range(300):
-        async with pool.acquire() as conn:
-            waiting = await conn.fetchval(
-                "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted AND locktype IN ('transactionid', 'tuple') "
-                "AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())")
-        if waiting >= count:
-            return
-        assert not task.done(), f"ended without waiting: {task.result()!r}"
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"fewer than {count} sessions waited for a row")
-
-
 async def test_two_events_naming_the_same_refunds_in_opposite_orders_never_deadlock(pool):
     """Each event locks a refund, then its payment, to apply it. Two events that name two refunds of
     one payment in opposite orders would each hold what the other waits for: the first holding the
@@ -183,9 +172,9 @@ async def test_two_events_naming_the_same_refunds_in_opposite_orders_never_deadl
     async with pool.acquire() as holder, holder.transaction():
         await store.lock_transaction(holder, tx["id"])  # the payment, held while both events start
         first = asyncio.create_task(apply(event("evt_forward", made)))
-        await waits_for_rows(pool, first, 1)
+        await waits_for_locks(pool, first, ROW_LOCKS)
         second = asyncio.create_task(apply(event("evt_backward", made[::-1])))
-        await waits_for_rows(pool, second, 2)
+        await waits_for_locks(pool, second, ROW_LOCKS, sessions=2)
     assert await asyncio.gather(first, second) == ["applied", "applied"]
     async with pool.acquire() as conn:
         statuses = [await conn.fetchval("SELECT status FROM refunds WHERE id = $1", r["id"]) for r in made]
