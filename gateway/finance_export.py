@@ -1,13 +1,14 @@
 """The finance export: every refund settled in a period, one row each, as CSV a spreadsheet opens as
 is, or as JSON lines, read from a cursor and handed out in batches to whoever writes them (an HTTP
-answer, a file), so that a month of refunds takes constant memory."""
+answer's temporary file, the command's output), so that a month of refunds takes constant memory."""
 
 from __future__ import annotations
 
 import csv
 import io
+import tempfile
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping
+from typing import IO, Any, Awaitable, Callable, Iterable, Literal, Mapping
 
 import asyncpg
 import orjson
@@ -24,6 +25,7 @@ BOM = "\ufeff"  # so that a spreadsheet reads the CSV as UTF-8
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a cell starting so is run as a formula by a spreadsheet
 _METHOD = {"offline": "offline", "external": "external"}
 BATCH = 500  # rows read from the cursor, and written, at a time
+SPOOL_IN_MEMORY = 4 * 2**20  # a spooled export larger than this goes to a temporary file
 
 
 def _when(value: datetime | None) -> str | None:
@@ -84,3 +86,20 @@ async def stream(conn: asyncpg.Connection, since: datetime, until: datetime, fmt
                 count, batch = count + len(batch), []
         await write(chunk(batch, fmt))
     return count + len(batch)
+
+
+async def spooled(pool: asyncpg.Pool, since: datetime, until: datetime, fmt: Format) -> IO[bytes]:
+    """The period's export in a temporary file (in memory up to SPOOL_IN_MEMORY), read back from its
+    start. The database connection is given back once the file is written: a client that reads
+    the answer slowly holds no connection, and no transaction stays open while it reads."""
+    out = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+    try:
+        async def write(data: bytes) -> None:
+            out.write(data)
+        async with pool.acquire() as conn:
+            await stream(conn, since, until, fmt, write)
+        out.seek(0)
+    except BaseException:
+        out.close()
+        raise
+    return out

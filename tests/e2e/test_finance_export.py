@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
+from aiohttp import web
 
 from gateway import keys
 from gateway.finance_export import COLUMNS
@@ -132,6 +133,47 @@ async def test_ten_thousand_refunds_stream_in_bounded_memory(api):
     assert rows == 10_001  # the header and every refund
     assert chunks > 5, chunks
     assert peak < 20 * 2**20, f"{peak / 2**20:.1f} MiB"
+
+
+async def test_a_client_reading_slowly_holds_no_database_connection(api, monkeypatch):
+    # The answer's first rows are held back, as a client that reads slowly holds them back. While
+    # they are, no session may sit in the export's read: the rows are all read, and the connection
+    # given back, before the first byte of them is sent.
+    tx = await api.transaction(amount=10**6)
+    async with api.app[keys.POOL].acquire() as conn:
+        await conn.execute("""
+            WITH r AS (
+                INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, amount, currency, status, stage,
+                                     idempotency_key)
+                SELECT 'rf_slow_' || n, $1, 'mock', $2, 100, 'EUR', 'succeeded', 'done', 'rf_slow_' || n
+                FROM generate_series(1, 1200) AS n RETURNING id)
+            INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail)
+            SELECT id, 'processor_answer', 'pending', 'succeeded', 'sending', 'done', '{}' FROM r""",
+                           tx["id"], tx["invoice_id"])
+    sending, release = asyncio.Event(), asyncio.Event()
+    write = web.StreamResponse.write
+
+    async def slow_write(self, data):
+        if b"rf_slow_" in data and not release.is_set():
+            sending.set()
+            await release.wait()
+        return await write(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write", slow_write)
+    download = asyncio.ensure_future(api.get("/admin/exports/refunds", key=ADMIN_KEY, params=_period()))
+    try:
+        await asyncio.wait_for(sending.wait(), 30)
+        async with api.app[keys.POOL].acquire() as conn:
+            reading = await conn.fetch("""
+                SELECT state, query FROM pg_stat_activity
+                WHERE datname = current_database() AND pid <> pg_backend_pid()
+                  AND query LIKE '%AS settled_at FROM refund_events%' AND state <> 'idle'""")
+        assert reading == [], "a session stays in the export while its answer waits for the client"
+    finally:
+        release.set()
+    resp = await download
+    assert resp.status == 200
+    assert (await resp.read()).count(b"rf_slow_") == 1200
 
 
 async def test_the_command_writes_the_export_to_a_file(api, database_url, tmp_path):
