@@ -1,10 +1,12 @@
 # Set-up is part of every target: the virtualenv is created or reused, and synced to uv.lock
 # (every package pinned, with hashes) whenever pyproject.toml or uv.lock changes. uv itself comes
-# from PyPI at a pinned version into the same virtualenv: nothing to install by hand.
+# from PyPI into the same virtualenv, pinned with hashes in deploy/requirements-uv.txt: nothing to
+# install by hand.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-UV_VERSION := 0.13.9
+UV_REQUIREMENTS := deploy/requirements-uv.txt
+UV_VERSION := $(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' $(UV_REQUIREMENTS))
 UV := $(BIN)/uv
 # uv uses the virtualenv's Python and never downloads one; it installs into $(VENV).
 export UV_PROJECT_ENVIRONMENT := $(VENV)
@@ -13,9 +15,10 @@ export UV_LINK_MODE ?= copy
 
 .PHONY: run test bench chaos migrate stripe-sim bridgepay-sim clean lock
 
-$(VENV)/.uv-$(UV_VERSION):
+$(VENV)/.uv-$(UV_VERSION): $(UV_REQUIREMENTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --only-binary :all: \
+		--no-deps -r $(UV_REQUIREMENTS)
 	touch $@
 
 # --locked: fail, rather than re-resolve, when uv.lock no longer matches pyproject.toml.
