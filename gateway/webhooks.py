@@ -116,6 +116,15 @@ async def _keep_unreadable(pool: asyncpg.Pool, adapter: ProcessorAdapter, header
     return Receipt(event_id, row_id is not None, unreadable=True)
 
 
+class RefundBusy(Exception):
+    """A refund found under its payment's lock is held by another session: the event is applied
+    again later rather than wait the wrong way round."""
+
+    def __init__(self, refund_id: str) -> None:
+        super().__init__(f"refund {refund_id} was busy; the event is applied again shortly")
+        self.refund_id = refund_id
+
+
 async def apply_event(conn: asyncpg.Connection, processor_id: str, event: WebhookEvent, *,
                       recheck_seconds: float, request_id: str | None = None) -> str:
     """Apply one event inside the caller's transaction; returns the event's new status."""
@@ -149,6 +158,13 @@ async def apply_event(conn: asyncpg.Connection, processor_id: str, event: Webhoo
                 await ledger.record_external(conn, transaction, snapshot, event=cause, request_id=request_id,
                                              snapshot_at=snapshot_at)
                 continue
+            # Recorded meanwhile: found holding its payment, the wrong way round. Whoever holds the
+            # refund may be waiting for the payment (a processor answer being recorded): take it only
+            # if it is free now; else give everything back and apply the event again shortly.
+            try:
+                await store.lock_refund_at_once(conn, refund["id"])
+            except asyncpg.LockNotAvailableError:
+                raise RefundBusy(refund["id"]) from None
         if refund["amount"] != snapshot.amount:
             log.warning("webhook_refund_amount_differs", refund_id=refund["id"], ours=refund["amount"],
                         processor_amount=snapshot.amount)
@@ -249,6 +265,12 @@ async def _process_row(pool: asyncpg.Pool, row: asyncpg.Record, *, recheck_secon
             metrics.child(metrics.WEBHOOK_LAG, row["processor_id"]).observe(max(0.0, waited))
         log.info("webhook_processed", processor=row["processor_id"], event_id=row["event_id"], status=status)
         return status
+    except RefundBusy as e:  # expected now and then: no traceback
+        log.info("webhook_deferred", processor=row["processor_id"], event_id=row["event_id"],
+                 refund_id=e.refund_id)
+        async with pool.acquire() as conn:
+            await store.fail_webhook_event(conn, row["id"], f"deferred: {e}")
+        return "failed"
     except WebhookPayloadError as e:  # still unreadable: no traceback, the reason says it all
         log.warning("webhook_unreadable", processor=row["processor_id"], event_id=row["event_id"],
                     attempts=row["attempts"], reason=str(e)[:200])

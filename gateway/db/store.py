@@ -192,6 +192,7 @@ GET_REFUND = "SELECT * FROM refunds WHERE id = $1"
 LOCK_REFUND = "SELECT * FROM refunds WHERE id = $1 FOR UPDATE"
 # Several refunds, locked in the order of their ids (the rows are locked as the sort hands them on).
 LOCK_REFUNDS = "SELECT id FROM refunds WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+LOCK_REFUND_AT_ONCE = "SELECT id FROM refunds WHERE id = $1 FOR UPDATE NOWAIT"
 # The refund and its payment, both locked (the refund's row first), with `payment_room`: how much
 # more the payment can have refunded (its amount less what is refunded and charged back).
 LOCK_REFUND_AND_PAYMENT = """
@@ -406,6 +407,11 @@ async def lock_refund(conn, refund_id: str) -> Row | None:
 
 async def lock_refunds(conn, refund_ids: Sequence[str]) -> None:
     await conn.execute(LOCK_REFUNDS, list(refund_ids))
+
+
+async def lock_refund_at_once(conn, refund_id: str) -> None:
+    """Lock the refund's row if it is free; asyncpg.LockNotAvailableError if another holds it."""
+    await conn.execute(LOCK_REFUND_AT_ONCE, refund_id)
 
 
 async def lock_refund_and_payment(conn, refund_id: str) -> Row | None:

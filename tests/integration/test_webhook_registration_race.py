@@ -179,3 +179,48 @@ async def test_two_events_naming_the_same_refunds_in_opposite_orders_never_deadl
     async with pool.acquire() as conn:
         statuses = [await conn.fetchval("SELECT status FROM refunds WHERE id = $1", r["id"]) for r in made]
     assert statuses == ["succeeded", "succeeded"] and await balance(pool) == (700, 0)
+
+
+async def test_a_refund_recorded_while_its_event_waited_for_the_payment_never_deadlocks(pool):
+    """An event about a refund not known yet locks the refund's payment, then looks again. If the
+    refund was recorded meanwhile, it is found holding the payment, and a session that holds the
+    refund and waits for the payment (a processor answer being recorded) would wait on it while it
+    waits on them. The event takes the refund only if it is free at once; else it gives all back
+    and is applied again shortly, when the refund is known from the start and locked first."""
+    async with pool.acquire() as conn:
+        tx, _ = await services.register_transaction(conn, registration())
+        refund = (await services.create_refund(conn, RefundCreate(invoice_id="INV-CROSS", transaction_id=tx["id"],
+                                                                  amount=600, currency="EUR"),
+                                               lease_seconds=60)).refund
+        # By the processor's refund id only (no id of ours echoed): not known until it is recorded.
+        event = WebhookEvent(event_id="evt_meanwhile", type="refund.updated", refunds=[RefundSnapshot(
+            psp_refund_id="re_meanwhile", payment_references=[PAYMENT], amount=600, currency="EUR",
+            outcome=Outcome.SUCCEEDED)])
+        row_id = await store.insert_webhook_event(
+            conn, processor_id="mock", event_id=event.event_id, event_type=event.type, headers={}, body=b"{}",
+            event=event.model_dump(mode="json"), match_keys=event.match_keys())
+
+    async def record_an_answer() -> None:  # as execution does: the refund's row, then its payment's
+        async with pool.acquire() as conn, conn.transaction():
+            await store.lock_refund_and_payment(conn, refund["id"])
+
+    async with pool.acquire() as holder, holder.transaction():
+        await store.lock_transaction(holder, tx["id"])
+        inbox = asyncio.create_task(webhooks.process_due(pool, recheck_seconds=60))
+        await waits_for_locks(pool, inbox, ROW_LOCKS)  # it found no refund, and waits for the payment
+        async with pool.acquire() as conn:
+            await conn.execute("UPDATE refunds SET psp_refund_id = 're_meanwhile' WHERE id = $1", refund["id"])
+        answer = asyncio.create_task(record_an_answer())
+        await waits_for_locks(pool, answer, ROW_LOCKS, sessions=2)  # it holds the refund, and waits too
+    await answer  # recorded: not chosen as a deadlock's victim
+    assert await inbox == 1
+    deferred = await event_row(pool, row_id)
+    assert deferred["status"] == "failed" and deferred["last_error"].startswith("deferred: "), dict(deferred)
+    assert deferred["due_in"] <= 2
+
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE webhook_events SET next_attempt_at = now() WHERE id = $1", row_id)
+    assert await webhooks.process_due(pool, recheck_seconds=60) == 1
+    assert (await event_row(pool, row_id))["status"] == "applied"
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT status FROM refunds WHERE id = $1", refund["id"]) == "succeeded"
