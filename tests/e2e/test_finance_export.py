@@ -59,6 +59,21 @@ async def _settled_and_not(api: Api) -> tuple[dict[str, dict], set[str]]:
     return settled, {pending["id"], outside["id"]}
 
 
+async def _settled_in_bulk(api: Api, prefix: str, count: int) -> None:
+    """`count` refunds succeeded now on one payment, written straight to the database (ids `prefix`1...)."""
+    tx = await api.transaction(amount=10**9)
+    async with api.app[keys.POOL].acquire() as conn:
+        await conn.execute("""
+            WITH r AS (
+                INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, amount, currency, status, stage,
+                                     idempotency_key)
+                SELECT $3 || n, $1, 'mock', $2, 100 + n, 'EUR', 'succeeded', 'done', $3 || n
+                FROM generate_series(1, $4::int) AS n RETURNING id)
+            INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail)
+            SELECT id, 'processor_answer', 'pending', 'succeeded', 'sending', 'done', '{}' FROM r""",
+                           tx["id"], tx["invoice_id"], prefix, count)
+
+
 async def test_the_csv_holds_exactly_the_periods_settled_refunds_and_opens_as_is(api):
     settled, others = await _settled_and_not(api)
     resp = await api.get("/admin/exports/refunds", key=ADMIN_KEY, params={**_period(), "format": "csv"})
@@ -109,17 +124,7 @@ async def test_the_export_is_for_operators_only(api):
 
 
 async def test_ten_thousand_refunds_stream_in_bounded_memory(api):
-    tx = await api.transaction(amount=10**9)
-    async with api.app[keys.POOL].acquire() as conn:
-        await conn.execute("""
-            WITH r AS (
-                INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, amount, currency, status, stage,
-                                     idempotency_key)
-                SELECT 'rf_bulk_' || n, $1, 'mock', $2, 100 + n, 'EUR', 'succeeded', 'done', 'rf_bulk_' || n
-                FROM generate_series(1, 10000) AS n RETURNING id)
-            INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail)
-            SELECT id, 'processor_answer', 'pending', 'succeeded', 'sending', 'done', '{}' FROM r""",
-                           tx["id"], tx["invoice_id"])
+    await _settled_in_bulk(api, "rf_bulk_", 10_000)
     tracemalloc.start()
     try:
         resp = await api.get("/admin/exports/refunds", key=ADMIN_KEY, params=_period())
@@ -139,17 +144,7 @@ async def test_a_client_reading_slowly_holds_no_database_connection(api, monkeyp
     # The answer's first rows are held back, as a client that reads slowly holds them back. While
     # they are, no session may sit in the export's read: the rows are all read, and the connection
     # given back, before the first byte of them is sent.
-    tx = await api.transaction(amount=10**6)
-    async with api.app[keys.POOL].acquire() as conn:
-        await conn.execute("""
-            WITH r AS (
-                INSERT INTO refunds (id, transaction_id, processor_id, invoice_id, amount, currency, status, stage,
-                                     idempotency_key)
-                SELECT 'rf_slow_' || n, $1, 'mock', $2, 100, 'EUR', 'succeeded', 'done', 'rf_slow_' || n
-                FROM generate_series(1, 1200) AS n RETURNING id)
-            INSERT INTO refund_events (refund_id, event, from_status, to_status, from_stage, to_stage, detail)
-            SELECT id, 'processor_answer', 'pending', 'succeeded', 'sending', 'done', '{}' FROM r""",
-                           tx["id"], tx["invoice_id"])
+    await _settled_in_bulk(api, "rf_slow_", 1_200)
     sending, release = asyncio.Event(), asyncio.Event()
     write = web.StreamResponse.write
 
