@@ -88,16 +88,21 @@ async def stream(conn: asyncpg.Connection, since: datetime, until: datetime, fmt
     return count + len(batch)
 
 
+async def write_to(pool: asyncpg.Pool, since: datetime, until: datetime, fmt: Format, out: IO[bytes]) -> int:
+    """Write the period's export into a file; returns how many refunds it held."""
+    async def write(data: bytes) -> None:
+        out.write(data)
+    async with pool.acquire() as conn:
+        return await stream(conn, since, until, fmt, write)
+
+
 async def spooled(pool: asyncpg.Pool, since: datetime, until: datetime, fmt: Format) -> IO[bytes]:
     """The period's export in a temporary file (in memory up to SPOOL_IN_MEMORY), read back from its
     start. The database connection is given back once the file is written: a client that reads
     the answer slowly holds no connection, and no transaction stays open while it reads."""
     out = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
     try:
-        async def write(data: bytes) -> None:
-            out.write(data)
-        async with pool.acquire() as conn:
-            await stream(conn, since, until, fmt, write)
+        await write_to(pool, since, until, fmt, out)
         out.seek(0)
     except BaseException:
         out.close()

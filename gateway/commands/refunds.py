@@ -90,12 +90,8 @@ def export_refunds(args: argparse.Namespace, settings: Settings) -> int:
 
     async def command(s: Session) -> int:
         out = open(args.output, "wb") if args.output else sys.stdout.buffer
-
-        async def write(data: bytes) -> None:
-            out.write(data)
         try:
-            async with s.pool.acquire() as conn:
-                count = await finance_export.stream(conn, query.since, query.until, query.format, write)
+            count = await finance_export.write_to(s.pool, query.since, query.until, query.format, out)
         finally:
             if args.output:
                 out.close()
