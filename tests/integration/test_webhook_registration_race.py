@@ -23,15 +23,29 @@ def registration(reference: str = PAYMENT) -> TransactionCreate:
                              currency="EUR")
 
 
-async def stored_refund_event(pool: asyncpg.Pool, event_id: str = "evt_dashboard", amount: int = 500) -> int:
-    """A refund made at the processor's dashboard on PAYMENT, stored as the inbox stores it."""
-    event = WebhookEvent(event_id=event_id, type="refund.created", refunds=[RefundSnapshot(
-        psp_refund_id=f"re_{event_id}", payment_references=[PAYMENT], amount=amount, currency="EUR",
-        outcome=Outcome.SUCCEEDED)])
+async def stored(pool: asyncpg.Pool, event: WebhookEvent) -> int:
+    """The event, stored as the inbox stores it; returns its row's id."""
     async with pool.acquire() as conn:
         return await store.insert_webhook_event(
             conn, processor_id="mock", event_id=event.event_id, event_type=event.type, headers={}, body=b"{}",
             event=event.model_dump(mode="json"), match_keys=event.match_keys())
+
+
+async def stored_refund_event(pool: asyncpg.Pool, event_id: str = "evt_dashboard", amount: int = 500) -> int:
+    """A refund made at the processor's dashboard on PAYMENT, stored as the inbox stores it."""
+    return await stored(pool, WebhookEvent(event_id=event_id, type="refund.created", refunds=[RefundSnapshot(
+        psp_refund_id=f"re_{event_id}", payment_references=[PAYMENT], amount=amount, currency="EUR",
+        outcome=Outcome.SUCCEEDED)]))
+
+
+async def refunds_of_a_payment(pool: asyncpg.Pool, *amounts: int) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    """PAYMENT registered, and a refund of it for each amount (created, not sent)."""
+    async with pool.acquire() as conn:
+        tx, _ = await services.register_transaction(conn, registration())
+        refunds = [(await services.create_refund(conn, RefundCreate(invoice_id="INV-CROSS", transaction_id=tx["id"],
+                                                                    amount=amount, currency="EUR"),
+                                                 lease_seconds=60)).refund for amount in amounts]
+    return tx, refunds
 
 
 async def waits_for_locks(pool: asyncpg.Pool, task: asyncio.Task, kinds: tuple[str, ...] = ("advisory",),
@@ -154,11 +168,7 @@ async def test_two_events_naming_the_same_refunds_in_opposite_orders_never_deadl
     one payment in opposite orders would each hold what the other waits for: the first holding the
     payment and waiting for the second refund, the other holding that refund and waiting for the
     payment. An event about several refunds locks them all first, in one order, so one waits."""
-    async with pool.acquire() as conn:
-        tx, _ = await services.register_transaction(conn, registration())
-        made = [(await services.create_refund(conn, RefundCreate(invoice_id="INV-CROSS", transaction_id=tx["id"],
-                                                                 amount=amount, currency="EUR"),
-                                              lease_seconds=60)).refund for amount in (300, 400)]
+    tx, made = await refunds_of_a_payment(pool, 300, 400)
 
     def event(event_id: str, refunds: list) -> WebhookEvent:
         return WebhookEvent(event_id=event_id, type="charge.refunded", refunds=[RefundSnapshot(
@@ -187,18 +197,11 @@ async def test_a_refund_recorded_while_its_event_waited_for_the_payment_never_de
     refund and waits for the payment (a processor answer being recorded) would wait on it while it
     waits on them. The event takes the refund only if it is free at once; else it gives all back
     and is applied again shortly, when the refund is known from the start and locked first."""
-    async with pool.acquire() as conn:
-        tx, _ = await services.register_transaction(conn, registration())
-        refund = (await services.create_refund(conn, RefundCreate(invoice_id="INV-CROSS", transaction_id=tx["id"],
-                                                                  amount=600, currency="EUR"),
-                                               lease_seconds=60)).refund
-        # By the processor's refund id only (no id of ours echoed): not known until it is recorded.
-        event = WebhookEvent(event_id="evt_meanwhile", type="refund.updated", refunds=[RefundSnapshot(
-            psp_refund_id="re_meanwhile", payment_references=[PAYMENT], amount=600, currency="EUR",
-            outcome=Outcome.SUCCEEDED)])
-        row_id = await store.insert_webhook_event(
-            conn, processor_id="mock", event_id=event.event_id, event_type=event.type, headers={}, body=b"{}",
-            event=event.model_dump(mode="json"), match_keys=event.match_keys())
+    tx, [refund] = await refunds_of_a_payment(pool, 600)
+    # By the processor's refund id only (no id of ours echoed): not known until it is recorded.
+    row_id = await stored(pool, WebhookEvent(event_id="evt_meanwhile", type="refund.updated", refunds=[RefundSnapshot(
+        psp_refund_id="re_meanwhile", payment_references=[PAYMENT], amount=600, currency="EUR",
+        outcome=Outcome.SUCCEEDED)]))
 
     async def record_an_answer() -> None:  # as execution does: the refund's row, then its payment's
         async with pool.acquire() as conn, conn.transaction():
